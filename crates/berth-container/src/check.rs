@@ -233,9 +233,9 @@ pub struct Checked {
 }
 
 /// Runs every check of SPEC §3 on one hook.
-pub fn check_hook(cfg: &Config, hook: &Hook, policy: Policy<'_>) -> Result<Checked, Refusal> {
+pub fn check_hook(container: &str, hook: &Hook, policy: Policy<'_>) -> Result<Checked, Refusal> {
     let refuse = |problem| Refusal {
-        container: cfg.name.clone(),
+        container: container.to_string(),
         kind: hook.kind,
         path: hook.path.clone(),
         problem,
@@ -290,16 +290,13 @@ pub fn check_hook(cfg: &Config, hook: &Hook, policy: Policy<'_>) -> Result<Check
             let fix = match &mismatch {
                 Mismatch::NoKey => "the host must hold the site key".to_string(),
                 Mismatch::Differs => format!(
-                    "if the change is intended, re-sign it: berth container sign {}",
-                    cfg.name
+                    "if the change is intended, re-sign it: berth container sign {container}"
                 ),
                 Mismatch::NotKeyed => format!(
-                    "re-sign it with the key: berth container sign --key KEYFILE {}",
-                    cfg.name
+                    "re-sign it with the key: berth container sign --key KEYFILE {container}"
                 ),
                 Mismatch::Foreign(_) | Mismatch::Unknown(_) => format!(
-                    "re-sign it: berth container sign {} (or: berth signfile {})",
-                    cfg.name,
+                    "re-sign it: berth container sign {container} (or: berth signfile {})",
                     hook.path.display()
                 ),
             };
@@ -312,7 +309,7 @@ pub fn check_hook(cfg: &Config, hook: &Hook, policy: Policy<'_>) -> Result<Check
 /// Checks every hook of a configuration, stopping at the first refusal: what runs before
 /// each job.
 pub fn check_hooks(cfg: &Config, policy: Policy<'_>) -> Result<Vec<Checked>, Refusal> {
-    cfg.hooks.iter().map(|h| check_hook(cfg, h, policy)).collect()
+    cfg.hooks.iter().map(|h| check_hook(&cfg.name, h, policy)).collect()
 }
 
 /// Every directory from `dir` up to `/` must be changeable by root only: owned by root and

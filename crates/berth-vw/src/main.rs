@@ -1,1 +1,162 @@
-fn main() {}
+//! berth-vw: the job wrapper that runs inside a container (SPEC §6).
+//!
+//! `berth-vw CMD ARGS...` runs CMD in a process group of its own, forwards SIGTERM, SIGINT,
+//! SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to that group, reaps every orphan when it is
+//! process 1, and writes the command's exit status to the file named by `BERTH_VW_STATUS`
+//! (a file in the job's directory, which the enter hook mounts). It is linked statically and
+//! reads nothing from the image, so it runs in an image that holds only a static busybox.
+//!
+//! The status file holds `started PID` once the command is running, then `exit N` or
+//! `signal N`; the tasker reads the last line. The wrapper's own exit code is N, or 128+N
+//! for a signal, as a shell would report it.
+
+use std::ffi::{CString, OsString};
+use std::io::Write;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
+const FORWARDED: [libc::c_int; 6] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
+fn main() {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    if args.is_empty() || args[0] == "-h" || args[0] == "--help" {
+        eprintln!("usage: berth-vw CMD [ARGS...]\n\nruns CMD for a berth job inside a container; BERTH_VW_STATUS names the file that receives its exit status");
+        std::process::exit(if args.is_empty() { 2 } else { 0 });
+    }
+    let status_path = std::env::var_os("BERTH_VW_STATUS");
+    std::process::exit(run(&args, status_path.as_deref()));
+}
+
+fn report(path: Option<&std::ffi::OsStr>, line: &str, truncate: bool) {
+    let Some(p) = path else { return };
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(truncate)
+        .append(!truncate)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(p);
+    match f {
+        Ok(mut f) => {
+            let _ = f.write_all(line.as_bytes());
+        }
+        Err(e) => eprintln!(
+            "berth-vw: cannot write the status file {}: {e}",
+            std::path::Path::new(p).display()
+        ),
+    }
+}
+
+fn cstring(s: &OsString) -> CString {
+    CString::new(s.clone().into_vec()).unwrap_or_else(|_| {
+        eprintln!("berth-vw: an argument holds a NUL byte");
+        std::process::exit(2)
+    })
+}
+
+fn run(args: &[OsString], status_path: Option<&std::ffi::OsStr>) -> i32 {
+    let argv: Vec<CString> = args.iter().map(cstring).collect();
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let is_init = std::process::id() == 1;
+
+    // Block the signals we handle before forking, so none is lost between fork and the
+    // sigwaitinfo loop; the child unblocks them before exec.
+    // SAFETY: sigset_t is plain data; these calls only fill and install it.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for s in FORWARDED.iter().chain(&[libc::SIGCHLD]) {
+            libc::sigaddset(&mut set, *s);
+        }
+        libc::sigprocmask(libc::SIG_BLOCK, &set, &mut old);
+    }
+
+    // SAFETY: the child only calls async-signal-safe functions (setpgid, sigprocmask,
+    // execvp, write, _exit) before exec.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        eprintln!("berth-vw: fork: {}", std::io::Error::last_os_error());
+        report(status_path, "exit 126\n", true);
+        return 126;
+    }
+    if pid == 0 {
+        // SAFETY: see the fork above.
+        unsafe {
+            libc::setpgid(0, 0);
+            libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+            libc::execvp(argv_ptrs[0], argv_ptrs.as_ptr());
+            let err = *libc::__errno_location();
+            let msg = b"berth-vw: cannot run the job command: ";
+            libc::write(2, msg.as_ptr().cast(), msg.len());
+            let name = args[0].as_bytes();
+            libc::write(2, name.as_ptr().cast(), name.len());
+            let why: &[u8] = if err == libc::ENOENT {
+                b": no such file in the container\n"
+            } else if err == libc::EACCES {
+                b": permission denied\n"
+            } else {
+                b": exec failed\n"
+            };
+            libc::write(2, why.as_ptr().cast(), why.len());
+            libc::_exit(if err == libc::ENOENT { 127 } else { 126 });
+        }
+    }
+    // Also set it from the parent, so a signal forwarded right away finds the group.
+    // SAFETY: setpgid on our own child.
+    unsafe { libc::setpgid(pid, pid) };
+    report(status_path, &format!("started {pid}\n"), true);
+
+    loop {
+        // SAFETY: siginfo_t is plain data filled by the kernel.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let sig = unsafe { libc::sigwaitinfo(&set, &mut info) };
+        if sig < 0 {
+            continue; // EINTR
+        }
+        if sig != libc::SIGCHLD {
+            // SAFETY: signalling our child's group (or the child, if the group is gone).
+            unsafe {
+                if libc::kill(-pid, sig) < 0 {
+                    libc::kill(pid, sig);
+                }
+            }
+            continue;
+        }
+        // Reap everything that has ended: the command, and any orphan when we are init.
+        loop {
+            let mut status = 0;
+            // SAFETY: waitpid with a valid out pointer.
+            let r = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if r <= 0 {
+                break;
+            }
+            if r == pid {
+                let (line, code) = if libc::WIFEXITED(status) {
+                    let c = libc::WEXITSTATUS(status);
+                    (format!("exit {c}\n"), c)
+                } else {
+                    let s = libc::WTERMSIG(status);
+                    (format!("signal {s}\n"), 128 + s)
+                };
+                report(status_path, &line, false);
+                if is_init {
+                    // As process 1, our exit ends the namespace; give the group the same
+                    // chance to end cleanly that a stop would.
+                    // SAFETY: signalling the command's group.
+                    unsafe { libc::kill(-pid, libc::SIGTERM) };
+                }
+                return code;
+            }
+        }
+    }
+}

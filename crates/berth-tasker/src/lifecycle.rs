@@ -1,0 +1,878 @@
+//! The life cycle of one container job (SPEC §5): checks, setup, enter with the wrapper,
+//! cleanup and teardown, with timeouts, stop, and a local record for recovery.
+//!
+//! One call of [`run`] runs one job to its end on the calling thread; a tasker runs one
+//! per slot, in parallel. Nothing here is global: the [`Host`] is shared, read-only.
+
+use crate::log::{LogTarget, Pump, Sink};
+use crate::record::{self, EnterProcess, Held, Record};
+use crate::sys::{self, ChildSetup, EventFd, Identity, Woke};
+use berth_container::check::{self, Checked, Policy};
+use berth_container::plan::{self, JobFacts, Limits};
+use berth_container::{Config, Hook, HookType, Key, Privilege};
+use berth_resources::Expr;
+use std::ffi::{OsStr, OsString};
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The fixed `PATH` of root hooks.
+pub const ROOT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What every job on a host shares.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// The host's short name (`HOST`).
+    pub host: String,
+    /// The server's project name (`VOV_PROJECT_NAME`).
+    pub project: String,
+    /// The absolute path of the job wrapper, `berth-vw`.
+    pub wrapper: PathBuf,
+    /// A local directory for records and per-job files, owned by the tasker.
+    pub state_dir: PathBuf,
+    /// The site key, when this host holds it.
+    pub key: Option<Key>,
+}
+
+/// One job to run.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The job's id (`VOV_JOBID`); letters, digits, `.`, `_` and `-` only.
+    pub id: String,
+    /// Whom the job runs as; never root.
+    pub owner: Identity,
+    /// The job's directory.
+    pub dir: PathBuf,
+    /// The job's environment.
+    pub env: Vec<(OsString, OsString)>,
+    /// The command line.
+    pub command: Vec<OsString>,
+    /// The slot on this tasker (`VOV_JOBSLOT`).
+    pub slot: u32,
+    /// The job's resource request.
+    pub request: Option<Expr>,
+    /// Where its output goes.
+    pub log: LogTarget,
+}
+
+/// Asks a running job to stop; cheap to clone, safe to trigger from any thread.
+#[derive(Debug, Clone)]
+pub struct Stop(Arc<(AtomicBool, EventFd)>);
+
+impl Stop {
+    /// A stop that has not been asked for.
+    pub fn new() -> io::Result<Stop> {
+        Ok(Stop(Arc::new((AtomicBool::new(false), EventFd::new()?))))
+    }
+
+    /// Asks the job to stop.
+    pub fn trigger(&self) {
+        self.0 .0.store(true, Ordering::SeqCst);
+        self.0 .1.signal();
+    }
+
+    /// Whether a stop was asked for.
+    pub fn requested(&self) -> bool {
+        self.0 .0.load(Ordering::SeqCst)
+    }
+
+    fn fd(&self) -> std::os::fd::RawFd {
+        self.0 .1.raw()
+    }
+}
+
+/// How the job's command ended, as far as anyone knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// It exited with this code.
+    Exited(i32),
+    /// A signal ended it.
+    Signaled(i32),
+    /// It never ran.
+    NotRun,
+}
+
+/// What became of a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// How the command (or, without the wrapper's report, the enter hook) ended.
+    pub end: End,
+    /// Why the job failed; `None` when it is Done.
+    pub failure: Option<String>,
+    /// Cleanup or teardown failures: recorded, but they do not change the job's status.
+    pub after_failures: Vec<String>,
+    /// Whether the wrapper reported the command's own status.
+    pub wrapper_reported: bool,
+}
+
+impl Outcome {
+    /// The exit code a shell would report: the code, 128+signal, or 1 when nothing ran.
+    pub fn exit_code(&self) -> i32 {
+        match self.end {
+            End::Exited(c) => c,
+            End::Signaled(s) => 128 + s,
+            End::NotRun => 1,
+        }
+    }
+
+    fn refused(why: String) -> Outcome {
+        Outcome {
+            end: End::NotRun,
+            failure: Some(why),
+            after_failures: Vec::new(),
+            wrapper_reported: false,
+        }
+    }
+}
+
+/// How a hook's process ended.
+#[derive(Debug)]
+enum HookEnd {
+    Exited(ExitStatus),
+    TimedOut(ExitStatus, Duration),
+    Stopped(ExitStatus),
+    NotStarted(io::Error),
+}
+
+fn describe(s: ExitStatus) -> String {
+    match (s.code(), s.signal()) {
+        (Some(c), _) => format!("exited {c}"),
+        (_, Some(sig)) => format!("was killed by signal {sig} ({})", signal_name(sig)),
+        _ => "ended".to_string(),
+    }
+}
+
+/// The usual name of a signal.
+pub fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGUSR2 => "SIGUSR2",
+        _ => "signal",
+    }
+}
+
+impl HookEnd {
+    fn ok(&self) -> bool {
+        matches!(self, HookEnd::Exited(s) if s.success())
+    }
+
+    fn status(&self) -> Option<ExitStatus> {
+        match self {
+            HookEnd::Exited(s) | HookEnd::TimedOut(s, _) | HookEnd::Stopped(s) => Some(*s),
+            HookEnd::NotStarted(_) => None,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            HookEnd::Exited(s) => describe(*s),
+            HookEnd::TimedOut(_, t) => format!("ran past its timeout of {} s and was killed", t.as_secs()),
+            HookEnd::Stopped(_) => "was stopped".to_string(),
+            HookEnd::NotStarted(e) => format!("could not be started: {e}"),
+        }
+    }
+}
+
+/// What running one hook takes.
+struct HookRun<'a> {
+    hook: &'a Checked,
+    args: &'a [OsString],
+    env: &'a [(OsString, OsString)],
+    dir: &'a Path,
+    owner: &'a Identity,
+    timeout: Option<Duration>,
+    grace: Duration,
+    stop: Option<&'a Stop>,
+    sink: &'a Arc<Sink>,
+}
+
+fn run_hook(r: &HookRun<'_>, on_start: impl FnOnce(u32)) -> HookEnd {
+    let kind = r.hook.hook.kind;
+    let who = (r.hook.hook.privilege == Privilege::User && sys::euid() == 0).then_some(r.owner);
+    let setup = match ChildSetup::new(who, r.dir) {
+        Ok(s) => s,
+        Err(e) => return HookEnd::NotStarted(e),
+    };
+    let mut cmd = Command::new(&r.hook.exec_path);
+    cmd.args(r.args)
+        .env_clear()
+        .envs(r.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .process_group(0);
+    let marked = kind != HookType::Enter;
+    if marked {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    } else {
+        match r.sink.direct() {
+            Ok((o, e)) => {
+                cmd.stdout(o).stderr(e);
+            }
+            Err(e) => return HookEnd::NotStarted(e),
+        }
+    }
+    // SAFETY: ChildSetup::apply makes only async-signal-safe system calls on data
+    // prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || setup.apply());
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let e = if e.raw_os_error() == Some(libc::ENOENT) || e.raw_os_error() == Some(libc::EACCES) {
+                io::Error::new(e.kind(), format!("{e} (as {} in {})", who.map(|w| w.name.as_str()).unwrap_or("root"), r.dir.display()))
+            } else {
+                e
+            };
+            return HookEnd::NotStarted(e);
+        }
+    };
+    let pid = child.id();
+    let pump = marked.then(|| {
+        Pump::start(
+            r.sink,
+            kind.as_str(),
+            child.stdout.take().expect("piped"),
+            child.stderr.take().expect("piped"),
+        )
+    });
+    on_start(pid);
+    let end = supervise(pid, r.timeout, r.grace, r.stop, || child.wait());
+    if let Some(p) = pump {
+        p.finish(Duration::from_secs(2));
+    }
+    end
+}
+
+/// Waits for a process group leader, enforcing a timeout and a stop; ends the whole group
+/// when the leader ends or is ended (SIGTERM, grace, SIGKILL).
+fn supervise(
+    pid: u32,
+    timeout: Option<Duration>,
+    grace: Duration,
+    stop: Option<&Stop>,
+    reap: impl FnOnce() -> io::Result<ExitStatus>,
+) -> HookEnd {
+    let pidfd = match sys::pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(e) => return HookEnd::NotStarted(e),
+    };
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let woke = if stop.is_some_and(|s| s.requested()) {
+        Woke::Stopped
+    } else {
+        sys::wait_pidfd(&pidfd, deadline, stop.map(|s| s.fd())).unwrap_or(Woke::Exited)
+    };
+    if woke != Woke::Exited {
+        terminate(pid, &pidfd, grace);
+    }
+    // The leader is a zombie until reaped, so its pid still names the group: end what is
+    // left of the group before reaping, and no other process can be hit.
+    sys::kill_group(pid, libc::SIGKILL);
+    let status = match reap() {
+        Ok(s) => s,
+        Err(e) => return HookEnd::NotStarted(e),
+    };
+    match woke {
+        Woke::Exited => HookEnd::Exited(status),
+        Woke::TimedOut => HookEnd::TimedOut(status, timeout.unwrap_or_default()),
+        Woke::Stopped => HookEnd::Stopped(status),
+    }
+}
+
+/// SIGTERM to the group, up to `grace` for the leader to end, then SIGKILL.
+fn terminate(pid: u32, pidfd: &std::os::fd::OwnedFd, grace: Duration) {
+    sys::kill_group(pid, libc::SIGTERM);
+    let deadline = Instant::now() + grace;
+    if sys::wait_pidfd(pidfd, Some(deadline), None).ok() != Some(Woke::Exited) {
+        sys::kill_group(pid, libc::SIGKILL);
+        let _ = sys::wait_pidfd(pidfd, None, None);
+    }
+}
+
+fn valid_job_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && !id.starts_with('.')
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The per-job files the tasker keeps: `STATE/jobs/JOB/`.
+fn job_state_dir(host: &Host, job_id: &str) -> PathBuf {
+    host.state_dir.join("jobs").join(job_id)
+}
+
+/// The file in the job's directory where the wrapper writes the command's status.
+pub fn status_path(job_dir: &Path, job_id: &str) -> PathBuf {
+    job_dir.join(format!(".berth-vw.{job_id}.status"))
+}
+
+/// The environment for a hook: the job's own for a user hook; for a root hook a clean one
+/// (fixed `PATH`, no `LD_PRELOAD`, `LD_LIBRARY_PATH`, `BASH_ENV`, `ENV`, `IFS`), the job's
+/// environment being in the file `VOV_CONTAINER_ENV_FILE`. Both get the variables of §5
+/// and berth's extensions.
+fn hook_env(
+    privilege: Privilege,
+    job_env: &[(OsString, OsString)],
+    vars: &[(String, String)],
+) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = match privilege {
+        Privilege::User => job_env.to_vec(),
+        Privilege::Root => vec![
+            ("PATH".into(), ROOT_PATH.into()),
+            ("HOME".into(), "/root".into()),
+            ("USER".into(), "root".into()),
+            ("LOGNAME".into(), "root".into()),
+            ("LANG".into(), "C".into()),
+        ],
+    };
+    for (k, v) in vars {
+        env.retain(|(ek, _)| ek != OsStr::new(k));
+        env.push((k.into(), v.into()));
+    }
+    env
+}
+
+/// The job's environment as a file of `NAME=VALUE` lines (the format of `docker run
+/// --env-file`). A value holding a newline cannot be written so and is left out, with a
+/// note.
+fn env_file_text(env: &[(OsString, OsString)]) -> (Vec<u8>, Vec<String>) {
+    let mut out = Vec::new();
+    let mut skipped = Vec::new();
+    for (k, v) in env {
+        let kb = k.as_bytes();
+        let name_ok = !kb.is_empty()
+            && !kb[0].is_ascii_digit()
+            && kb.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_');
+        if !name_ok || v.as_bytes().contains(&b'\n') {
+            skipped.push(k.to_string_lossy().into_owned());
+            continue;
+        }
+        out.extend_from_slice(kb);
+        out.push(b'=');
+        out.extend_from_slice(v.as_bytes());
+        out.push(b'\n');
+    }
+    (out, skipped)
+}
+
+/// Reads the wrapper's report, as the job's owner, and removes it.
+fn read_status(owner: &Identity, path: &Path) -> Option<String> {
+    sys::as_user(owner, || {
+        let f = std::fs::File::options()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .ok()?;
+        let mut text = String::new();
+        f.take(4096).read_to_string(&mut text).ok()?;
+        let _ = std::fs::remove_file(path);
+        Some(text)
+    })
+}
+
+/// How the wrapper's report reads.
+#[derive(Debug, PartialEq, Eq)]
+enum Report {
+    None,
+    Started,
+    Ended(End),
+}
+
+fn parse_report(text: Option<&str>) -> Report {
+    let Some(text) = text else { return Report::None };
+    let Some(last) = text.lines().rfind(|l| !l.trim().is_empty()) else {
+        return Report::None;
+    };
+    let mut w = last.split_whitespace();
+    match (w.next(), w.next().and_then(|n| n.parse::<i32>().ok())) {
+        (Some("exit"), Some(c)) => Report::Ended(End::Exited(c)),
+        (Some("signal"), Some(s)) => Report::Ended(End::Signaled(s)),
+        (Some("started"), _) => Report::Started,
+        _ => Report::None,
+    }
+}
+
+/// The variables and environments of one job.
+struct Prepared {
+    vars: Vec<(String, String)>,
+    env_file: PathBuf,
+    status_file: PathBuf,
+    job_env: Vec<(OsString, OsString)>,
+    hook_dir: PathBuf,
+}
+
+fn prepare(host: &Host, job: &Job, cfg: &Config, limits: &Limits, sink: &Sink) -> io::Result<Prepared> {
+    let state = job_state_dir(host, &job.id);
+    std::fs::create_dir_all(&state)?;
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o711))?;
+    let status_file = status_path(&job.dir, &job.id);
+    // A report left by an earlier run of the same id must not be taken for this one's.
+    sys::as_user(&job.owner, || std::fs::remove_file(&status_file).ok());
+    let mut job_env: Vec<(OsString, OsString)> = job
+        .env
+        .iter()
+        .filter(|(k, _)| k != "BERTH_VW_STATUS")
+        .cloned()
+        .collect();
+    job_env.push(("BERTH_VW_STATUS".into(), status_file.clone().into()));
+    let env_file = state.join("env");
+    let (text, skipped) = env_file_text(&job_env);
+    if !skipped.is_empty() {
+        sink.note(&format!(
+            "job {}: left out of {}: {} (a value with a newline or a bad name)",
+            job.id,
+            env_file.display(),
+            skipped.join(", ")
+        ));
+    }
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&env_file)?;
+        f.write_all(&text)?;
+        if sys::euid() == 0 {
+            std::os::unix::fs::fchown(&f, Some(job.owner.uid), Some(job.owner.gid))?;
+        }
+    }
+    let facts = JobFacts {
+        host: &host.host,
+        project: &host.project,
+        slot: job.slot,
+        job_id: &job.id,
+        job_dir: &job.dir,
+        limits,
+    };
+    let mut vars = plan::hook_variables(cfg, &facts);
+    vars.push(("VOV_CONTAINER_ENV_FILE".into(), env_file.display().to_string()));
+    vars.push(("BERTH_JOB_USER".into(), job.owner.name.clone()));
+    vars.push(("BERTH_JOB_UID".into(), job.owner.uid.to_string()));
+    vars.push(("BERTH_JOB_GID".into(), job.owner.gid.to_string()));
+    vars.push(("BERTH_JOB_DIR".into(), job.dir.display().to_string()));
+    vars.push(("BERTH_VW_STATUS".into(), status_file.display().to_string()));
+    vars.push(("BERTH_VW".into(), host.wrapper.display().to_string()));
+    Ok(Prepared {
+        vars,
+        env_file,
+        status_file,
+        job_env,
+        hook_dir: plan::hook_dir(cfg, &job.dir).to_path_buf(),
+    })
+}
+
+/// Runs one container job to its end: the whole of SPEC §5. The job's log receives the
+/// hooks' output and berth's own notes; the outcome says how the job ended.
+pub fn run(host: &Host, job: &Job, cfg: &Config, stop: &Stop) -> Outcome {
+    let sink = match Sink::open(&job.log, &job.owner) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            return Outcome::refused(format!(
+                "job {}: cannot open the log {:?} as {}: {e}",
+                job.id, job.log, job.owner.name
+            ))
+        }
+    };
+    let out = run_with_sink(host, job, cfg, stop, &sink);
+    if let Some(f) = &out.failure {
+        sink.note(&format!("job {}: failed: {f}", job.id));
+    }
+    out
+}
+
+fn run_with_sink(host: &Host, job: &Job, cfg: &Config, stop: &Stop, sink: &Arc<Sink>) -> Outcome {
+    // Everything that can refuse the job comes before any hook runs.
+    if !valid_job_id(&job.id) {
+        return Outcome::refused(format!("job id {:?} is not valid", job.id));
+    }
+    if job.owner.uid == 0 {
+        return Outcome::refused(format!(
+            "job {}: a job never runs as root; submit it as another user",
+            job.id
+        ));
+    }
+    if job.command.is_empty() {
+        return Outcome::refused(format!("job {}: the command line is empty", job.id));
+    }
+    let limits = match plan::limits(cfg, job.request.as_ref()) {
+        Ok(l) => l,
+        Err(e) => return Outcome::refused(e.to_string()),
+    };
+    if sys::euid() != 0 {
+        if let Some(h) = cfg.hooks.iter().find(|h| h.privilege == Privilege::Root) {
+            return Outcome::refused(format!(
+                "container {}: {} hook {} runs as root, but berth runs as uid {}; run it as root",
+                cfg.name,
+                h.kind,
+                h.path.display(),
+                sys::euid()
+            ));
+        }
+        if job.owner.uid != sys::euid() {
+            return Outcome::refused(format!(
+                "job {}: only root can run a job as {}",
+                job.id, job.owner.name
+            ));
+        }
+    }
+    let checked = match check::check_hooks(cfg, Policy { key: host.key.as_ref() }) {
+        Ok(c) => c,
+        Err(r) => return Outcome::refused(r.to_string()),
+    };
+    let prepared = match prepare(host, job, cfg, &limits, sink) {
+        Ok(p) => p,
+        Err(e) => {
+            return Outcome::refused(format!(
+                "job {}: preparing {}: {e}",
+                job.id,
+                job_state_dir(host, &job.id).display()
+            ))
+        }
+    };
+    let after: Vec<&Checked> = plan::AFTER
+        .iter()
+        .filter_map(|k| checked.iter().find(|c| c.hook.kind == *k))
+        .collect();
+    let mut rec = Record {
+        job_id: job.id.clone(),
+        container: cfg.name.clone(),
+        cfg_path: cfg.path.clone(),
+        owner: job.owner.clone(),
+        job_dir: job.dir.clone(),
+        hook_dir: prepared.hook_dir.clone(),
+        job_env: prepared
+            .job_env
+            .iter()
+            .map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()))
+            .collect(),
+        vars: prepared.vars.clone(),
+        log: job.log.clone(),
+        after: after.iter().map(|c| c.hook.clone()).collect(),
+        after_timeouts: after
+            .iter()
+            .map(|c| cfg.timeout(c.hook.kind).unwrap_or_default().as_secs())
+            .collect(),
+        kill_grace: cfg.kill_grace.as_secs(),
+        enter: None,
+    };
+    // The record reaches the disk before setup starts: from here on, cleanup and teardown
+    // are owed.
+    let held = match Held::create(&host.state_dir, &rec) {
+        Ok(h) => h,
+        Err(e) => {
+            return Outcome::refused(format!(
+                "job {}: cannot write its record under {}: {e}",
+                job.id,
+                record::dir(&host.state_dir).display()
+            ))
+        }
+    };
+
+    let run_one = |c: &Checked, args: &[OsString], timeout, stop: Option<&Stop>, on_start: &mut dyn FnMut(u32)| {
+        let env = hook_env(c.hook.privilege, &prepared.job_env, &prepared.vars);
+        run_hook(
+            &HookRun {
+                hook: c,
+                args,
+                env: &env,
+                dir: &prepared.hook_dir,
+                owner: &job.owner,
+                timeout,
+                grace: cfg.kill_grace,
+                stop,
+                sink,
+            },
+            on_start,
+        )
+    };
+    let failed_hook = |c: &Checked, end: &HookEnd| {
+        format!(
+            "container {}: {} hook {} {}",
+            cfg.name,
+            c.hook.kind,
+            c.hook.path.display(),
+            end.describe()
+        )
+    };
+
+    let mut outcome = Outcome {
+        end: End::NotRun,
+        failure: None,
+        after_failures: Vec::new(),
+        wrapper_reported: false,
+    };
+    let setup_ok = match checked.iter().find(|c| c.hook.kind == HookType::Setup) {
+        None => true,
+        Some(c) => {
+            let end = run_one(c, &[], cfg.timeout(HookType::Setup), Some(stop), &mut |_| {});
+            if !end.ok() {
+                outcome.failure = Some(failed_hook(c, &end));
+            }
+            end.ok()
+        }
+    };
+    if setup_ok && stop.requested() {
+        outcome.failure = Some(format!("job {}: stopped before it started", job.id));
+    } else if setup_ok {
+        let enter = checked
+            .iter()
+            .find(|c| c.hook.kind == HookType::Enter)
+            .expect("a parsed configuration has an enter hook");
+        let mut args: Vec<OsString> = vec![host.wrapper.clone().into()];
+        args.extend(job.command.iter().cloned());
+        let end = run_one(enter, &args, None, Some(stop), &mut |pid| {
+            rec.enter = sys::start_time(pid).map(|start_time| EnterProcess { pid, start_time });
+            if let Err(e) = held.update(&rec) {
+                sink.note(&format!("job {}: cannot update its record: {e}", job.id));
+            }
+        });
+        let report = parse_report(read_status(&job.owner, &prepared.status_file).as_deref());
+        let stopped = matches!(end, HookEnd::Stopped(_));
+        let hook_end = match end.status() {
+            Some(s) => match (s.code(), s.signal()) {
+                (Some(c), _) => End::Exited(c),
+                (_, Some(sig)) => End::Signaled(sig),
+                _ => End::NotRun,
+            },
+            None => End::NotRun,
+        };
+        match report {
+            Report::Ended(e) => {
+                outcome.end = e;
+                outcome.wrapper_reported = true;
+                outcome.failure = match e {
+                    _ if stopped => Some(format!("job {}: stopped by request", job.id)),
+                    End::Exited(0) => None,
+                    End::Exited(c) => Some(format!("job {}: exit status {c}", job.id)),
+                    End::Signaled(s) => Some(format!(
+                        "job {}: killed by signal {s} ({})",
+                        job.id,
+                        signal_name(s)
+                    )),
+                    End::NotRun => None,
+                };
+            }
+            Report::Started | Report::None => {
+                outcome.end = hook_end;
+                let what = if report == Report::Started {
+                    "the wrapper started but did not report the command's status"
+                } else {
+                    "the wrapper never ran"
+                };
+                outcome.failure = Some(if stopped {
+                    format!("job {}: stopped by request ({what})", job.id)
+                } else {
+                    format!("{} ({what}; the status is the enter hook's)", failed_hook(enter, &end))
+                });
+            }
+        }
+    }
+
+    // Cleanup and teardown: always, once setup was started, and not stoppable.
+    for c in &after {
+        let end = run_one(c, &[], cfg.timeout(c.hook.kind), None, &mut |_| {});
+        if !end.ok() {
+            let f = failed_hook(c, &end);
+            sink.note(&format!("job {}: {f}", job.id));
+            outcome.after_failures.push(f);
+        }
+    }
+    let _ = std::fs::remove_file(&prepared.env_file);
+    let _ = std::fs::remove_dir(job_state_dir(host, &job.id));
+    if let Err(e) = held.remove() {
+        sink.note(&format!("job {}: cannot remove its record: {e}", job.id));
+    }
+    outcome
+}
+
+/// What a recovery did for one job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    /// The job's id.
+    pub job_id: String,
+    /// The configuration's NAME.
+    pub container: String,
+    /// Whether its enter hook was still running and had to be ended.
+    pub ended_enter: bool,
+    /// The hooks that ran, with how each ended.
+    pub hooks: Vec<(HookType, Result<(), String>)>,
+}
+
+/// Finishes the cleanup and teardown that processes which ended in the middle of a
+/// container job owe (a killed tasker, a killed `try`). Each hook is checked again before
+/// it runs. `note` receives one line per action, for the caller to show.
+pub fn recover(host: &Host, note: &mut dyn FnMut(String)) -> Vec<Recovered> {
+    let (orphans, bad) = record::orphans(&host.state_dir);
+    for b in bad {
+        note(format!("cannot recover from {b}; remove it once its container is gone"));
+    }
+    let mut done = Vec::new();
+    for o in orphans {
+        let rec = &o.record;
+        let sink = Arc::new(Sink::open(&rec.log, &rec.owner).unwrap_or(Sink::Terminal));
+        let msg = format!(
+            "job {}: the process that ran it ended in the middle; finishing the cleanup and teardown of container {}",
+            rec.job_id, rec.container
+        );
+        sink.note(&msg);
+        note(msg);
+        let grace = Duration::from_secs(rec.kill_grace);
+        let mut ended_enter = false;
+        if let Some(e) = rec.enter {
+            if sys::start_time(e.pid) == Some(e.start_time) {
+                if let Ok(fd) = sys::pidfd_open(e.pid) {
+                    terminate(e.pid, &fd, grace);
+                    ended_enter = true;
+                    note(format!("job {}: ended its enter hook (process group {})", rec.job_id, e.pid));
+                }
+            } else if sys::group_alive(e.pid) {
+                sys::kill_group(e.pid, libc::SIGKILL);
+            }
+        }
+        let vars = rec.vars.clone();
+        let job_env: Vec<(OsString, OsString)> =
+            rec.job_env.iter().map(|(k, v)| (k.into(), v.into())).collect();
+        let mut hooks = Vec::new();
+        for (h, t) in rec.after.iter().zip(&rec.after_timeouts) {
+            let r = recover_hook(host, rec, h, Duration::from_secs(*t), grace, &job_env, &vars, &sink);
+            let line = match &r {
+                Ok(()) => format!("job {}: {} hook ran", rec.job_id, h.kind),
+                Err(e) => format!("job {}: {e}", rec.job_id),
+            };
+            sink.note(&line);
+            note(line);
+            hooks.push((h.kind, r));
+        }
+        let _ = std::fs::remove_file(job_state_dir(host, &rec.job_id).join("env"));
+        let _ = std::fs::remove_dir(job_state_dir(host, &rec.job_id));
+        let _ = std::fs::remove_file(status_path(&rec.job_dir, &rec.job_id));
+        if let Err(e) = o.held.remove() {
+            note(format!("job {}: cannot remove its record: {e}", rec.job_id));
+        }
+        done.push(Recovered {
+            job_id: rec.job_id.clone(),
+            container: rec.container.clone(),
+            ended_enter,
+            hooks,
+        });
+    }
+    done
+}
+
+#[allow(clippy::too_many_arguments)]
+fn recover_hook(
+    host: &Host,
+    rec: &Record,
+    h: &Hook,
+    timeout: Duration,
+    grace: Duration,
+    job_env: &[(OsString, OsString)],
+    vars: &[(String, String)],
+    sink: &Arc<Sink>,
+) -> Result<(), String> {
+    let checked = check::check_hook(&rec.container, h, Policy { key: host.key.as_ref() })
+        .map_err(|r| r.to_string())?;
+    let env = hook_env(h.privilege, job_env, vars);
+    let end = run_hook(
+        &HookRun {
+            hook: &checked,
+            args: &[],
+            env: &env,
+            dir: &rec.hook_dir,
+            owner: &rec.owner,
+            timeout: Some(timeout),
+            grace,
+            stop: None,
+            sink,
+        },
+        |_| {},
+    );
+    if end.ok() {
+        Ok(())
+    } else {
+        Err(format!(
+            "container {}: {} hook {} {}",
+            rec.container,
+            h.kind,
+            h.path.display(),
+            end.describe()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_table() {
+        assert_eq!(parse_report(None), Report::None);
+        assert_eq!(parse_report(Some("")), Report::None);
+        assert_eq!(parse_report(Some("started 12\n")), Report::Started);
+        assert_eq!(parse_report(Some("started 12\nexit 3\n")), Report::Ended(End::Exited(3)));
+        assert_eq!(parse_report(Some("started 12\nsignal 9\n")), Report::Ended(End::Signaled(9)));
+        assert_eq!(parse_report(Some("garbage")), Report::None);
+    }
+
+    #[test]
+    fn root_hooks_get_a_clean_environment() {
+        let job_env: Vec<(OsString, OsString)> = vec![
+            ("PATH".into(), "/home/u/bin:/usr/bin".into()),
+            ("LD_PRELOAD".into(), "/tmp/evil.so".into()),
+            ("LD_LIBRARY_PATH".into(), "/tmp".into()),
+            ("BASH_ENV".into(), "/tmp/x".into()),
+            ("ENV".into(), "/tmp/x".into()),
+            ("IFS".into(), "x".into()),
+            ("MY_VAR".into(), "1".into()),
+        ];
+        let vars = vec![("VOV_JOBID".to_string(), "7".to_string())];
+        let root = hook_env(Privilege::Root, &job_env, &vars);
+        let names: Vec<_> = root.iter().map(|(k, _)| k.to_string_lossy().into_owned()).collect();
+        assert_eq!(names, ["PATH", "HOME", "USER", "LOGNAME", "LANG", "VOV_JOBID"]);
+        assert_eq!(root[0].1, ROOT_PATH);
+        let user = hook_env(Privilege::User, &job_env, &vars);
+        assert!(user.iter().any(|(k, v)| k == "MY_VAR" && v == "1"));
+        assert!(user.iter().any(|(k, v)| k == "VOV_JOBID" && v == "7"));
+    }
+
+    #[test]
+    fn env_file_table() {
+        let env: Vec<(OsString, OsString)> = vec![
+            ("A".into(), "1".into()),
+            ("B".into(), "two words".into()),
+            ("C".into(), "line\nbreak".into()),
+            ("BASH_FUNC_x%%".into(), "() { :; }".into()),
+            ("D".into(), "".into()),
+        ];
+        let (text, skipped) = env_file_text(&env);
+        assert_eq!(String::from_utf8(text).unwrap(), "A=1\nB=two words\nD=\n");
+        assert_eq!(skipped, ["C", "BASH_FUNC_x%%"]);
+    }
+
+    #[test]
+    fn job_ids_table() {
+        for ok in ["1", "42", "try-7", "a.b_c"] {
+            assert!(valid_job_id(ok), "{ok}");
+        }
+        for bad in ["", ".", "..", "../x", "a/b", "a b", &"x".repeat(65)] {
+            assert!(!valid_job_id(bad), "{bad:?}");
+        }
+    }
+}

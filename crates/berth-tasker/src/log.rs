@@ -1,0 +1,128 @@
+//! A job's log: a file opened as the job's owner, or this process's terminal. Hook output
+//! is copied in line by line, each line marked with the hook's name.
+
+use crate::sys::{self, Identity};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Where a job's output goes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum LogTarget {
+    /// A file, opened for appending as the job's owner.
+    File(PathBuf),
+    /// The standard output and error of this process (`berth container try`).
+    Terminal,
+}
+
+/// An open job log.
+#[derive(Debug)]
+pub enum Sink {
+    /// Appends to a file.
+    File(File),
+    /// Writes to this process's standard output and error.
+    Terminal,
+}
+
+impl Sink {
+    /// Opens a log target. A file is opened as `owner`, with O_NOFOLLOW, so that a job
+    /// cannot make root write through a symbolic link.
+    pub fn open(target: &LogTarget, owner: &Identity) -> io::Result<Sink> {
+        match target {
+            LogTarget::Terminal => Ok(Sink::Terminal),
+            LogTarget::File(p) => {
+                let f = sys::as_user(owner, || open_log(p))?;
+                Ok(Sink::File(f))
+            }
+        }
+    }
+
+    /// Writes one line from berth itself, marked `[berth]`.
+    pub fn note(&self, line: &str) {
+        self.write_marked("berth", line.as_bytes(), true);
+    }
+
+    fn write_marked(&self, mark: &str, line: &[u8], err: bool) {
+        let mut buf = Vec::with_capacity(line.len() + mark.len() + 4);
+        buf.push(b'[');
+        buf.extend_from_slice(mark.as_bytes());
+        buf.extend_from_slice(b"] ");
+        buf.extend_from_slice(line);
+        if !buf.ends_with(b"\n") {
+            buf.push(b'\n');
+        }
+        // One write per line, so that lines from several hooks never interleave.
+        let _ = match self {
+            Sink::File(f) => (&*f).write_all(&buf),
+            Sink::Terminal if err => io::stderr().lock().write_all(&buf),
+            Sink::Terminal => io::stdout().lock().write_all(&buf),
+        };
+    }
+
+    /// Standard output and error for a process that writes to the log unmarked (the
+    /// enter hook, whose output is the job's own).
+    pub fn direct(&self) -> io::Result<(Stdio, Stdio)> {
+        Ok(match self {
+            Sink::File(f) => (Stdio::from(f.try_clone()?), Stdio::from(f.try_clone()?)),
+            Sink::Terminal => (Stdio::inherit(), Stdio::inherit()),
+        })
+    }
+}
+
+fn open_log(p: &Path) -> io::Result<File> {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(p)
+}
+
+/// Copies a hook's output into the log, marking each line. `finish` waits for the copy
+/// to end, but not forever: a daemon that a hook started may hold its pipe open.
+pub struct Pump {
+    done: mpsc::Receiver<()>,
+    count: usize,
+}
+
+impl Pump {
+    /// Starts copying `out` and `err` into `sink`, marked with `mark`.
+    pub fn start(sink: &std::sync::Arc<Sink>, mark: &str, out: impl Read + Send + 'static, err: impl Read + Send + 'static) -> Pump {
+        let (tx, done) = mpsc::channel();
+        let spawn = |r: Box<dyn Read + Send>, is_err: bool| {
+            let sink = sink.clone();
+            let mark = mark.to_string();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(r);
+                let mut line = Vec::new();
+                loop {
+                    line.clear();
+                    match r.read_until(b'\n', &mut line) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => sink.write_marked(&mark, &line, is_err),
+                    }
+                }
+                let _ = tx.send(());
+            });
+        };
+        spawn(Box::new(out), false);
+        spawn(Box::new(err), true);
+        Pump { done, count: 2 }
+    }
+
+    /// Waits up to `limit` for both copies to end.
+    pub fn finish(self, limit: Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        for _ in 0..self.count {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if self.done.recv_timeout(left).is_err() {
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! The operating-system calls the tasker makes: identities, process groups, pidfds,
+//! per-thread filesystem identity. Each `unsafe` block says why it is sound.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A user that jobs and user hooks run as.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Identity {
+    /// The login name.
+    pub name: String,
+    /// The user id.
+    pub uid: u32,
+    /// The primary group id.
+    pub gid: u32,
+    /// Every group the user is in, the primary one included.
+    pub groups: Vec<u32>,
+    /// The home directory.
+    pub home: PathBuf,
+}
+
+/// Why a user could not be found.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// No such user in the system's user database.
+    #[error("no user {0:?} on this host")]
+    NoSuchUser(String),
+    /// No such uid.
+    #[error("no user with uid {0} on this host")]
+    NoSuchUid(u32),
+    /// The lookup itself failed.
+    #[error("looking up user {0:?}: {1}")]
+    Lookup(String, io::Error),
+}
+
+fn passwd_to_identity(pw: &libc::passwd) -> Identity {
+    // SAFETY: getpwnam_r/getpwuid_r filled pw with pointers into our buffer, valid for the
+    // duration of this call.
+    let name = unsafe { CStr::from_ptr(pw.pw_name) }.to_string_lossy().into_owned();
+    let home = PathBuf::from(OsStr::from_bytes(unsafe { CStr::from_ptr(pw.pw_dir) }.to_bytes()));
+    let mut groups = vec![pw.pw_gid; 64];
+    let mut n = groups.len() as libc::c_int;
+    let cname = CString::new(name.clone()).unwrap_or_default();
+    loop {
+        // SAFETY: groups has room for n entries; n is updated to the number needed.
+        let r = unsafe {
+            libc::getgrouplist(cname.as_ptr(), pw.pw_gid, groups.as_mut_ptr(), &mut n)
+        };
+        if r >= 0 {
+            groups.truncate(n as usize);
+            break;
+        }
+        groups.resize(n.max(groups.len() as i32 * 2) as usize, 0);
+        n = groups.len() as libc::c_int;
+    }
+    Identity {
+        name,
+        uid: pw.pw_uid,
+        gid: pw.pw_gid,
+        groups,
+        home,
+    }
+}
+
+/// Looks a user up by name in the system's user database (NSS: files, LDAP, ...).
+pub fn identity_by_name(name: &str) -> Result<Identity, IdentityError> {
+    let cname = CString::new(name).map_err(|_| IdentityError::NoSuchUser(name.to_string()))?;
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: passwd is plain data; getpwnam_r fills it with pointers into buf.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut res: *mut libc::passwd = std::ptr::null_mut();
+    let r = unsafe {
+        libc::getpwnam_r(cname.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut res)
+    };
+    if r != 0 {
+        return Err(IdentityError::Lookup(name.to_string(), io::Error::from_raw_os_error(r)));
+    }
+    if res.is_null() {
+        return Err(IdentityError::NoSuchUser(name.to_string()));
+    }
+    Ok(passwd_to_identity(&pw))
+}
+
+/// Looks a user up by uid.
+pub fn identity_by_uid(uid: u32) -> Result<Identity, IdentityError> {
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: as in identity_by_name.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut res: *mut libc::passwd = std::ptr::null_mut();
+    let r = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut res) };
+    if r != 0 {
+        return Err(IdentityError::Lookup(uid.to_string(), io::Error::from_raw_os_error(r)));
+    }
+    if res.is_null() {
+        return Err(IdentityError::NoSuchUid(uid));
+    }
+    Ok(passwd_to_identity(&pw))
+}
+
+/// The effective uid of this process.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+/// The host's short name: up to the first dot.
+pub fn short_hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is writable for its length.
+    let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if r != 0 {
+        return "localhost".to_string();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let full = String::from_utf8_lossy(&buf[..end]).into_owned();
+    full.split('.').next().unwrap_or("localhost").to_string()
+}
+
+/// Runs `f` on a thread of its own whose filesystem identity (fsuid, fsgid and
+/// supplementary groups) is `who`'s, so that every path it opens is opened with that
+/// user's permissions: root never follows a user's symbolic link with root's rights.
+/// Without root, `f` runs as this process.
+pub fn as_user<T: Send>(who: &Identity, f: impl FnOnce() -> T + Send) -> T {
+    if euid() != 0 {
+        return f();
+    }
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: raw syscalls change only the calling thread's credentials (glibc's
+            // wrappers would change every thread's); this thread ends after f.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_setgroups,
+                    who.groups.len(),
+                    who.groups.as_ptr(),
+                );
+                libc::syscall(libc::SYS_setfsgid, who.gid);
+                libc::syscall(libc::SYS_setfsuid, who.uid);
+            }
+            f()
+        })
+        .join()
+        .expect("as_user closure panicked")
+    })
+}
+
+/// Opens a process's pidfd, to wait for its end with poll.
+pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor that we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// What a wait for a process ended with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Woke {
+    /// The process ended (it is not reaped yet).
+    Exited,
+    /// The deadline passed.
+    TimedOut,
+    /// The stop descriptor became readable.
+    Stopped,
+}
+
+/// Waits until the process behind `pidfd` ends, `deadline` passes, or `stop` is readable.
+pub fn wait_pidfd(pidfd: &OwnedFd, deadline: Option<Instant>, stop: Option<RawFd>) -> io::Result<Woke> {
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stop.unwrap_or(-1),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let timeout = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(Woke::TimedOut);
+                }
+                left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int
+            }
+        };
+        // SAFETY: fds is a valid array of two pollfd; a negative fd is ignored by poll.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if fds[0].revents != 0 {
+            return Ok(Woke::Exited);
+        }
+        if fds[1].revents != 0 {
+            return Ok(Woke::Stopped);
+        }
+    }
+}
+
+/// Sends a signal to a process group. A group that is gone already is not an error.
+pub fn kill_group(pgid: u32, sig: libc::c_int) {
+    if pgid <= 1 {
+        return; // never signal every process, or init's group
+    }
+    // SAFETY: kill with a negative pid signals that process group only.
+    unsafe { libc::kill(-(pgid as libc::pid_t), sig) };
+}
+
+/// Whether any process of a group is still alive.
+pub fn group_alive(pgid: u32) -> bool {
+    // SAFETY: signal 0 checks for existence only.
+    pgid > 1 && unsafe { libc::kill(-(pgid as libc::pid_t), 0) } == 0
+}
+
+/// A process's start time in clock ticks since boot (from /proc/PID/stat), which tells a
+/// process from a later one that reuses its pid.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold blanks: fields follow the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+/// An eventfd, readable once it has been written: a stop signal that poll can wait on.
+#[derive(Debug)]
+pub struct EventFd(OwnedFd);
+
+impl EventFd {
+    /// A new eventfd.
+    pub fn new() -> io::Result<EventFd> {
+        // SAFETY: eventfd returns a new descriptor or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor that we own.
+        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Makes it readable, for good.
+    pub fn signal(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a valid u64 to our own eventfd.
+        unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// The descriptor, for poll.
+    pub fn raw(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// What a spawned child does between fork and exec: become `who` (groups, gid, then uid,
+/// as Firecracker's jailer does), enter `dir` as that user, and mark every inherited
+/// descriptor above 2 close-on-exec. Prepared before the fork, so the child only makes
+/// async-signal-safe system calls.
+pub struct ChildSetup {
+    ids: Option<(Vec<libc::gid_t>, libc::gid_t, libc::uid_t)>,
+    dir: CString,
+}
+
+impl ChildSetup {
+    /// Prepares the setup for a child that runs as `who` (or as this process, when None)
+    /// in `dir`.
+    pub fn new(who: Option<&Identity>, dir: &Path) -> io::Result<ChildSetup> {
+        let dir = CString::new(dir.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "directory holds a NUL byte"))?;
+        Ok(ChildSetup {
+            ids: who.map(|w| (w.groups.clone(), w.gid, w.uid)),
+            dir,
+        })
+    }
+
+    /// Runs in the child, after fork and before exec.
+    pub fn apply(&self) -> io::Result<()> {
+        // SAFETY: only system calls on data prepared before the fork; nothing allocates.
+        unsafe {
+            if let Some((groups, gid, uid)) = &self.ids {
+                if libc::getuid() == 0 || libc::geteuid() == 0 {
+                    if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                        || libc::setgid(*gid) != 0
+                        || libc::setuid(*uid) != 0
+                    {
+                        return Err(io::Error::last_os_error());
+                    }
+                    // Never go on as root by mistake: a job or user hook must not be able
+                    // to get root back.
+                    if *uid != 0 && libc::setuid(0) == 0 {
+                        return Err(io::Error::from_raw_os_error(libc::EPERM));
+                    }
+                }
+            }
+            if libc::chdir(self.dir.as_ptr()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // close_range(3, ~0, CLOSE_RANGE_CLOEXEC): descriptors leaked by a library
+            // do not reach the hook; std's own error pipe is close-on-exec already.
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 4u32);
+        }
+        Ok(())
+    }
+}
+
+/// How long to sleep between checks of something that cannot be polled.
+pub const SHORT: Duration = Duration::from_millis(20);
