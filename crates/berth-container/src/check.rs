@@ -316,7 +316,8 @@ pub fn check_hooks(cfg: &Config, policy: Policy<'_>) -> Result<Vec<Checked>, Ref
 /// not writable by group or others, except a root-owned sticky directory such as `/tmp`
 /// (there, others cannot replace an entry that root owns).
 pub fn safe_dirs(dir: &Path) -> Result<(), String> {
-    let mut cur = Some(dir);
+    let dir = std::fs::canonicalize(dir).map_err(|e| format!("directory {}: {e}", dir.display()))?;
+    let mut cur = Some(dir.as_path());
     while let Some(d) = cur {
         let meta = std::fs::metadata(d).map_err(|e| format!("directory {}: {e}", d.display()))?;
         let mode = meta.mode() & 0o7777;

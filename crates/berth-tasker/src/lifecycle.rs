@@ -485,8 +485,8 @@ pub fn run(host: &Host, job: &Job, cfg: &Config, stop: &Stop) -> Outcome {
         Ok(s) => Arc::new(s),
         Err(e) => {
             return Outcome::refused(format!(
-                "job {}: cannot open the log {:?} as {}: {e}",
-                job.id, job.log, job.owner.name
+                "cannot open the log {:?} as {}: {e}",
+                job.log, job.owner.name
             ))
         }
     };
@@ -503,13 +503,10 @@ fn run_with_sink(host: &Host, job: &Job, cfg: &Config, stop: &Stop, sink: &Arc<S
         return Outcome::refused(format!("job id {:?} is not valid", job.id));
     }
     if job.owner.uid == 0 {
-        return Outcome::refused(format!(
-            "job {}: a job never runs as root; submit it as another user",
-            job.id
-        ));
+        return Outcome::refused("a job never runs as root; submit it as another user".into());
     }
     if job.command.is_empty() {
-        return Outcome::refused(format!("job {}: the command line is empty", job.id));
+        return Outcome::refused("the command line is empty".to_string());
     }
     let limits = match plan::limits(cfg, job.request.as_ref()) {
         Ok(l) => l,
@@ -526,10 +523,7 @@ fn run_with_sink(host: &Host, job: &Job, cfg: &Config, stop: &Stop, sink: &Arc<S
             ));
         }
         if job.owner.uid != sys::euid() {
-            return Outcome::refused(format!(
-                "job {}: only root can run a job as {}",
-                job.id, job.owner.name
-            ));
+            return Outcome::refused(format!("only root can run a job as {}", job.owner.name));
         }
     }
     let checked = match check::check_hooks(cfg, Policy { key: host.key.as_ref() }) {
@@ -540,8 +534,7 @@ fn run_with_sink(host: &Host, job: &Job, cfg: &Config, stop: &Stop, sink: &Arc<S
         Ok(p) => p,
         Err(e) => {
             return Outcome::refused(format!(
-                "job {}: preparing {}: {e}",
-                job.id,
+                "preparing {}: {e}",
                 job_state_dir(host, &job.id).display()
             ))
         }
@@ -578,8 +571,7 @@ fn run_with_sink(host: &Host, job: &Job, cfg: &Config, stop: &Stop, sink: &Arc<S
         Ok(h) => h,
         Err(e) => {
             return Outcome::refused(format!(
-                "job {}: cannot write its record under {}: {e}",
-                job.id,
+                "cannot write its record under {}: {e}",
                 record::dir(&host.state_dir).display()
             ))
         }
@@ -629,7 +621,7 @@ fn run_with_sink(host: &Host, job: &Job, cfg: &Config, stop: &Stop, sink: &Arc<S
         }
     };
     if setup_ok && stop.requested() {
-        outcome.failure = Some(format!("job {}: stopped before it started", job.id));
+        outcome.failure = Some("stopped before it started".to_string());
     } else if setup_ok {
         let enter = checked
             .iter()
@@ -658,14 +650,12 @@ fn run_with_sink(host: &Host, job: &Job, cfg: &Config, stop: &Stop, sink: &Arc<S
                 outcome.end = e;
                 outcome.wrapper_reported = true;
                 outcome.failure = match e {
-                    _ if stopped => Some(format!("job {}: stopped by request", job.id)),
+                    _ if stopped => Some("stopped by request".to_string()),
                     End::Exited(0) => None,
-                    End::Exited(c) => Some(format!("job {}: exit status {c}", job.id)),
-                    End::Signaled(s) => Some(format!(
-                        "job {}: killed by signal {s} ({})",
-                        job.id,
-                        signal_name(s)
-                    )),
+                    End::Exited(c) => Some(format!("exit status {c}")),
+                    End::Signaled(s) => {
+                        Some(format!("killed by signal {s} ({})", signal_name(s)))
+                    }
                     End::NotRun => None,
                 };
             }
@@ -677,7 +667,7 @@ fn run_with_sink(host: &Host, job: &Job, cfg: &Config, stop: &Stop, sink: &Arc<S
                     "the wrapper never ran"
                 };
                 outcome.failure = Some(if stopped {
-                    format!("job {}: stopped by request ({what})", job.id)
+                    format!("stopped by request ({what})")
                 } else {
                     format!("{} ({what}; the status is the enter hook's)", failed_hook(enter, &end))
                 });

@@ -1,0 +1,48 @@
+#!/bin/sh
+# berth example `docker`: one all-in-one enter hook, in the documented style.
+# Runs as root. "$@" is WRAPPER CMD ARGS...: the job runs in a fresh container, as its
+# owner's uid, with the job's limits, and the container is removed when it ends (--rm).
+# ENGINE may be podman, which takes the same flags.
+set -eu
+
+# --- site settings: edit them, then re-sign: berth container sign docker ---
+ENGINE=docker
+IMAGE=busybox:latest
+CONTAINERS_CONF_FILE=
+# ---------------------------------------------------------------------------
+
+if [ -n "$CONTAINERS_CONF_FILE" ]; then
+    CONTAINERS_CONF=$CONTAINERS_CONF_FILE
+    export CONTAINERS_CONF
+fi
+
+wrapper=$1
+vwdir=$(dirname "$wrapper")
+jobdir=${VOV_CONTAINER_JOB_RUNDIR:-$PWD}
+name="$VOV_PROJECT_NAME-$HOST-$VOV_CONTAINER_NAME-$VOV_JOBSLOT"
+# The job owner: berth says so; the job's environment (USER) is the fallback.
+uid=${BERTH_JOB_UID:-$(id -u "$(sed -n 's/^USER=//p' "$VOV_CONTAINER_ENV_FILE")")}
+gid=${BERTH_JOB_GID:-$(id -g "$uid")}
+
+# Append the engine's options after "$@", then rotate the job's words to the end, so
+# that no word of the job's command line is ever split or globbed.
+n=$#
+set -- "$@" run --rm --name "$name" --user "$uid:$gid" \
+    --env-file "$VOV_CONTAINER_ENV_FILE" \
+    --volume "$jobdir:$jobdir" --workdir "$jobdir" \
+    --volume "$vwdir:$vwdir:ro" \
+    --cpus "$VOV_CONTAINER_CORES"
+if [ -n "${VOV_CONTAINER_RAM:-}" ]; then
+    set -- "$@" --memory "${VOV_CONTAINER_RAM}m" --memory-swap "${VOV_CONTAINER_RAM}m"
+fi
+if [ -n "${VOV_CONTAINER_TMP:-}" ]; then
+    set -- "$@" --tmpfs "/tmp:rw,nosuid,nodev,size=${VOV_CONTAINER_TMP}m"
+fi
+set -- "$@" "$IMAGE"
+i=0
+while [ "$i" -lt "$n" ]; do
+    set -- "$@" "$1"
+    shift
+    i=$((i + 1))
+done
+exec "$ENGINE" "$@"
