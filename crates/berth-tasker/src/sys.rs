@@ -268,7 +268,7 @@ impl EventFd {
 
 /// What a spawned child does between fork and exec: become `who` (groups, gid, then uid,
 /// as Firecracker's jailer does), enter `dir` as that user, and mark every inherited
-/// descriptor above 2 close-on-exec. Prepared before the fork, so the child only makes
+/// descriptor above 2 close-on-exec, and unblock every signal. Prepared before the fork, so the child only makes
 /// async-signal-safe system calls.
 pub struct ChildSetup {
     ids: Option<(Vec<libc::gid_t>, libc::gid_t, libc::uid_t)>,
@@ -312,6 +312,12 @@ impl ChildSetup {
             // close_range(3, ~0, CLOSE_RANGE_CLOEXEC): descriptors leaked by a library
             // do not reach the hook; std's own error pipe is close-on-exec already.
             libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 4u32);
+            // std hands the parent's signal mask on to the child, and berth blocks the
+            // signals it waits for: a hook must start with none blocked, or a stop's
+            // SIGTERM would never reach it. Last, after the identity change.
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
         }
         Ok(())
     }

@@ -1,0 +1,326 @@
+//! What the end-to-end tests share: a fixture directory laid out as an administrator would
+//! (root-owned hooks, an SWD, a job directory owned by `nobody`), the real `berth` binary,
+//! a busybox image built from local files, and waits that always end.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const NOBODY: u32 = 65534;
+pub const IMAGE: &str = "localhost/berth-test:latest";
+
+pub fn berth() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_berth"))
+}
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Tests that need root (hooks as root, jobs as nobody) say so and pass trivially when
+/// run without it; CI runs them as root.
+#[macro_export]
+macro_rules! need_root {
+    () => {
+        if !common::is_root() {
+            eprintln!("skipped: this test needs root (it runs hooks as root and jobs as nobody)");
+            return;
+        }
+    };
+}
+
+pub fn chmod(p: &Path, mode: u32) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+pub fn write_exec(p: &Path, text: &str) {
+    std::fs::write(p, text).unwrap();
+    chmod(p, 0o755);
+}
+
+/// A directory tree for one test: `root/` (0755) holds `hooks/`, `swd/containers/` and
+/// `work/` (owned by nobody, the job's directory).
+pub struct Fixture {
+    _tmp: tempfile::TempDir,
+    pub root: PathBuf,
+    pub hooks: PathBuf,
+    pub swd: PathBuf,
+    pub work: PathBuf,
+}
+
+impl Fixture {
+    pub fn new() -> Fixture {
+        let tmp = tempfile::Builder::new().prefix("berth-test-").tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        chmod(&root, 0o755);
+        let hooks = root.join("hooks");
+        let swd = root.join("swd");
+        let work = root.join("work");
+        for d in [&hooks, &swd.join("containers"), &work] {
+            std::fs::create_dir_all(d).unwrap();
+            chmod(d, 0o755);
+        }
+        std::os::unix::fs::chown(&work, Some(NOBODY), Some(NOBODY)).unwrap();
+        Fixture {
+            _tmp: tmp,
+            root,
+            hooks,
+            swd,
+            work,
+        }
+    }
+
+    /// Writes hook NAME into hooks/ and returns its path.
+    pub fn hook(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.hooks.join(name);
+        write_exec(&p, text);
+        p
+    }
+
+    /// Writes SWD/containers/NAME.cfg, replacing `SIG(path)` by the signature of path.
+    pub fn cfg(&self, name: &str, text: &str) -> PathBuf {
+        let mut out = String::new();
+        let mut rest = text;
+        while let Some(i) = rest.find("SIG(") {
+            out.push_str(&rest[..i]);
+            let end = rest[i..].find(')').unwrap() + i;
+            let path = &rest[i + 4..end];
+            let sig = berth_container::sign::sign_file(Path::new(path), None)
+                .unwrap_or_else(|e| panic!("signing {path}: {e}"));
+            out.push_str(&sig);
+            rest = &rest[end + 1..];
+        }
+        out.push_str(rest);
+        let p = self.swd.join("containers").join(format!("{name}.cfg"));
+        std::fs::write(&p, out).unwrap();
+        chmod(&p, 0o644);
+        p
+    }
+
+    /// `berth ARGS...` in the job directory, with the test's containers.conf.
+    pub fn berth(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(berth());
+        c.args(args)
+            .current_dir(&self.work)
+            .env("BERTH_SWD", &self.swd)
+            .env("CONTAINERS_CONF", containers_conf())
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs `berth ARGS...` to its end, within `limit`.
+    pub fn run(&self, args: &[&str], limit: Duration) -> Output {
+        let mut c = self.berth(args);
+        output_within(&mut c, limit)
+    }
+
+    /// Installs the example configurations NAMES with the settings of this machine.
+    pub fn install_examples(&self, names: &[&str]) {
+        let img = image();
+        let mut c = Command::new("sh");
+        c.arg(repo().join("examples/containers/install.sh"))
+            .args(["--swd", self.swd.to_str().unwrap()])
+            .args(["--hooks", self.hooks.to_str().unwrap()])
+            .args(["--berth", berth().to_str().unwrap()])
+            .args(["--engine", "podman", "--image", IMAGE])
+            .args(["--rootfs", img.rootfs.to_str().unwrap()])
+            .args(["--containers-conf", containers_conf().to_str().unwrap()])
+            .args(names);
+        let out = output_within(&mut c, Duration::from_secs(60));
+        assert!(out.status.success(), "install.sh failed:\n{}", text(&out));
+    }
+
+    pub fn read_work(&self, name: &str) -> String {
+        std::fs::read_to_string(self.work.join(name)).unwrap_or_default()
+    }
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "status: {:?}\n--- stdout\n{}--- stderr\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs a command to its end, killing it (and failing the test) past `limit`.
+pub fn output_within(c: &mut Command, limit: Duration) -> Output {
+    let child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {c:?}: {e}"));
+    wait_output(child, limit)
+}
+
+/// Collects a spawned child's output, within `limit`.
+pub fn wait_output(mut child: Child, limit: Duration) -> Output {
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("command did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: t_out.join().unwrap(),
+        stderr: t_err.join().unwrap(),
+    }
+}
+
+/// Waits until `cond` holds, failing the test with `what` past `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        if Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn signal(child: &Child, sig: libc::c_int) {
+    // SAFETY: signalling a child we spawned and have not reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+}
+
+/// A containers.conf for podman on this machine: runc (crun fails with these hybrid
+/// cgroups) and no default ulimits (raising RLIMIT_NOFILE is refused here).
+pub fn containers_conf() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let p = dir.join("containers.conf");
+    let text = "[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n";
+    if std::fs::read_to_string(&p).ok().as_deref() != Some(text) {
+        let tmp = dir.join(format!("containers.conf.{}", std::process::id()));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &p).unwrap();
+    }
+    p
+}
+
+pub struct Image {
+    pub rootfs: PathBuf,
+}
+
+/// A busybox rootfs (for bwrap) and the same tree imported as IMAGE (for podman), built
+/// from the static busybox of this machine: no registry is needed.
+pub fn image() -> Image {
+    use std::sync::OnceLock;
+    static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
+    let rootfs = ROOTFS.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("rootfs");
+        let lock = std::fs::File::create(Path::new(env!("CARGO_TARGET_TMPDIR")).join("image.lock")).unwrap();
+        // SAFETY: flock on a descriptor we own; serialises test binaries building the image.
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
+        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("busybox-static is not installed: apt-get install busybox-static");
+        if !dir.join("bin/busybox").exists() {
+            let tmp = dir.with_extension("new");
+            let _ = std::fs::remove_dir_all(&tmp);
+            for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "root"] {
+                std::fs::create_dir_all(tmp.join(d)).unwrap();
+            }
+            chmod(&tmp, 0o755);
+            chmod(&tmp.join("tmp"), 0o1777);
+            std::fs::copy(busybox, tmp.join("bin/busybox")).unwrap();
+            let list = Command::new(busybox).arg("--list").output().unwrap();
+            for applet in String::from_utf8_lossy(&list.stdout).lines() {
+                if applet != "busybox" {
+                    let _ = std::os::unix::fs::symlink("busybox", tmp.join("bin").join(applet));
+                }
+            }
+            std::fs::write(
+                tmp.join("etc/passwd"),
+                "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/sh\n",
+            )
+            .unwrap();
+            std::fs::write(tmp.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::rename(&tmp, &dir).unwrap();
+        }
+        let exists = Command::new("podman")
+            .args(["image", "exists", IMAGE])
+            .env("CONTAINERS_CONF", containers_conf())
+            .status();
+        match exists {
+            Err(e) => panic!("podman is not installed ({e}): apt-get install podman runc"),
+            Ok(s) if !s.success() => {
+                let tar = dir.with_extension("tar");
+                let st = Command::new("tar")
+                    .arg("-C")
+                    .arg(&dir)
+                    .arg("-cf")
+                    .arg(&tar)
+                    .arg(".")
+                    .status()
+                    .unwrap();
+                assert!(st.success());
+                let out = Command::new("podman")
+                    .arg("import")
+                    .arg(&tar)
+                    .arg(IMAGE)
+                    .env("CONTAINERS_CONF", containers_conf())
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "podman import: {}", text(&out));
+            }
+            Ok(_) => {}
+        }
+        dir
+    });
+    Image {
+        rootfs: rootfs.clone(),
+    }
+}
+
+/// The names of every podman container, running or not, whose name starts with `prefix`.
+pub fn podman_containers(prefix: &str) -> Vec<String> {
+    let out = Command::new("podman")
+        .args(["ps", "-a", "--format", "{{.Names}}"])
+        .env("CONTAINERS_CONF", containers_conf())
+        .output()
+        .unwrap();
+    stdout(&out)
+        .lines()
+        .filter(|n| n.starts_with(prefix))
+        .map(str::to_string)
+        .collect()
+}
