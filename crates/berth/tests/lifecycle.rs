@@ -415,13 +415,13 @@ fn a_killed_try_is_recovered_by_the_next() {
     let log = fx.work.join("job1.log");
     let child = fx
         .berth(&["container", "try", "--user", "nobody", "-l", log.to_str().unwrap(), "c1", "--", "sleep", "300"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     wait_until("the job to start", T, || fx.work.join("started").exists());
     signal(&child, libc::SIGKILL);
-    let _ = wait_output(child, T);
+    wait_status(child, T);
     assert!(!fx.work.join("teardown.1").exists());
     assert!(fx.swd.join("try/records/1.json").exists(), "no record left");
     // The next try finishes what the killed one owed, says so, then runs its own job.

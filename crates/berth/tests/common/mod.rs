@@ -204,6 +204,23 @@ pub fn wait_output(mut child: Child, limit: Duration) -> Output {
     }
 }
 
+/// Waits for a child's exit, within `limit`, without reading its output (a killed berth
+/// leaves its hooks holding its pipes).
+pub fn wait_status(mut child: Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("command did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Waits until `cond` holds, failing the test with `what` past `limit`.
 pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
