@@ -309,14 +309,18 @@ pub fn check_hook(container: &str, hook: &Hook, policy: Policy<'_>) -> Result<Ch
 /// Checks every hook of a configuration, stopping at the first refusal: what runs before
 /// each job.
 pub fn check_hooks(cfg: &Config, policy: Policy<'_>) -> Result<Vec<Checked>, Refusal> {
-    cfg.hooks.iter().map(|h| check_hook(&cfg.name, h, policy)).collect()
+    cfg.hooks
+        .iter()
+        .map(|h| check_hook(&cfg.name, h, policy))
+        .collect()
 }
 
 /// Every directory from `dir` up to `/` must be changeable by root only: owned by root and
 /// not writable by group or others, except a root-owned sticky directory such as `/tmp`
 /// (there, others cannot replace an entry that root owns).
 pub fn safe_dirs(dir: &Path) -> Result<(), String> {
-    let dir = std::fs::canonicalize(dir).map_err(|e| format!("directory {}: {e}", dir.display()))?;
+    let dir =
+        std::fs::canonicalize(dir).map_err(|e| format!("directory {}: {e}", dir.display()))?;
     let mut cur = Some(dir.as_path());
     while let Some(d) = cur {
         let meta = std::fs::metadata(d).map_err(|e| format!("directory {}: {e}", d.display()))?;
@@ -509,8 +513,14 @@ mod tests {
             let cfg = cfg_with(&fx, privilege, &h, &good_sig);
             let got = refusal(&cfg, None);
             let want = want.replace("{DIR}", &fx.dir.display().to_string());
-            assert!(got.contains(&want), "{what}:\n  got:  {got}\n  want: {want}");
-            assert!(got.starts_with("container c1: enter hook "), "{what}: {got}");
+            assert!(
+                got.contains(&want),
+                "{what}:\n  got:  {got}\n  want: {want}"
+            );
+            assert!(
+                got.starts_with("container c1: enter hook "),
+                "{what}: {got}"
+            );
         }
     }
 
@@ -562,24 +572,52 @@ mod tests {
         let fx = fixture();
         let path = fx.dir.join("c1.cfg");
         let sig = format!("sha256:{}", "0".repeat(64));
-        write(&path, &format!("containerHook enter user /e {sig}\n"), 0o666);
+        write(
+            &path,
+            &format!("containerHook enter user /e {sig}\n"),
+            0o666,
+        );
         let err = load(&fx.dir, "c1").unwrap_err().to_string();
         assert!(err.ends_with(&format!("c1.cfg: writable by group or others (mode 666); anyone who can edit it chooses what the hooks run; run: chmod go-w {}", path.display())), "{err}");
-        write(&path, &format!("containerHook enter user /e {sig}\n"), 0o620);
-        assert!(load(&fx.dir, "c1").unwrap_err().to_string().contains("mode 620"));
+        write(
+            &path,
+            &format!("containerHook enter user /e {sig}\n"),
+            0o620,
+        );
+        assert!(load(&fx.dir, "c1")
+            .unwrap_err()
+            .to_string()
+            .contains("mode 620"));
         if is_root() {
-            write(&path, &format!("containerHook enter root /e {sig}\n"), 0o644);
+            write(
+                &path,
+                &format!("containerHook enter root /e {sig}\n"),
+                0o644,
+            );
             chown(&path, Some(NOBODY), None).unwrap();
             let err = load(&fx.dir, "c1").unwrap_err().to_string();
-            assert!(err.contains("declares a root hook (line 1) but is owned by uid 65534"), "{err}");
+            assert!(
+                err.contains("declares a root hook (line 1) but is owned by uid 65534"),
+                "{err}"
+            );
             // a user-hook configuration may belong to anyone
-            write(&path, &format!("containerHook enter user /e {sig}\n"), 0o644);
+            write(
+                &path,
+                &format!("containerHook enter user /e {sig}\n"),
+                0o644,
+            );
             load(&fx.dir, "c1").unwrap();
         }
         let err = load(&fx.dir, "../c1").unwrap_err().to_string();
-        assert!(err.contains("container name \"../c1\" is not valid"), "{err}");
+        assert!(
+            err.contains("container name \"../c1\" is not valid"),
+            "{err}"
+        );
         let err = load(&fx.dir, "c2").unwrap_err().to_string();
-        assert!(err.contains("container c2: no configuration") && err.contains("here are: c1"), "{err}");
+        assert!(
+            err.contains("container c2: no configuration") && err.contains("here are: c1"),
+            "{err}"
+        );
         std::os::unix::fs::symlink(&path, fx.dir.join("c3.cfg")).unwrap();
         let err = load(&fx.dir, "c3").unwrap_err().to_string();
         assert!(err.contains("is a symbolic link"), "{err}");

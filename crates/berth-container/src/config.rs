@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The four moments of a container job's life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum HookType {
     /// Creates the container; must exit 0.
@@ -157,7 +159,10 @@ impl Config {
 
     /// The `containerLimit` for a kind.
     pub fn limit(&self, kind: LimitKind) -> Option<Limit> {
-        self.limits.iter().find(|(k, _)| *k == kind).map(|(_, l)| *l)
+        self.limits
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, l)| *l)
     }
 
     /// How long a hook of this type may run; `None` for enter, which lasts as the job.
@@ -281,13 +286,11 @@ pub fn parse(name: &str, file: &Path, src: &str) -> Result<Config, ConfigErrors>
         let args = &cmd.words[1..];
         let res = match directive {
             "containerHook" => hook(cmd, &mut seen_hook).map(|h| cfg.hooks.push(h)),
-            "containerHooksRunDir" => {
-                once(&mut run_dir_line, line, directive).and_then(|_| {
-                    arity(args, 1, 1, directive, "PATH")?;
-                    cfg.run_dir = Some(absolute(&args[0], "containerHooksRunDir PATH")?);
-                    Ok(())
-                })
-            }
+            "containerHooksRunDir" => once(&mut run_dir_line, line, directive).and_then(|_| {
+                arity(args, 1, 1, directive, "PATH")?;
+                cfg.run_dir = Some(absolute(&args[0], "containerHooksRunDir PATH")?);
+                Ok(())
+            }),
             "containerLimit" => limit(args, line, &mut seen_limit).map(|l| cfg.limits.push(l)),
             "containerHookTimeout" => {
                 timeout(args, line, &mut seen_timeout).map(|t| cfg.timeouts.push(t))
@@ -304,7 +307,11 @@ pub fn parse(name: &str, file: &Path, src: &str) -> Result<Config, ConfigErrors>
         }
     }
 
-    let enters = cfg.hooks.iter().filter(|h| h.kind == HookType::Enter).count();
+    let enters = cfg
+        .hooks
+        .iter()
+        .filter(|h| h.kind == HookType::Enter)
+        .count();
     if enters == 0 {
         err(
             &mut errs,
@@ -336,13 +343,21 @@ fn unknown_directive(word: &str) -> String {
 
 fn once(seen: &mut Option<usize>, line: usize, directive: &str) -> Result<(), String> {
     if let Some(first) = *seen {
-        return Err(format!("duplicate {directive} (first given on line {first})"));
+        return Err(format!(
+            "duplicate {directive} (first given on line {first})"
+        ));
     }
     *seen = Some(line);
     Ok(())
 }
 
-fn arity(args: &[Word], min: usize, max: usize, directive: &str, usage: &str) -> Result<(), String> {
+fn arity(
+    args: &[Word],
+    min: usize,
+    max: usize,
+    directive: &str,
+    usage: &str,
+) -> Result<(), String> {
     if args.len() < min {
         return Err(format!("{directive} needs {usage}"));
     }
@@ -402,7 +417,11 @@ fn hook(cmd: &Command, seen: &mut Vec<(HookType, usize)>) -> Result<Hook, String
                 "containerHook {kind}: unknown privilege {other:?}; expected user or root"
             ))
         }
-        None => return Err(format!("containerHook {kind}: needs PRIVILEGE PATH SIGNATURE")),
+        None => {
+            return Err(format!(
+                "containerHook {kind}: needs PRIVILEGE PATH SIGNATURE"
+            ))
+        }
     };
     let path = match args.get(2) {
         Some(w) => absolute(w, &format!("containerHook {kind}"))?,
@@ -428,7 +447,9 @@ fn hook(cmd: &Command, seen: &mut Vec<(HookType, usize)>) -> Result<Hook, String
         return Err(if kind == HookType::Enter {
             format!("a second enter hook (the first is on line {first}); a configuration has exactly one")
         } else {
-            format!("duplicate {kind} hook (the first is on line {first}); at most one of each type")
+            format!(
+                "duplicate {kind} hook (the first is on line {first}); at most one of each type"
+            )
         });
     }
     seen.push((kind, cmd.line()));
@@ -458,14 +479,22 @@ fn limit(
             )
         })?;
     let num = |w: &Word, what: &str| -> Result<u64, String> {
-        w.text.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
-            format!(
-                "containerLimit {}: {what} {:?} is not a positive whole number{}",
-                kind.as_str(),
-                w.text,
-                if kind == LimitKind::Cores { "" } else { " of MB" }
-            )
-        })
+        w.text
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                format!(
+                    "containerLimit {}: {what} {:?} is not a positive whole number{}",
+                    kind.as_str(),
+                    w.text,
+                    if kind == LimitKind::Cores {
+                        ""
+                    } else {
+                        " of MB"
+                    }
+                )
+            })
     };
     let default = num(&args[1], "DEFAULT")?;
     let max = args.get(2).map(|w| num(w, "MAX")).transpose()?;
@@ -510,7 +539,9 @@ fn timeout(
     };
     let secs = seconds(&args[1], &format!("containerHookTimeout {kind}"))?;
     if secs == 0 {
-        return Err(format!("containerHookTimeout {kind}: the timeout must be at least 1 second"));
+        return Err(format!(
+            "containerHookTimeout {kind}: the timeout must be at least 1 second"
+        ));
     }
     if let Some((_, first)) = seen.iter().find(|(k, _)| *k == kind) {
         return Err(format!(
@@ -537,7 +568,8 @@ mod tests {
 
     #[test]
     fn accepts_table() {
-        let cases: Vec<(String, Box<dyn Fn(&Config)>)> = vec![
+        type Check = Box<dyn Fn(&Config)>;
+        let cases: Vec<(String, Check)> = vec![
             (
                 enter(),
                 Box::new(|c| {
@@ -677,18 +709,28 @@ mod tests {
         for ok in ["c1", "docker", "my_ctr.v2", "_x", "0-a", "A.b-c_d"] {
             assert!(valid_name(ok), "{ok}");
         }
-        for bad in ["", ".", "..", "../x", "a/b", ".hidden", "-x", "a b", "a\0", "ü"] {
+        for bad in [
+            "", ".", "..", "../x", "a/b", ".hidden", "-x", "a b", "a\0", "ü",
+        ] {
             assert!(!valid_name(bad), "{bad:?}");
         }
-        let err = parse("../x", Path::new("/x.cfg"), &enter()).unwrap_err().to_string();
-        assert!(err.contains("container name \"../x\" is not valid"), "{err}");
+        let err = parse("../x", Path::new("/x.cfg"), &enter())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("container name \"../x\" is not valid"),
+            "{err}"
+        );
     }
 
     #[test]
     fn signature_span_is_the_word_as_written() {
         let src = format!("containerHook enter root /e \"{SIG}\" ");
         let c = p(&src).unwrap();
-        assert_eq!(&src[c.hooks[0].signature_span.clone()], format!("\"{SIG}\""));
+        assert_eq!(
+            &src[c.hooks[0].signature_span.clone()],
+            format!("\"{SIG}\"")
+        );
     }
 
     proptest::proptest! {

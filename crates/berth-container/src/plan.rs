@@ -86,7 +86,10 @@ pub fn hook_variables(cfg: &Config, facts: &JobFacts<'_>) -> Vec<(String, String
         ("VOV_JOBSLOT".to_string(), facts.slot.to_string()),
         ("VOV_CONTAINER_NAME".to_string(), cfg.name.clone()),
         ("VOV_JOBID".to_string(), facts.job_id.to_string()),
-        ("VOV_CONTAINER_CORES".to_string(), facts.limits.cores.to_string()),
+        (
+            "VOV_CONTAINER_CORES".to_string(),
+            facts.limits.cores.to_string(),
+        ),
     ];
     if let Some(r) = facts.limits.ram {
         v.push(("VOV_CONTAINER_RAM".to_string(), r.to_string()));
@@ -131,19 +134,59 @@ mod tests {
     fn limits_table() {
         let r = |s: &str| berth_resources::parse(s).unwrap();
         let cases: Vec<(&str, Option<&str>, Limits)> = vec![
-            ("", None, Limits { cores: 1, ram: None, tmp: None }),
-            ("", Some("CORES/2 RAM/4000 TMP#100"), Limits { cores: 2, ram: Some(4000), tmp: Some(100) }),
+            (
+                "",
+                None,
+                Limits {
+                    cores: 1,
+                    ram: None,
+                    tmp: None,
+                },
+            ),
+            (
+                "",
+                Some("CORES/2 RAM/4000 TMP#100"),
+                Limits {
+                    cores: 2,
+                    ram: Some(4000),
+                    tmp: Some(100),
+                },
+            ),
             (
                 "containerLimit CORES 2 8\ncontainerLimit RAM 1000 8000\ncontainerLimit TMP 50",
                 None,
-                Limits { cores: 2, ram: Some(1000), tmp: Some(50) },
+                Limits {
+                    cores: 2,
+                    ram: Some(1000),
+                    tmp: Some(50),
+                },
             ),
-            ("containerLimit RAM 1000 8000", Some("RAM/8000"), Limits { cores: 1, ram: Some(8000), tmp: None }),
-            ("containerLimit CORES 2", Some("CORES/4"), Limits { cores: 4, ram: None, tmp: None }),
+            (
+                "containerLimit RAM 1000 8000",
+                Some("RAM/8000"),
+                Limits {
+                    cores: 1,
+                    ram: Some(8000),
+                    tmp: None,
+                },
+            ),
+            (
+                "containerLimit CORES 2",
+                Some("CORES/4"),
+                Limits {
+                    cores: 4,
+                    ram: None,
+                    tmp: None,
+                },
+            ),
         ];
         for (extra, req, want) in cases {
             let req = req.map(r);
-            assert_eq!(limits(&cfg(extra), req.as_ref()).unwrap(), want, "{extra:?} {req:?}");
+            assert_eq!(
+                limits(&cfg(extra), req.as_ref()).unwrap(),
+                want,
+                "{extra:?} {req:?}"
+            );
         }
         let err = limits(&cfg("containerLimit RAM 1000 4000"), Some(&r("RAM/8000"))).unwrap_err();
         assert_eq!(
@@ -154,7 +197,11 @@ mod tests {
 
     #[test]
     fn variables_table() {
-        let l = Limits { cores: 2, ram: Some(100), tmp: None };
+        let l = Limits {
+            cores: 2,
+            ram: Some(100),
+            tmp: None,
+        };
         let facts = JobFacts {
             host: "h1",
             project: "berth",
@@ -164,7 +211,10 @@ mod tests {
             limits: &l,
         };
         let names = |c: &Config| -> Vec<String> {
-            hook_variables(c, &facts).into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+            hook_variables(c, &facts)
+                .into_iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect()
         };
         assert_eq!(
             names(&cfg("")),
@@ -180,7 +230,13 @@ mod tests {
         );
         let with_dir = cfg("containerHooksRunDir /var/tmp/hooks");
         assert!(names(&with_dir).contains(&"VOV_CONTAINER_JOB_RUNDIR=/home/u/w".to_string()));
-        assert_eq!(hook_dir(&with_dir, Path::new("/home/u/w")), Path::new("/var/tmp/hooks"));
-        assert_eq!(hook_dir(&cfg(""), Path::new("/home/u/w")), Path::new("/home/u/w"));
+        assert_eq!(
+            hook_dir(&with_dir, Path::new("/home/u/w")),
+            Path::new("/var/tmp/hooks")
+        );
+        assert_eq!(
+            hook_dir(&cfg(""), Path::new("/home/u/w")),
+            Path::new("/home/u/w")
+        );
     }
 }

@@ -23,7 +23,11 @@ pub struct Change {
 
 /// The text of `cfg`'s file (`src`) with every hook signed anew, and what changed.
 /// A hook that cannot be read is an error, and nothing is rewritten.
-pub fn resign(cfg: &Config, src: &str, key: Option<&Key>) -> Result<(String, Vec<Change>), (PathBuf, io::Error)> {
+pub fn resign(
+    cfg: &Config,
+    src: &str,
+    key: Option<&Key>,
+) -> Result<(String, Vec<Change>), (PathBuf, io::Error)> {
     let mut changes = Vec::new();
     let mut spans = Vec::new();
     for h in &cfg.hooks {

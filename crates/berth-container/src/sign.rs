@@ -97,7 +97,8 @@ impl Signature {
     pub fn parse(s: &str) -> Signature {
         let digest = |hex_part: &str| {
             let mut out = [0u8; 32];
-            (hex_part.len() == 64 && hex::decode_to_slice(hex_part, &mut out).is_ok()).then_some(out)
+            (hex_part.len() == 64 && hex::decode_to_slice(hex_part, &mut out).is_ok())
+                .then_some(out)
         };
         if let Some(d) = s.strip_prefix("sha256:").and_then(digest) {
             Signature::Sha256(d)
@@ -130,7 +131,8 @@ fn sha256_reader(mut r: impl Read) -> io::Result<[u8; 32]> {
 }
 
 fn hmac_reader(mut r: impl Read, key: &Key) -> io::Result<[u8; 32]> {
-    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&key.0).expect("hmac takes keys of any length");
+    let mut m =
+        <Hmac<Sha256> as Mac>::new_from_slice(&key.0).expect("hmac takes keys of any length");
     let mut buf = [0u8; 16 * 1024];
     loop {
         let n = r.read(&mut buf)?;
@@ -188,7 +190,10 @@ pub fn verify_reader(
     let ok = |want: [u8; 32], got: [u8; 32]| {
         // Constant time is not needed for a digest the attacker can compute, but it costs
         // nothing.
-        let diff = want.iter().zip(got.iter()).fold(0u8, |a, (x, y)| a | (x ^ y));
+        let diff = want
+            .iter()
+            .zip(got.iter())
+            .fold(0u8, |a, (x, y)| a | (x ^ y));
         if diff == 0 {
             Ok(())
         } else {
@@ -228,11 +233,26 @@ mod tests {
     #[test]
     fn classifies_table() {
         let h = "a".repeat(64);
-        assert!(matches!(Signature::parse(&format!("sha256:{h}")), Signature::Sha256(_)));
-        assert!(matches!(Signature::parse(&format!("hmac-sha256:{h}")), Signature::HmacSha256(_)));
-        assert_eq!(Signature::parse("1234567890"), Signature::Foreign("1234567890".into()));
-        assert!(matches!(Signature::parse("sha256:abc"), Signature::Unknown(_)));
-        assert!(matches!(Signature::parse(&format!("sha256:{}", "z".repeat(64))), Signature::Unknown(_)));
+        assert!(matches!(
+            Signature::parse(&format!("sha256:{h}")),
+            Signature::Sha256(_)
+        ));
+        assert!(matches!(
+            Signature::parse(&format!("hmac-sha256:{h}")),
+            Signature::HmacSha256(_)
+        ));
+        assert_eq!(
+            Signature::parse("1234567890"),
+            Signature::Foreign("1234567890".into())
+        );
+        assert!(matches!(
+            Signature::parse("sha256:abc"),
+            Signature::Unknown(_)
+        ));
+        assert!(matches!(
+            Signature::parse(&format!("sha256:{}", "z".repeat(64))),
+            Signature::Unknown(_)
+        ));
         assert!(matches!(Signature::parse("md5:xx"), Signature::Unknown(_)));
     }
 
@@ -251,6 +271,9 @@ mod tests {
         assert_eq!(v(b"x", &keyed, Some(&k), true), Ok(()));
         assert_eq!(v(b"x", &keyed, Some(&other), true), Err(Mismatch::Differs));
         assert_eq!(v(b"x", &keyed, None, false), Err(Mismatch::NoKey));
-        assert_eq!(v(b"x", "42", None, false), Err(Mismatch::Foreign("42".into())));
+        assert_eq!(
+            v(b"x", "42", None, false),
+            Err(Mismatch::Foreign("42".into()))
+        );
     }
 }

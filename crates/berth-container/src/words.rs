@@ -192,7 +192,9 @@ fn quoted(b: &[u8], i: &mut usize, line: &mut usize) -> Result<String, String> {
             }
         }
     }
-    Err(format!("missing closing quote for the quote opened on line {open_line}"))
+    Err(format!(
+        "missing closing quote for the quote opened on line {open_line}"
+    ))
 }
 
 fn braced(b: &[u8], i: &mut usize, line: &mut usize) -> Result<String, String> {
@@ -223,7 +225,9 @@ fn braced(b: &[u8], i: &mut usize, line: &mut usize) -> Result<String, String> {
         }
         *i += 1;
     }
-    Err(format!("missing closing brace for the brace opened on line {open_line}"))
+    Err(format!(
+        "missing closing brace for the brace opened on line {open_line}"
+    ))
 }
 
 #[cfg(test)]
@@ -250,7 +254,10 @@ mod tests {
             ("a \\\n   b", vec![vec!["a", "b"]]),
             ("a; b c ;d", vec![vec!["a"], vec!["b", "c"], vec!["d"]]),
             ("# comment\na", vec![vec!["a"]]),
-            ("a # not a comment", vec![vec!["a", "#", "not", "a", "comment"]]),
+            (
+                "a # not a comment",
+                vec![vec!["a", "#", "not", "a", "comment"]],
+            ),
             ("a; # comment after ;", vec![vec!["a"]]),
             ("\n\n  \n", vec![]),
             ("# c \\\n continued\nb", vec![vec!["b"]]),
@@ -278,8 +285,16 @@ mod tests {
     #[test]
     fn errors_table() {
         let cases: Vec<(&str, usize, &str)> = vec![
-            ("a \"b", 1, "missing closing quote for the quote opened on line 1"),
-            ("x\na {b\nc", 2, "missing closing brace for the brace opened on line 2"),
+            (
+                "a \"b",
+                1,
+                "missing closing quote for the quote opened on line 1",
+            ),
+            (
+                "x\na {b\nc",
+                2,
+                "missing closing brace for the brace opened on line 2",
+            ),
             ("a \"b\"c", 1, "extra character 'c' after closing quote"),
             ("a {b}c", 1, "extra character 'c' after closing brace"),
         ];

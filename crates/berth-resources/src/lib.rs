@@ -57,7 +57,9 @@ pub enum ParseError {
         col: usize,
     },
     /// `name#` or `name/` without a number after it.
-    #[error("resource request {input:?}: {term:?} needs a whole number after {sep:?} (e.g. {example})")]
+    #[error(
+        "resource request {input:?}: {term:?} needs a whole number after {sep:?} (e.g. {example})"
+    )]
     BadQuantity {
         /// The whole request.
         input: String,
@@ -145,9 +147,10 @@ fn tokenize(input: &str) -> Result<Vec<(Tok, usize)>, ParseError> {
                         i += 1;
                     }
                     let digits: String = chars[nstart..i].iter().collect();
-                    let n = digits.parse::<u64>().ok().filter(|_| {
-                        i >= chars.len() || !is_name_char(chars[i]) || chars[i] == ':'
-                    });
+                    let n = digits
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|_| i >= chars.len() || !is_name_char(chars[i]) || chars[i] == ':');
                     match n {
                         Some(n) if sep == '#' => Kind::AtLeast(n),
                         Some(n) => Kind::Consumes(n),
@@ -210,7 +213,11 @@ impl Parser<'_> {
             self.pos += 1;
             alts.push(self.and()?);
         }
-        Ok(if alts.len() == 1 { alts.remove(0) } else { Expr::Or(alts) })
+        Ok(if alts.len() == 1 {
+            alts.remove(0)
+        } else {
+            Expr::Or(alts)
+        })
     }
 
     fn and(&mut self) -> Result<Expr, ParseError> {
@@ -225,7 +232,11 @@ impl Parser<'_> {
                 _ => break,
             }
         }
-        Ok(if all.len() == 1 { all.remove(0) } else { Expr::And(all) })
+        Ok(if all.len() == 1 {
+            all.remove(0)
+        } else {
+            Expr::And(all)
+        })
     }
 
     fn unary(&mut self) -> Result<Expr, ParseError> {
@@ -423,7 +434,11 @@ mod tests {
             ),
             (
                 "a & b AND c",
-                Expr::And(vec![t("a", Attribute), t("b", Attribute), t("c", Attribute)]),
+                Expr::And(vec![
+                    t("a", Attribute),
+                    t("b", Attribute),
+                    t("c", Attribute),
+                ]),
             ),
             (
                 "a b | c",
@@ -475,12 +490,21 @@ mod tests {
         assert_eq!(e.quantity("TMP"), Some(100));
         assert_eq!(e.quantity("Container:a"), None);
         assert_eq!(e.quantity("GPU"), None);
-        assert_eq!(parse("Container:c1").unwrap().quantity("Container:c1"), Some(1));
+        assert_eq!(
+            parse("Container:c1").unwrap().quantity("Container:c1"),
+            Some(1)
+        );
     }
 
     #[test]
     fn prints_what_it_parsed() {
-        for input in ["a b | c", "a (b | c)", "!(a b)", "!a", "CORES/2 RAM#10 | x:y"] {
+        for input in [
+            "a b | c",
+            "a (b | c)",
+            "!(a b)",
+            "!a",
+            "CORES/2 RAM#10 | x:y",
+        ] {
             let e = parse(input).unwrap();
             assert_eq!(parse(&e.to_string()).unwrap(), e, "{input:?} printed {e}");
         }

@@ -180,7 +180,9 @@ impl HookEnd {
     fn describe(&self) -> String {
         match self {
             HookEnd::Exited(s) => describe(*s),
-            HookEnd::TimedOut(_, t) => format!("ran past its timeout of {} s and was killed", t.as_secs()),
+            HookEnd::TimedOut(_, t) => {
+                format!("ran past its timeout of {} s and was killed", t.as_secs())
+            }
             HookEnd::Stopped(_) => "was stopped".to_string(),
             HookEnd::NotStarted(e) => format!("could not be started: {e}"),
         }
@@ -232,8 +234,17 @@ fn run_hook(r: &HookRun<'_>, on_start: impl FnOnce(u32)) -> HookEnd {
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            let e = if e.raw_os_error() == Some(libc::ENOENT) || e.raw_os_error() == Some(libc::EACCES) {
-                io::Error::new(e.kind(), format!("{e} (as {} in {})", who.map(|w| w.name.as_str()).unwrap_or("root"), r.dir.display()))
+            let e = if e.raw_os_error() == Some(libc::ENOENT)
+                || e.raw_os_error() == Some(libc::EACCES)
+            {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{e} (as {} in {})",
+                        who.map(|w| w.name.as_str()).unwrap_or("root"),
+                        r.dir.display()
+                    ),
+                )
             } else {
                 e
             };
@@ -307,7 +318,9 @@ fn valid_job_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
         && !id.starts_with('.')
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// The per-job files the tasker keeps: `STATE/jobs/JOB/`.
@@ -393,7 +406,9 @@ enum Report {
 }
 
 fn parse_report(text: Option<&str>) -> Report {
-    let Some(text) = text else { return Report::None };
+    let Some(text) = text else {
+        return Report::None;
+    };
     let Some(last) = text.lines().rfind(|l| !l.trim().is_empty()) else {
         return Report::None;
     };
@@ -415,7 +430,13 @@ struct Prepared {
     hook_dir: PathBuf,
 }
 
-fn prepare(host: &Host, job: &Job, cfg: &Config, limits: &Limits, sink: &Sink) -> io::Result<Prepared> {
+fn prepare(
+    host: &Host,
+    job: &Job,
+    cfg: &Config,
+    limits: &Limits,
+    sink: &Sink,
+) -> io::Result<Prepared> {
     let state = job_state_dir(host, &job.id);
     std::fs::create_dir_all(&state)?;
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o711))?;
@@ -462,7 +483,10 @@ fn prepare(host: &Host, job: &Job, cfg: &Config, limits: &Limits, sink: &Sink) -
         limits,
     };
     let mut vars = plan::hook_variables(cfg, &facts);
-    vars.push(("VOV_CONTAINER_ENV_FILE".into(), env_file.display().to_string()));
+    vars.push((
+        "VOV_CONTAINER_ENV_FILE".into(),
+        env_file.display().to_string(),
+    ));
     vars.push(("BERTH_JOB_USER".into(), job.owner.name.clone()));
     vars.push(("BERTH_JOB_UID".into(), job.owner.uid.to_string()));
     vars.push(("BERTH_JOB_GID".into(), job.owner.gid.to_string()));
@@ -526,7 +550,12 @@ fn run_with_sink(host: &Host, job: &Job, cfg: &Config, stop: &Stop, sink: &Arc<S
             return Outcome::refused(format!("only root can run a job as {}", job.owner.name));
         }
     }
-    let checked = match check::check_hooks(cfg, Policy { key: host.key.as_ref() }) {
+    let checked = match check::check_hooks(
+        cfg,
+        Policy {
+            key: host.key.as_ref(),
+        },
+    ) {
         Ok(c) => c,
         Err(r) => return Outcome::refused(r.to_string()),
     };
@@ -553,7 +582,12 @@ fn run_with_sink(host: &Host, job: &Job, cfg: &Config, stop: &Stop, sink: &Arc<S
         job_env: prepared
             .job_env
             .iter()
-            .map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.to_string_lossy().into_owned(),
+                    v.to_string_lossy().into_owned(),
+                )
+            })
             .collect(),
         vars: prepared.vars.clone(),
         log: job.log.clone(),
@@ -577,7 +611,11 @@ fn run_with_sink(host: &Host, job: &Job, cfg: &Config, stop: &Stop, sink: &Arc<S
         }
     };
 
-    let run_one = |c: &Checked, args: &[OsString], timeout, stop: Option<&Stop>, on_start: &mut dyn FnMut(u32)| {
+    let run_one = |c: &Checked,
+                   args: &[OsString],
+                   timeout,
+                   stop: Option<&Stop>,
+                   on_start: &mut dyn FnMut(u32)| {
         let env = hook_env(c.hook.privilege, &prepared.job_env, &prepared.vars);
         run_hook(
             &HookRun {
@@ -613,7 +651,13 @@ fn run_with_sink(host: &Host, job: &Job, cfg: &Config, stop: &Stop, sink: &Arc<S
     let setup_ok = match checked.iter().find(|c| c.hook.kind == HookType::Setup) {
         None => true,
         Some(c) => {
-            let end = run_one(c, &[], cfg.timeout(HookType::Setup), Some(stop), &mut |_| {});
+            let end = run_one(
+                c,
+                &[],
+                cfg.timeout(HookType::Setup),
+                Some(stop),
+                &mut |_| {},
+            );
             if !end.ok() {
                 outcome.failure = Some(failed_hook(c, &end));
             }
@@ -653,9 +697,7 @@ fn run_with_sink(host: &Host, job: &Job, cfg: &Config, stop: &Stop, sink: &Arc<S
                     _ if stopped => Some("stopped by request".to_string()),
                     End::Exited(0) => None,
                     End::Exited(c) => Some(format!("exit status {c}")),
-                    End::Signaled(s) => {
-                        Some(format!("killed by signal {s} ({})", signal_name(s)))
-                    }
+                    End::Signaled(s) => Some(format!("killed by signal {s} ({})", signal_name(s))),
                     End::NotRun => None,
                 };
             }
@@ -669,7 +711,10 @@ fn run_with_sink(host: &Host, job: &Job, cfg: &Config, stop: &Stop, sink: &Arc<S
                 outcome.failure = Some(if stopped {
                     format!("stopped by request ({what})")
                 } else {
-                    format!("{} ({what}; the status is the enter hook's)", failed_hook(enter, &end))
+                    format!(
+                        "{} ({what}; the status is the enter hook's)",
+                        failed_hook(enter, &end)
+                    )
                 });
             }
         }
@@ -711,7 +756,9 @@ pub struct Recovered {
 pub fn recover(host: &Host, note: &mut dyn FnMut(String)) -> Vec<Recovered> {
     let (orphans, bad) = record::orphans(&host.state_dir);
     for b in bad {
-        note(format!("cannot recover from {b}; remove it once its container is gone"));
+        note(format!(
+            "cannot recover from {b}; remove it once its container is gone"
+        ));
     }
     let mut done = Vec::new();
     for o in orphans {
@@ -730,18 +777,33 @@ pub fn recover(host: &Host, note: &mut dyn FnMut(String)) -> Vec<Recovered> {
                 if let Ok(fd) = sys::pidfd_open(e.pid) {
                     terminate(e.pid, &fd, grace);
                     ended_enter = true;
-                    note(format!("job {}: ended its enter hook (process group {})", rec.job_id, e.pid));
+                    note(format!(
+                        "job {}: ended its enter hook (process group {})",
+                        rec.job_id, e.pid
+                    ));
                 }
             } else if sys::group_alive(e.pid) {
                 sys::kill_group(e.pid, libc::SIGKILL);
             }
         }
         let vars = rec.vars.clone();
-        let job_env: Vec<(OsString, OsString)> =
-            rec.job_env.iter().map(|(k, v)| (k.into(), v.into())).collect();
+        let job_env: Vec<(OsString, OsString)> = rec
+            .job_env
+            .iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
         let mut hooks = Vec::new();
         for (h, t) in rec.after.iter().zip(&rec.after_timeouts) {
-            let r = recover_hook(host, rec, h, Duration::from_secs(*t), grace, &job_env, &vars, &sink);
+            let r = recover_hook(
+                host,
+                rec,
+                h,
+                Duration::from_secs(*t),
+                grace,
+                &job_env,
+                &vars,
+                &sink,
+            );
             let line = match &r {
                 Ok(()) => format!("job {}: {} hook ran", rec.job_id, h.kind),
                 Err(e) => format!("job {}: {e}", rec.job_id),
@@ -777,8 +839,14 @@ fn recover_hook(
     vars: &[(String, String)],
     sink: &Arc<Sink>,
 ) -> Result<(), String> {
-    let checked = check::check_hook(&rec.container, h, Policy { key: host.key.as_ref() })
-        .map_err(|r| r.to_string())?;
+    let checked = check::check_hook(
+        &rec.container,
+        h,
+        Policy {
+            key: host.key.as_ref(),
+        },
+    )
+    .map_err(|r| r.to_string())?;
     let env = hook_env(h.privilege, job_env, vars);
     let end = run_hook(
         &HookRun {
@@ -816,8 +884,14 @@ mod tests {
         assert_eq!(parse_report(None), Report::None);
         assert_eq!(parse_report(Some("")), Report::None);
         assert_eq!(parse_report(Some("started 12\n")), Report::Started);
-        assert_eq!(parse_report(Some("started 12\nexit 3\n")), Report::Ended(End::Exited(3)));
-        assert_eq!(parse_report(Some("started 12\nsignal 9\n")), Report::Ended(End::Signaled(9)));
+        assert_eq!(
+            parse_report(Some("started 12\nexit 3\n")),
+            Report::Ended(End::Exited(3))
+        );
+        assert_eq!(
+            parse_report(Some("started 12\nsignal 9\n")),
+            Report::Ended(End::Signaled(9))
+        );
         assert_eq!(parse_report(Some("garbage")), Report::None);
     }
 
@@ -834,8 +908,14 @@ mod tests {
         ];
         let vars = vec![("VOV_JOBID".to_string(), "7".to_string())];
         let root = hook_env(Privilege::Root, &job_env, &vars);
-        let names: Vec<_> = root.iter().map(|(k, _)| k.to_string_lossy().into_owned()).collect();
-        assert_eq!(names, ["PATH", "HOME", "USER", "LOGNAME", "LANG", "VOV_JOBID"]);
+        let names: Vec<_> = root
+            .iter()
+            .map(|(k, _)| k.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            ["PATH", "HOME", "USER", "LOGNAME", "LANG", "VOV_JOBID"]
+        );
         assert_eq!(root[0].1, ROOT_PATH);
         let user = hook_env(Privilege::User, &job_env, &vars);
         assert!(user.iter().any(|(k, v)| k == "MY_VAR" && v == "1"));

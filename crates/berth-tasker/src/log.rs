@@ -91,7 +91,12 @@ pub struct Pump {
 
 impl Pump {
     /// Starts copying `out` and `err` into `sink`, marked with `mark`.
-    pub fn start(sink: &std::sync::Arc<Sink>, mark: &str, out: impl Read + Send + 'static, err: impl Read + Send + 'static) -> Pump {
+    pub fn start(
+        sink: &std::sync::Arc<Sink>,
+        mark: &str,
+        out: impl Read + Send + 'static,
+        err: impl Read + Send + 'static,
+    ) -> Pump {
         let (tx, done) = mpsc::channel();
         let spawn = |r: Box<dyn Read + Send>, is_err: bool| {
             let sink = sink.clone();

@@ -63,7 +63,10 @@ pub fn dir(state: &Path) -> PathBuf {
 
 fn paths(state: &Path, job_id: &str) -> (PathBuf, PathBuf) {
     let d = dir(state);
-    (d.join(format!("{job_id}.json")), d.join(format!("{job_id}.lock")))
+    (
+        d.join(format!("{job_id}.json")),
+        d.join(format!("{job_id}.lock")),
+    )
 }
 
 /// A record on disk and the lock that says its job is being run.
@@ -96,7 +99,11 @@ fn lock(path: &Path) -> io::Result<Option<File>> {
     }
 }
 
-fn write_atomic(path: &Path, rec: &Record) -> io::Result<()> {
+/// Writes a record by a rename. `durable` also syncs the file and its directory: needed
+/// when the record is created (after a machine crash, a container may still owe its
+/// teardown), not for later updates, which only matter while the machine stays up and its
+/// page cache with it.
+fn write_atomic(path: &Path, rec: &Record, durable: bool) -> io::Result<()> {
     let tmp = path.with_extension("json.tmp");
     let mut f = File::options()
         .write(true)
@@ -106,10 +113,15 @@ fn write_atomic(path: &Path, rec: &Record) -> io::Result<()> {
         .open(&tmp)?;
     let text = serde_json::to_vec_pretty(rec).map_err(io::Error::other)?;
     f.write_all(&text)?;
-    f.sync_all()?;
+    if durable {
+        f.sync_all()?;
+    }
     std::fs::rename(&tmp, path)?;
-    // The rename must reach the disk too, or a crash could leave no record.
-    File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+    if durable {
+        // The rename must reach the disk too, or a crash could leave no record.
+        File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()?;
+    }
+    Ok(())
 }
 
 impl Held {
@@ -125,7 +137,7 @@ impl Held {
                 lock_path.display()
             ))
         })?;
-        write_atomic(&path, rec)?;
+        write_atomic(&path, rec, true)?;
         Ok(Held {
             path,
             lock_path,
@@ -135,7 +147,7 @@ impl Held {
 
     /// Replaces the record on disk.
     pub fn update(&self, rec: &Record) -> io::Result<()> {
-        write_atomic(&self.path, rec)
+        write_atomic(&self.path, rec, false)
     }
 
     /// Removes the record: the job owes nothing any more.

@@ -40,16 +40,19 @@ pub enum IdentityError {
 fn passwd_to_identity(pw: &libc::passwd) -> Identity {
     // SAFETY: getpwnam_r/getpwuid_r filled pw with pointers into our buffer, valid for the
     // duration of this call.
-    let name = unsafe { CStr::from_ptr(pw.pw_name) }.to_string_lossy().into_owned();
-    let home = PathBuf::from(OsStr::from_bytes(unsafe { CStr::from_ptr(pw.pw_dir) }.to_bytes()));
+    let name = unsafe { CStr::from_ptr(pw.pw_name) }
+        .to_string_lossy()
+        .into_owned();
+    let home = PathBuf::from(OsStr::from_bytes(
+        unsafe { CStr::from_ptr(pw.pw_dir) }.to_bytes(),
+    ));
     let mut groups = vec![pw.pw_gid; 64];
     let mut n = groups.len() as libc::c_int;
     let cname = CString::new(name.clone()).unwrap_or_default();
     loop {
         // SAFETY: groups has room for n entries; n is updated to the number needed.
-        let r = unsafe {
-            libc::getgrouplist(cname.as_ptr(), pw.pw_gid, groups.as_mut_ptr(), &mut n)
-        };
+        let r =
+            unsafe { libc::getgrouplist(cname.as_ptr(), pw.pw_gid, groups.as_mut_ptr(), &mut n) };
         if r >= 0 {
             groups.truncate(n as usize);
             break;
@@ -74,10 +77,19 @@ pub fn identity_by_name(name: &str) -> Result<Identity, IdentityError> {
     let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
     let mut res: *mut libc::passwd = std::ptr::null_mut();
     let r = unsafe {
-        libc::getpwnam_r(cname.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut res)
+        libc::getpwnam_r(
+            cname.as_ptr(),
+            &mut pw,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut res,
+        )
     };
     if r != 0 {
-        return Err(IdentityError::Lookup(name.to_string(), io::Error::from_raw_os_error(r)));
+        return Err(IdentityError::Lookup(
+            name.to_string(),
+            io::Error::from_raw_os_error(r),
+        ));
     }
     if res.is_null() {
         return Err(IdentityError::NoSuchUser(name.to_string()));
@@ -93,7 +105,10 @@ pub fn identity_by_uid(uid: u32) -> Result<Identity, IdentityError> {
     let mut res: *mut libc::passwd = std::ptr::null_mut();
     let r = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut res) };
     if r != 0 {
-        return Err(IdentityError::Lookup(uid.to_string(), io::Error::from_raw_os_error(r)));
+        return Err(IdentityError::Lookup(
+            uid.to_string(),
+            io::Error::from_raw_os_error(r),
+        ));
     }
     if res.is_null() {
         return Err(IdentityError::NoSuchUid(uid));
@@ -133,11 +148,7 @@ pub fn as_user<T: Send>(who: &Identity, f: impl FnOnce() -> T + Send) -> T {
             // SAFETY: raw syscalls change only the calling thread's credentials (glibc's
             // wrappers would change every thread's); this thread ends after f.
             unsafe {
-                libc::syscall(
-                    libc::SYS_setgroups,
-                    who.groups.len(),
-                    who.groups.as_ptr(),
-                );
+                libc::syscall(libc::SYS_setgroups, who.groups.len(), who.groups.as_ptr());
                 libc::syscall(libc::SYS_setfsgid, who.gid);
                 libc::syscall(libc::SYS_setfsuid, who.uid);
             }
@@ -171,7 +182,11 @@ pub enum Woke {
 }
 
 /// Waits until the process behind `pidfd` ends, `deadline` passes, or `stop` is readable.
-pub fn wait_pidfd(pidfd: &OwnedFd, deadline: Option<Instant>, stop: Option<RawFd>) -> io::Result<Woke> {
+pub fn wait_pidfd(
+    pidfd: &OwnedFd,
+    deadline: Option<Instant>,
+    stop: Option<RawFd>,
+) -> io::Result<Woke> {
     loop {
         let mut fds = [
             libc::pollfd {
@@ -279,8 +294,9 @@ impl ChildSetup {
     /// Prepares the setup for a child that runs as `who` (or as this process, when None)
     /// in `dir`.
     pub fn new(who: Option<&Identity>, dir: &Path) -> io::Result<ChildSetup> {
-        let dir = CString::new(dir.as_os_str().as_bytes())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "directory holds a NUL byte"))?;
+        let dir = CString::new(dir.as_os_str().as_bytes()).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidInput, "directory holds a NUL byte")
+        })?;
         Ok(ChildSetup {
             ids: who.map(|w| (w.groups.clone(), w.gid, w.uid)),
             dir,

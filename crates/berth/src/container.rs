@@ -28,7 +28,11 @@ impl Common {
     }
 
     fn key(&self) -> Result<Option<Key>> {
-        self.key.as_deref().map(Key::load).transpose().map_err(Into::into)
+        self.key
+            .as_deref()
+            .map(Key::load)
+            .transpose()
+            .map_err(Into::into)
     }
 }
 
@@ -110,7 +114,10 @@ pub fn run(cmd: Cmd) -> Result<i32> {
             let host = try_host(&common, "berth".into())?;
             let n = recover_try(&host);
             if n == 0 {
-                eprintln!("berth: nothing to recover under {}", host.state_dir.display());
+                eprintln!(
+                    "berth: nothing to recover under {}",
+                    host.state_dir.display()
+                );
             }
             Ok(0)
         }
@@ -191,14 +198,21 @@ fn sign_cmd(common: &Common, name: &str, dry_run: bool) -> Result<i32> {
     let dir = swd::containers(&common.swd());
     let cfg = check::load(&dir, name)?;
     let src = std::fs::read_to_string(&cfg.path)?;
-    let (text, changes) = resign::resign(&cfg, &src, key.as_ref())
-        .map_err(|(p, e)| anyhow::anyhow!("cannot sign {}: {e}; nothing was changed", p.display()))?;
+    let (text, changes) = resign::resign(&cfg, &src, key.as_ref()).map_err(|(p, e)| {
+        anyhow::anyhow!("cannot sign {}: {e}; nothing was changed", p.display())
+    })?;
     if changes.is_empty() {
         println!("{}: every signature is current", cfg.path.display());
         return Ok(0);
     }
     for c in &changes {
-        println!("{}:{}: {} hook {}", cfg.path.display(), c.line, c.kind, c.path.display());
+        println!(
+            "{}:{}: {} hook {}",
+            cfg.path.display(),
+            c.line,
+            c.kind,
+            c.path.display()
+        );
         println!("-   {}", c.old);
         println!("+   {}", c.new);
     }
@@ -282,13 +296,24 @@ fn list_cmd(common: &Common, json: bool) -> Result<i32> {
         println!("no configurations in {}", dir.display());
         return Ok(0);
     }
-    let w = entries.iter().map(|e| e.name.len()).max().unwrap_or(4).max(4);
+    let w = entries
+        .iter()
+        .map(|e| e.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
     println!("{:w$}  {:5}  {:24}  DETAIL", "NAME", "STATE", "HOOKS");
     for e in &entries {
         let hooks: Vec<String> = e
             .hooks
             .iter()
-            .map(|h| format!("{}:{}", h["type"].as_str().unwrap_or(""), h["privilege"].as_str().unwrap_or("")))
+            .map(|h| {
+                format!(
+                    "{}:{}",
+                    h["type"].as_str().unwrap_or(""),
+                    h["privilege"].as_str().unwrap_or("")
+                )
+            })
             .collect();
         println!(
             "{:w$}  {:5}  {:24}  {}",
@@ -354,7 +379,11 @@ fn next_try_id(state: &Path) -> Result<String> {
         .with_context(|| format!("opening {}", path.display()))?;
     // SAFETY: flock on a descriptor we own; released when f is closed.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        bail!("locking {}: {}", path.display(), std::io::Error::last_os_error());
+        bail!(
+            "locking {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
     }
     let mut s = String::new();
     f.read_to_string(&mut s)?;
@@ -471,7 +500,9 @@ fn spawn_signal_thread(stop: Stop) {
                 );
                 first = false;
             } else {
-                eprintln!("[berth] already stopping; cleanup and teardown are running and will finish");
+                eprintln!(
+                    "[berth] already stopping; cleanup and teardown are running and will finish"
+                );
             }
             stop.trigger();
         }

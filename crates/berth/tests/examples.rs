@@ -14,7 +14,21 @@ const T: Duration = Duration::from_secs(120);
 /// the test's own so that parallel tests never share a container name.
 fn try_job(fx: &Fixture, project: &str, cfg: &str, res: &str, cmd: &str) -> std::process::Output {
     fx.run(
-        &["container", "try", "--user", "nobody", "--project", project, "-r", res, cfg, "--", "sh", "-c", cmd],
+        &[
+            "container",
+            "try",
+            "--user",
+            "nobody",
+            "--project",
+            project,
+            "-r",
+            res,
+            cfg,
+            "--",
+            "sh",
+            "-c",
+            cmd,
+        ],
         T,
     )
 }
@@ -29,9 +43,17 @@ fn limits_script() -> &'static str {
 fn check_limits(fx: &Fixture, out: &std::process::Output, ram_mb: u64, tmp_mb: u64) {
     let so = stdout(out);
     assert!(so.contains("uid=65534 gid=65534"), "{}", text(out));
-    assert!(so.contains(&format!("mem={}", ram_mb * 1024 * 1024)), "{}", text(out));
+    assert!(
+        so.contains(&format!("mem={}", ram_mb * 1024 * 1024)),
+        "{}",
+        text(out)
+    );
     assert!(so.contains(&format!("tmp={tmp_mb}\n")), "{}", text(out));
-    assert!(so.contains(&format!("pwd={}", fx.work.display())), "{}", text(out));
+    assert!(
+        so.contains(&format!("pwd={}", fx.work.display())),
+        "{}",
+        text(out)
+    );
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(fx.work.join("out.txt")).unwrap();
     assert_eq!(meta.uid(), NOBODY, "the job wrote as its owner");
@@ -42,17 +64,33 @@ fn docker_runs_the_job_in_a_container_with_its_limits() {
     need_root!();
     let fx = Fixture::new();
     fx.install_examples(&["docker"]);
-    let out = try_job(&fx, "t-docker-ok", "docker", "CORES/1 RAM/200 TMP#20", limits_script());
+    let out = try_job(
+        &fx,
+        "t-docker-ok",
+        "docker",
+        "CORES/1 RAM/200 TMP#20",
+        limits_script(),
+    );
     assert!(out.status.success(), "{}", text(&out));
     check_limits(&fx, &out, 200, 20);
     // the default TMP of docker.cfg is 100 MB; a non-zero exit is the job's
-    let out = try_job(&fx, "t-docker-ok", "docker", "CORES/1", "df -m /tmp | tail -1 | awk '{print $2}'; exit 3");
+    let out = try_job(
+        &fx,
+        "t-docker-ok",
+        "docker",
+        "CORES/1",
+        "df -m /tmp | tail -1 | awk '{print $2}'; exit 3",
+    );
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert_eq!(stdout(&out).trim(), "100");
     assert!(stderr(&out).contains("exit status 3"), "{}", text(&out));
     // above the MAX of 10000 MB of TMP: refused before any hook
     let out = try_job(&fx, "t-docker-ok", "docker", "TMP#20000", "true");
-    assert!(stderr(&out).contains("asks for TMP 20000"), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("asks for TMP 20000"),
+        "{}",
+        text(&out)
+    );
     assert!(podman_containers("t-docker-ok").is_empty());
 }
 
@@ -72,14 +110,29 @@ fn docker_wrapper_is_pid_1_reaps_orphans_and_forwards_signals() {
     );
     assert!(out.status.success(), "{}", text(&out));
     let so = stdout(&out);
-    assert!(so.contains(&format!("pid1={} sh -c", fx.swd.join("bin/berth-vw").display())), "{so}");
+    assert!(
+        so.contains(&format!(
+            "pid1={} sh -c",
+            fx.swd.join("bin/berth-vw").display()
+        )),
+        "{so}"
+    );
     assert!(so.contains("zombies=0"), "{so}");
 
     // Stop in the middle: SIGTERM reaches the command through the wrapper, the job ends,
     // and the container is gone.
     let child = fx
         .berth(&[
-            "container", "try", "--user", "nobody", "--project", "t-docker-stop", "docker", "--", "sh", "-c",
+            "container",
+            "try",
+            "--user",
+            "nobody",
+            "--project",
+            "t-docker-stop",
+            "docker",
+            "--",
+            "sh",
+            "-c",
             "trap 'echo job got TERM; exit 42' TERM; touch started; while :; do sleep 0.1; done",
         ])
         .stdout(Stdio::piped())
@@ -90,9 +143,15 @@ fn docker_wrapper_is_pid_1_reaps_orphans_and_forwards_signals() {
     signal(&child, libc::SIGINT);
     let out = wait_output(child, T);
     assert!(stdout(&out).contains("job got TERM"), "{}", text(&out));
-    assert!(stderr(&out).contains("stopped by request"), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("stopped by request"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(out.status.code(), Some(42), "{}", text(&out));
-    wait_until("the container to be removed", T, || podman_containers("t-docker-stop").is_empty());
+    wait_until("the container to be removed", T, || {
+        podman_containers("t-docker-stop").is_empty()
+    });
 }
 
 #[test]
@@ -100,12 +159,21 @@ fn podman_split_runs_setup_enter_cleanup_teardown() {
     need_root!();
     let fx = Fixture::new();
     fx.install_examples(&["podman-split"]);
-    let out = try_job(&fx, "t-split-ok", "podman-split", "CORES/1 RAM/300 TMP#40", &format!("{}; touch core", limits_script()));
+    let out = try_job(
+        &fx,
+        "t-split-ok",
+        "podman-split",
+        "CORES/1 RAM/300 TMP#40",
+        &format!("{}; touch core", limits_script()),
+    );
     assert!(out.status.success(), "{}", text(&out));
     check_limits(&fx, &out, 300, 40);
     let so = stdout(&out);
     assert!(so.contains("[setup] container t-split-ok-"), "{so}");
-    assert!(so.contains(&format!("[cleanup] removed {}/core", fx.work.display())), "{so}");
+    assert!(
+        so.contains(&format!("[cleanup] removed {}/core", fx.work.display())),
+        "{so}"
+    );
     assert!(so.contains("[teardown] container t-split-ok-"), "{so}");
     assert!(!fx.work.join("core").exists());
     let out = try_job(&fx, "t-split-ok", "podman-split", "CORES/1", "exit 6");
@@ -122,7 +190,16 @@ fn podman_split_stop_ends_the_command_inside() {
     // the command, which here would otherwise tick forever.
     let child = fx
         .berth(&[
-            "container", "try", "--user", "nobody", "--project", "t-split-stop", "podman-split", "--", "sh", "-c",
+            "container",
+            "try",
+            "--user",
+            "nobody",
+            "--project",
+            "t-split-stop",
+            "podman-split",
+            "--",
+            "sh",
+            "-c",
             "trap '' TERM; while :; do date +%s%N > tick; sleep 0.1; done",
         ])
         .stdout(Stdio::piped())
@@ -132,12 +209,24 @@ fn podman_split_stop_ends_the_command_inside() {
     wait_until("the job to tick", T, || fx.work.join("tick").exists());
     signal(&child, libc::SIGTERM);
     let out = wait_output(child, T);
-    assert!(stderr(&out).contains("stopped by request"), "{}", text(&out));
-    assert!(stdout(&out).contains("[teardown] container t-split-stop-"), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("stopped by request"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        stdout(&out).contains("[teardown] container t-split-stop-"),
+        "{}",
+        text(&out)
+    );
     assert!(podman_containers("t-split-stop").is_empty());
     let before = fx.read_work("tick");
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(fx.read_work("tick"), before, "the command inside still runs");
+    assert_eq!(
+        fx.read_work("tick"),
+        before,
+        "the command inside still runs"
+    );
 }
 
 #[test]
@@ -148,14 +237,33 @@ fn podman_split_failing_setup_still_tears_down() {
     // An image that does not exist: setup fails, the job never runs, teardown runs.
     let setup = fx.hooks.join("podman-setup.sh");
     let text_s = std::fs::read_to_string(&setup).unwrap();
-    write_exec(&setup, &text_s.replace(&format!("IMAGE={IMAGE}"), "IMAGE=localhost/no-such-image:latest"));
+    write_exec(
+        &setup,
+        &text_s.replace(
+            &format!("IMAGE={IMAGE}"),
+            "IMAGE=localhost/no-such-image:latest",
+        ),
+    );
     let out = fx.run(&["container", "sign", "podman-split"], T);
     assert!(out.status.success(), "{}", text(&out));
     let out = try_job(&fx, "t-split-fail", "podman-split", "CORES/1", "touch ran");
     assert!(!out.status.success(), "{}", text(&out));
-    assert!(stderr(&out).contains("container podman-split: setup hook") && stderr(&out).contains("exited"), "{}", text(&out));
-    assert!(stdout(&out).contains("[cleanup] cleanup of job"), "{}", text(&out));
-    assert!(stdout(&out).contains("[teardown] container t-split-fail-"), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("container podman-split: setup hook")
+            && stderr(&out).contains("exited"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        stdout(&out).contains("[cleanup] cleanup of job"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        stdout(&out).contains("[teardown] container t-split-fail-"),
+        "{}",
+        text(&out)
+    );
     assert!(!fx.work.join("ran").exists());
     assert!(podman_containers("t-split-fail").is_empty());
 }
@@ -167,7 +275,16 @@ fn podman_split_is_recovered_after_the_runner_is_killed() {
     fx.install_examples(&["podman-split"]);
     let child = fx
         .berth(&[
-            "container", "try", "--user", "nobody", "--project", "t-split-kill", "podman-split", "--", "sh", "-c",
+            "container",
+            "try",
+            "--user",
+            "nobody",
+            "--project",
+            "t-split-kill",
+            "podman-split",
+            "--",
+            "sh",
+            "-c",
             "touch started; sleep 300",
         ])
         .stdout(Stdio::null())
@@ -177,11 +294,18 @@ fn podman_split_is_recovered_after_the_runner_is_killed() {
     wait_until("the job to start", T, || fx.work.join("started").exists());
     signal(&child, libc::SIGKILL);
     wait_status(child, T);
-    assert_eq!(podman_containers("t-split-kill").len(), 1, "the container outlives its killed runner");
+    assert_eq!(
+        podman_containers("t-split-kill").len(),
+        1,
+        "the container outlives its killed runner"
+    );
     let out = fx.run(&["container", "recover"], T);
     assert!(out.status.success(), "{}", text(&out));
     let se = stderr(&out);
-    assert!(se.contains("job 1: the process that ran it ended in the middle"), "{se}");
+    assert!(
+        se.contains("job 1: the process that ran it ended in the middle"),
+        "{se}"
+    );
     assert!(se.contains("job 1: teardown hook ran"), "{se}");
     assert!(podman_containers("t-split-kill").is_empty());
 }
@@ -193,7 +317,16 @@ fn docker_is_recovered_after_the_runner_is_killed() {
     fx.install_examples(&["docker"]);
     let child = fx
         .berth(&[
-            "container", "try", "--user", "nobody", "--project", "t-docker-kill", "docker", "--", "sh", "-c",
+            "container",
+            "try",
+            "--user",
+            "nobody",
+            "--project",
+            "t-docker-kill",
+            "docker",
+            "--",
+            "sh",
+            "-c",
             "touch started; sleep 300",
         ])
         .stdout(Stdio::null())
@@ -207,9 +340,15 @@ fn docker_is_recovered_after_the_runner_is_killed() {
     // wrapper) and the container goes with it (--rm).
     let out = try_job(&fx, "t-docker-kill", "docker", "CORES/1", "echo second job");
     assert!(out.status.success(), "{}", text(&out));
-    assert!(stderr(&out).contains("job 1: ended its enter hook"), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("job 1: ended its enter hook"),
+        "{}",
+        text(&out)
+    );
     assert!(stdout(&out).contains("second job"), "{}", text(&out));
-    wait_until("the first container to be removed", T, || podman_containers("t-docker-kill").is_empty());
+    wait_until("the first container to be removed", T, || {
+        podman_containers("t-docker-kill").is_empty()
+    });
 }
 
 #[test]
@@ -233,7 +372,13 @@ fn bwrap_runs_the_job_unprivileged() {
     assert!(so.contains("root=bin dev etc proc"), "{so}");
     assert!(fx.work.join("out.txt").exists());
     // the default TMP is 64 MB; the status is the command's
-    let out = try_job(&fx, "t-bwrap", "bwrap", "CORES/1", "df -m /tmp | tail -1 | awk '{print $2}'; exit 9");
+    let out = try_job(
+        &fx,
+        "t-bwrap",
+        "bwrap",
+        "CORES/1",
+        "df -m /tmp | tail -1 | awk '{print $2}'; exit 9",
+    );
     assert_eq!(out.status.code(), Some(9), "{}", text(&out));
     assert_eq!(stdout(&out).trim(), "64");
     // a missing image fails the setup with its reason, and the job never runs
@@ -243,7 +388,11 @@ fn bwrap_runs_the_job_unprivileged() {
     assert!(fx.run(&["container", "sign", "bwrap"], T).status.success());
     let out = try_job(&fx, "t-bwrap", "bwrap", "CORES/1", "touch ran");
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("[setup] bwrap: no image at /nonexistent"), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("[setup] bwrap: no image at /nonexistent"),
+        "{}",
+        text(&out)
+    );
     assert!(!fx.work.join("ran").exists());
 }
 
@@ -254,7 +403,16 @@ fn bwrap_stop_ends_the_job() {
     fx.install_examples(&["bwrap"]);
     let child = fx
         .berth(&[
-            "container", "try", "--user", "nobody", "--project", "t-bwrap-stop", "bwrap", "--", "sh", "-c",
+            "container",
+            "try",
+            "--user",
+            "nobody",
+            "--project",
+            "t-bwrap-stop",
+            "bwrap",
+            "--",
+            "sh",
+            "-c",
             "trap 'echo job got TERM; exit 42' TERM; touch started; while :; do sleep 0.1; done",
         ])
         .stdout(Stdio::piped())
@@ -264,7 +422,18 @@ fn bwrap_stop_ends_the_job() {
     wait_until("the job to start", T, || fx.work.join("started").exists());
     signal(&child, libc::SIGINT);
     let out = wait_output(child, T);
-    assert!(stderr(&out).contains("stopped by request"), "{}", text(&out));
-    let ps = std::process::Command::new("pgrep").args(["-u", "nobody", "-f", "touch started"]).output().unwrap();
-    assert!(stdout(&ps).trim().is_empty(), "the job still runs: {}", stdout(&ps));
+    assert!(
+        stderr(&out).contains("stopped by request"),
+        "{}",
+        text(&out)
+    );
+    let ps = std::process::Command::new("pgrep")
+        .args(["-u", "nobody", "-f", "touch started"])
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&ps).trim().is_empty(),
+        "the job still runs: {}",
+        stdout(&ps)
+    );
 }

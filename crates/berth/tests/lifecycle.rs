@@ -15,7 +15,11 @@ const T: Duration = Duration::from_secs(60);
 /// A hook that records its environment and identity in `work/NAME.env`, then exits 0
 /// (or, for enter, runs "$@").
 fn recording_hook(fx: &Fixture, kind: &str) -> std::path::PathBuf {
-    let run = if kind == "enter" { "exec \"$@\"" } else { "exit 0" };
+    let run = if kind == "enter" {
+        "exec \"$@\""
+    } else {
+        "exit 0"
+    };
     fx.hook(
         &format!("{kind}.sh"),
         &format!(
@@ -37,7 +41,11 @@ fn four_hooks(fx: &Fixture, privilege: &str, extra: &str) {
     let mut cfg = String::new();
     for kind in ["setup", "enter", "cleanup", "teardown"] {
         let h = recording_hook(fx, kind);
-        cfg += &format!("containerHook {kind} {privilege} {} SIG({})\n", h.display(), h.display());
+        cfg += &format!(
+            "containerHook {kind} {privilege} {} SIG({})\n",
+            h.display(),
+            h.display()
+        );
     }
     cfg += extra;
     fx.cfg("c1", &cfg);
@@ -49,7 +57,19 @@ fn user_hooks_run_as_the_owner_with_the_exact_variables() {
     let fx = Fixture::new();
     four_hooks(&fx, "user", "containerLimit RAM 500 1000\n");
     let out = fx.run(
-        &["container", "try", "--user", "nobody", "-r", "CORES/2 TMP#30", "c1", "--", "sh", "-c", "echo job ran as $(id -u)"],
+        &[
+            "container",
+            "try",
+            "--user",
+            "nobody",
+            "-r",
+            "CORES/2 TMP#30",
+            "c1",
+            "--",
+            "sh",
+            "-c",
+            "echo job ran as $(id -u)",
+        ],
         T,
     );
     assert!(out.status.success(), "{}", text(&out));
@@ -58,8 +78,16 @@ fn user_hooks_run_as_the_owner_with_the_exact_variables() {
     // The job's own output is unmarked; other hooks' lines are marked with the hook.
     assert!(so.contains("job ran as 65534\n"), "{}", text(&out));
     for kind in ["setup", "cleanup", "teardown"] {
-        assert!(so.contains(&format!("[{kind}] {kind} says hello\n")), "{kind}: {}", text(&out));
-        assert!(se.contains(&format!("[{kind}] {kind} complains\n")), "{kind}: {}", text(&out));
+        assert!(
+            so.contains(&format!("[{kind}] {kind} says hello\n")),
+            "{kind}: {}",
+            text(&out)
+        );
+        assert!(
+            se.contains(&format!("[{kind}] {kind} complains\n")),
+            "{kind}: {}",
+            text(&out)
+        );
     }
     let host = berth_tasker::sys::short_hostname();
     for kind in ["setup", "enter", "cleanup", "teardown"] {
@@ -72,7 +100,10 @@ fn user_hooks_run_as_the_owner_with_the_exact_variables() {
         assert_eq!(env["VOV_CONTAINER_NAME"], "c1", "{kind}");
         assert_eq!(env["VOV_JOBID"], "1", "{kind}");
         assert_eq!(env["VOV_CONTAINER_CORES"], "2", "{kind}");
-        assert_eq!(env["VOV_CONTAINER_RAM"], "500", "{kind}: default from the cfg");
+        assert_eq!(
+            env["VOV_CONTAINER_RAM"], "500",
+            "{kind}: default from the cfg"
+        );
         assert_eq!(env["VOV_CONTAINER_TMP"], "30", "{kind}");
         assert!(!env.contains_key("VOV_CONTAINER_JOB_RUNDIR"), "{kind}");
         assert_eq!(env["USER"], "nobody", "{kind}: the job's environment");
@@ -96,7 +127,10 @@ fn user_hooks_run_as_the_owner_with_the_exact_variables() {
     let args = &env_of(&fx, "enter")["ARGS"];
     assert_eq!(
         args,
-        &format!("{} sh -c echo job ran as $(id -u)", fx.swd.join("bin/berth-vw").display())
+        &format!(
+            "{} sh -c echo job ran as $(id -u)",
+            fx.swd.join("bin/berth-vw").display()
+        )
     );
     assert_eq!(env_of(&fx, "setup")["ARGS"], "");
 }
@@ -123,20 +157,46 @@ fn root_hooks_run_as_root_with_a_clean_environment() {
     for kind in ["setup", "enter", "cleanup", "teardown"] {
         let env = env_of(&fx, kind);
         assert_eq!(env["ID"], "0:0", "{kind}");
-        assert_eq!(env["PATH"], "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "{kind}");
-        for bad in ["LD_PRELOAD", "LD_LIBRARY_PATH", "BASH_ENV", "ENV", "MY_JOB_VAR", "CONTAINERS_CONF", "BERTH_SWD"] {
+        assert_eq!(
+            env["PATH"], "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "{kind}"
+        );
+        for bad in [
+            "LD_PRELOAD",
+            "LD_LIBRARY_PATH",
+            "BASH_ENV",
+            "ENV",
+            "MY_JOB_VAR",
+            "CONTAINERS_CONF",
+            "BERTH_SWD",
+        ] {
             assert!(!env.contains_key(bad), "{kind} got {bad}");
         }
-        assert!(!env.contains_key("IFS") || env["IFS"] != "x", "{kind} got IFS");
-        assert_eq!(env["VOV_CONTAINER_CORES"], "1", "{kind}: a job asks for CORES/1");
-        assert!(!env.contains_key("VOV_CONTAINER_RAM"), "{kind}: no RAM asked, no default");
+        assert!(
+            !env.contains_key("IFS") || env["IFS"] != "x",
+            "{kind} got IFS"
+        );
+        assert_eq!(
+            env["VOV_CONTAINER_CORES"], "1",
+            "{kind}: a job asks for CORES/1"
+        );
+        assert!(
+            !env.contains_key("VOV_CONTAINER_RAM"),
+            "{kind}: no RAM asked, no default"
+        );
         assert_eq!(env["BERTH_JOB_UID"], "65534", "{kind}");
         // The env file exists while the hooks run and holds the job's environment.
-        assert!(env["VOV_CONTAINER_ENV_FILE"].starts_with(&fx.swd.display().to_string()), "{kind}");
+        assert!(
+            env["VOV_CONTAINER_ENV_FILE"].starts_with(&fx.swd.display().to_string()),
+            "{kind}"
+        );
     }
     // The env file is gone after the job; while it ran, it had the job's variables.
     let env_file = env_of(&fx, "enter")["VOV_CONTAINER_ENV_FILE"].clone();
-    assert!(!std::path::Path::new(&env_file).exists(), "{env_file} left behind");
+    assert!(
+        !std::path::Path::new(&env_file).exists(),
+        "{env_file} left behind"
+    );
 }
 
 #[test]
@@ -147,7 +207,14 @@ fn the_env_file_holds_the_jobs_environment() {
         "enter.sh",
         &format!("#!/bin/sh\ncp \"$VOV_CONTAINER_ENV_FILE\" {}/envfile\nls -l \"$VOV_CONTAINER_ENV_FILE\" > {}/envfile.ls\nexec \"$@\"\n", fx.work.display(), fx.work.display()),
     );
-    fx.cfg("c1", &format!("containerHook enter root {} SIG({})\n", h.display(), h.display()));
+    fx.cfg(
+        "c1",
+        &format!(
+            "containerHook enter root {} SIG({})\n",
+            h.display(),
+            h.display()
+        ),
+    );
     let child = fx
         .berth(&["container", "try", "--user", "nobody", "c1", "--", "true"])
         .env("MY_JOB_VAR", "two words")
@@ -158,11 +225,20 @@ fn the_env_file_holds_the_jobs_environment() {
     let out = wait_output(child, T);
     assert!(out.status.success(), "{}", text(&out));
     let envfile = fx.read_work("envfile");
-    assert!(envfile.lines().any(|l| l == "MY_JOB_VAR=two words"), "{envfile}");
+    assert!(
+        envfile.lines().any(|l| l == "MY_JOB_VAR=two words"),
+        "{envfile}"
+    );
     assert!(envfile.lines().any(|l| l == "USER=nobody"), "{envfile}");
-    assert!(envfile.lines().any(|l| l.starts_with("BERTH_VW_STATUS=")), "{envfile}");
+    assert!(
+        envfile.lines().any(|l| l.starts_with("BERTH_VW_STATUS=")),
+        "{envfile}"
+    );
     let ls = fx.read_work("envfile.ls");
-    assert!(ls.starts_with("-rw-------") && ls.contains("nobody"), "{ls}");
+    assert!(
+        ls.starts_with("-rw-------") && ls.contains("nobody"),
+        "{ls}"
+    );
 }
 
 #[test]
@@ -171,13 +247,24 @@ fn hooks_run_in_the_run_dir_when_set() {
     let fx = Fixture::new();
     let run_dir = fx.root.join("rundir");
     std::fs::create_dir(&run_dir).unwrap();
-    four_hooks(&fx, "user", &format!("containerHooksRunDir {}\n", run_dir.display()));
-    let out = fx.run(&["container", "try", "--user", "nobody", "c1", "--", "true"], T);
+    four_hooks(
+        &fx,
+        "user",
+        &format!("containerHooksRunDir {}\n", run_dir.display()),
+    );
+    let out = fx.run(
+        &["container", "try", "--user", "nobody", "c1", "--", "true"],
+        T,
+    );
     assert!(out.status.success(), "{}", text(&out));
     for kind in ["setup", "enter", "cleanup", "teardown"] {
         let env = env_of(&fx, kind);
         assert_eq!(env["PWD"], run_dir.display().to_string(), "{kind}");
-        assert_eq!(env["VOV_CONTAINER_JOB_RUNDIR"], fx.work.display().to_string(), "{kind}");
+        assert_eq!(
+            env["VOV_CONTAINER_JOB_RUNDIR"],
+            fx.work.display().to_string(),
+            "{kind}"
+        );
     }
 }
 
@@ -186,13 +273,37 @@ fn exit_status_is_the_commands() {
     need_root!();
     let fx = Fixture::new();
     let h = fx.hook("enter.sh", "#!/bin/sh\n\"$@\"\necho enter saw $?\nexit 0\n");
-    fx.cfg("c1", &format!("containerHook enter user {} SIG({})\n", h.display(), h.display()));
+    fx.cfg(
+        "c1",
+        &format!(
+            "containerHook enter user {} SIG({})\n",
+            h.display(),
+            h.display()
+        ),
+    );
     for (cmd, code, reason) in [
         ("exit 0", 0, "Done (exit 0)"),
         ("exit 7", 7, "Failed (exit 7): exit status 7"),
-        ("kill -TERM $$", 128 + 15, "Failed (signal 15 (SIGTERM)): killed by signal 15"),
+        (
+            "kill -TERM $$",
+            128 + 15,
+            "Failed (signal 15 (SIGTERM)): killed by signal 15",
+        ),
     ] {
-        let out = fx.run(&["container", "try", "--user", "nobody", "c1", "--", "sh", "-c", cmd], T);
+        let out = fx.run(
+            &[
+                "container",
+                "try",
+                "--user",
+                "nobody",
+                "c1",
+                "--",
+                "sh",
+                "-c",
+                cmd,
+            ],
+            T,
+        );
         assert_eq!(out.status.code(), Some(code), "{cmd}: {}", text(&out));
         assert!(stderr(&out).contains(reason), "{cmd}: {}", text(&out));
     }
@@ -203,7 +314,10 @@ fn without_the_wrapper_the_status_is_the_enter_hooks() {
     need_root!();
     let fx = Fixture::new();
     let h = fx.hook("enter.sh", "#!/bin/sh\necho not running the job\nexit 5\n");
-    let t = fx.hook("teardown.sh", &format!("#!/bin/sh\ntouch {}/teardown.ran\n", fx.work.display()));
+    let t = fx.hook(
+        "teardown.sh",
+        &format!("#!/bin/sh\ntouch {}/teardown.ran\n", fx.work.display()),
+    );
     fx.cfg(
         "c1",
         &format!(
@@ -212,10 +326,15 @@ fn without_the_wrapper_the_status_is_the_enter_hooks() {
             t = t.display()
         ),
     );
-    let out = fx.run(&["container", "try", "--user", "nobody", "c1", "--", "true"], T);
+    let out = fx.run(
+        &["container", "try", "--user", "nobody", "c1", "--", "true"],
+        T,
+    );
     assert_eq!(out.status.code(), Some(5), "{}", text(&out));
     assert!(
-        stderr(&out).contains("enter hook") && stderr(&out).contains("exited 5 (the wrapper never ran; the status is the enter hook's)"),
+        stderr(&out).contains("enter hook")
+            && stderr(&out)
+                .contains("exited 5 (the wrapper never ran; the status is the enter hook's)"),
         "{}",
         text(&out)
     );
@@ -227,20 +346,57 @@ fn a_failing_setup_still_runs_cleanup_and_teardown() {
     need_root!();
     let fx = Fixture::new();
     let s = fx.hook("setup.sh", "#!/bin/sh\necho cannot set up >&2\nexit 3\n");
-    let e = fx.hook("enter.sh", &format!("#!/bin/sh\ntouch {}/enter.ran\nexec \"$@\"\n", fx.work.display()));
-    let c = fx.hook("cleanup.sh", &format!("#!/bin/sh\ntouch {}/cleanup.ran\n", fx.work.display()));
-    let t = fx.hook("teardown.sh", &format!("#!/bin/sh\ntouch {}/teardown.ran\n", fx.work.display()));
+    let e = fx.hook(
+        "enter.sh",
+        &format!(
+            "#!/bin/sh\ntouch {}/enter.ran\nexec \"$@\"\n",
+            fx.work.display()
+        ),
+    );
+    let c = fx.hook(
+        "cleanup.sh",
+        &format!("#!/bin/sh\ntouch {}/cleanup.ran\n", fx.work.display()),
+    );
+    let t = fx.hook(
+        "teardown.sh",
+        &format!("#!/bin/sh\ntouch {}/teardown.ran\n", fx.work.display()),
+    );
     fx.cfg(
         "c1",
-        &[("setup", &s), ("enter", &e), ("cleanup", &c), ("teardown", &t)]
-            .iter()
-            .map(|(k, p)| format!("containerHook {k} root {} SIG({})\n", p.display(), p.display()))
-            .collect::<String>(),
+        &[
+            ("setup", &s),
+            ("enter", &e),
+            ("cleanup", &c),
+            ("teardown", &t),
+        ]
+        .iter()
+        .map(|(k, p)| {
+            format!(
+                "containerHook {k} root {} SIG({})\n",
+                p.display(),
+                p.display()
+            )
+        })
+        .collect::<String>(),
     );
-    let out = fx.run(&["container", "try", "--user", "nobody", "c1", "--", "true"], T);
+    let out = fx.run(
+        &["container", "try", "--user", "nobody", "c1", "--", "true"],
+        T,
+    );
     assert!(!out.status.success(), "{}", text(&out));
-    assert!(stderr(&out).contains(&format!("container c1: setup hook {} exited 3", s.display())), "{}", text(&out));
-    assert!(stderr(&out).contains("[setup] cannot set up"), "{}", text(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "container c1: setup hook {} exited 3",
+            s.display()
+        )),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        stderr(&out).contains("[setup] cannot set up"),
+        "{}",
+        text(&out)
+    );
     assert!(!fx.work.join("enter.ran").exists());
     assert!(fx.work.join("cleanup.ran").exists());
     assert!(fx.work.join("teardown.ran").exists());
@@ -254,12 +410,26 @@ fn a_failing_teardown_is_recorded_but_keeps_the_status() {
     let t = fx.hook("teardown.sh", "#!/bin/sh\nexit 9\n");
     fx.cfg(
         "c1",
-        &format!("containerHook enter user {e} SIG({e})\ncontainerHook teardown user {t} SIG({t})\n", e = e.display(), t = t.display()),
+        &format!(
+            "containerHook enter user {e} SIG({e})\ncontainerHook teardown user {t} SIG({t})\n",
+            e = e.display(),
+            t = t.display()
+        ),
     );
-    let out = fx.run(&["container", "try", "--user", "nobody", "c1", "--", "true"], T);
+    let out = fx.run(
+        &["container", "try", "--user", "nobody", "c1", "--", "true"],
+        T,
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(stderr(&out).contains("Done (exit 0)"), "{}", text(&out));
-    assert!(stderr(&out).contains(&format!("container c1: teardown hook {} exited 9", t.display())), "{}", text(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "container c1: teardown hook {} exited 9",
+            t.display()
+        )),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -267,9 +437,15 @@ fn a_setup_past_its_timeout_is_killed_and_teardown_runs() {
     need_root!();
     let fx = Fixture::new();
     // The setup ignores SIGTERM: the grace period ends it with SIGKILL.
-    let s = fx.hook("setup.sh", "#!/bin/sh\ntrap '' TERM\nsleep 30 & wait; sleep 30\n");
+    let s = fx.hook(
+        "setup.sh",
+        "#!/bin/sh\ntrap '' TERM\nsleep 30 & wait; sleep 30\n",
+    );
     let e = fx.hook("enter.sh", "#!/bin/sh\nexec \"$@\"\n");
-    let t = fx.hook("teardown.sh", &format!("#!/bin/sh\ntouch {}/teardown.ran\n", fx.work.display()));
+    let t = fx.hook(
+        "teardown.sh",
+        &format!("#!/bin/sh\ntouch {}/teardown.ran\n", fx.work.display()),
+    );
     fx.cfg(
         "c1",
         &format!(
@@ -279,9 +455,16 @@ fn a_setup_past_its_timeout_is_killed_and_teardown_runs() {
             t = t.display()
         ),
     );
-    let out = fx.run(&["container", "try", "--user", "nobody", "c1", "--", "true"], T);
+    let out = fx.run(
+        &["container", "try", "--user", "nobody", "c1", "--", "true"],
+        T,
+    );
     assert!(!out.status.success(), "{}", text(&out));
-    assert!(stderr(&out).contains("ran past its timeout of 1 s and was killed"), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("ran past its timeout of 1 s and was killed"),
+        "{}",
+        text(&out)
+    );
     assert!(fx.work.join("teardown.ran").exists());
 }
 
@@ -294,7 +477,10 @@ fn stop_sends_sigterm_then_sigkill_to_the_enter_group_and_cleans_up() {
         "enter.sh",
         &format!("#!/bin/sh\ntrap 'echo enter got TERM' TERM\nsh -c 'trap \"\" TERM; touch {w}/started; sleep 60' &\nwait; wait\n", w = fx.work.display()),
     );
-    let t = fx.hook("teardown.sh", &format!("#!/bin/sh\ntouch {}/teardown.ran\n", fx.work.display()));
+    let t = fx.hook(
+        "teardown.sh",
+        &format!("#!/bin/sh\ntouch {}/teardown.ran\n", fx.work.display()),
+    );
     fx.cfg(
         "c1",
         &format!(
@@ -315,40 +501,84 @@ fn stop_sends_sigterm_then_sigkill_to_the_enter_group_and_cleans_up() {
     assert!(!out.status.success(), "{}", text(&out));
     let so = stdout(&out);
     assert!(so.contains("enter got TERM"), "{}", text(&out));
-    assert!(stderr(&out).contains("stopped by request"), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("stopped by request"),
+        "{}",
+        text(&out)
+    );
     assert!(fx.work.join("teardown.ran").exists());
     // nothing of the job is left: no process of nobody's runs `sleep 60`
-    let ps = std::process::Command::new("pgrep").args(["-u", "nobody", "-f", "sleep 60"]).output().unwrap();
-    assert!(stdout(&ps).trim().is_empty(), "left running: {}", stdout(&ps));
+    let ps = std::process::Command::new("pgrep")
+        .args(["-u", "nobody", "-f", "sleep 60"])
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&ps).trim().is_empty(),
+        "left running: {}",
+        stdout(&ps)
+    );
 }
 
 #[test]
 fn a_refused_hook_runs_no_hook_at_all() {
     need_root!();
     let fx = Fixture::new();
-    let s = fx.hook("setup.sh", &format!("#!/bin/sh\ntouch {}/setup.ran\n", fx.work.display()));
+    let s = fx.hook(
+        "setup.sh",
+        &format!("#!/bin/sh\ntouch {}/setup.ran\n", fx.work.display()),
+    );
     let e = fx.hook("enter.sh", "#!/bin/sh\nexec \"$@\"\n");
     fx.cfg(
         "c1",
-        &format!("containerHook setup root {s} SIG({s})\ncontainerHook enter root {e} SIG({e})\n", s = s.display(), e = e.display()),
+        &format!(
+            "containerHook setup root {s} SIG({s})\ncontainerHook enter root {e} SIG({e})\n",
+            s = s.display(),
+            e = e.display()
+        ),
     );
     // Tamper with enter after signing.
     write_exec(&e, "#!/bin/sh\nexec \"$@\" # changed\n");
-    let out = fx.run(&["container", "try", "--user", "nobody", "c1", "--", "true"], T);
+    let out = fx.run(
+        &["container", "try", "--user", "nobody", "c1", "--", "true"],
+        T,
+    );
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains(&format!("container c1: enter hook {}: signature mismatch", e.display())),
+        stderr(&out).contains(&format!(
+            "container c1: enter hook {}: signature mismatch",
+            e.display()
+        )),
         "{}",
         text(&out)
     );
-    assert!(!fx.work.join("setup.ran").exists(), "setup ran although enter was refused");
+    assert!(
+        !fx.work.join("setup.ran").exists(),
+        "setup ran although enter was refused"
+    );
     // A limit above the cfg's MAX is refused too, before any hook.
     fx.cfg(
         "c2",
         &format!("containerHook setup root {s} SIG({s})\ncontainerHook enter root {s} SIG({s})\ncontainerLimit RAM 100 200\n", s = s.display()),
     );
-    let out = fx.run(&["container", "try", "--user", "nobody", "-r", "RAM/300", "c2", "--", "true"], T);
-    assert!(stderr(&out).contains("the job asks for RAM 300"), "{}", text(&out));
+    let out = fx.run(
+        &[
+            "container",
+            "try",
+            "--user",
+            "nobody",
+            "-r",
+            "RAM/300",
+            "c2",
+            "--",
+            "true",
+        ],
+        T,
+    );
+    assert!(
+        stderr(&out).contains("the job asks for RAM 300"),
+        "{}",
+        text(&out)
+    );
     assert!(!fx.work.join("setup.ran").exists());
 }
 
@@ -357,11 +587,21 @@ fn a_job_never_runs_as_root() {
     need_root!();
     let fx = Fixture::new();
     let e = fx.hook("enter.sh", "#!/bin/sh\nexec \"$@\"\n");
-    fx.cfg("c1", &format!("containerHook enter user {e} SIG({e})\n", e = e.display()));
-    for args in [&["container", "try", "c1", "--", "true"][..], &["container", "try", "--user", "root", "c1", "--", "true"]] {
+    fx.cfg(
+        "c1",
+        &format!("containerHook enter user {e} SIG({e})\n", e = e.display()),
+    );
+    for args in [
+        &["container", "try", "c1", "--", "true"][..],
+        &["container", "try", "--user", "root", "c1", "--", "true"],
+    ] {
         let out = fx.run(args, T);
         assert!(!out.status.success());
-        assert!(stderr(&out).contains("a job never runs as root"), "{}", text(&out));
+        assert!(
+            stderr(&out).contains("a job never runs as root"),
+            "{}",
+            text(&out)
+        );
     }
 }
 
@@ -372,12 +612,28 @@ fn the_log_file_gets_every_line_and_is_opened_as_the_owner() {
     four_hooks(&fx, "user", "");
     let log = fx.work.join("job.log");
     let out = fx.run(
-        &["container", "try", "--user", "nobody", "-l", log.to_str().unwrap(), "c1", "--", "echo", "from the job"],
+        &[
+            "container",
+            "try",
+            "--user",
+            "nobody",
+            "-l",
+            log.to_str().unwrap(),
+            "c1",
+            "--",
+            "echo",
+            "from the job",
+        ],
         T,
     );
     assert!(out.status.success(), "{}", text(&out));
     let text_log = std::fs::read_to_string(&log).unwrap();
-    for want in ["[setup] setup says hello", "[setup] setup complains", "from the job", "[teardown] teardown says hello"] {
+    for want in [
+        "[setup] setup says hello",
+        "[setup] setup complains",
+        "from the job",
+        "[teardown] teardown says hello",
+    ] {
         assert!(text_log.contains(want), "{want:?} not in:\n{text_log}");
     }
     use std::os::unix::fs::MetadataExt;
@@ -387,9 +643,26 @@ fn the_log_file_gets_every_line_and_is_opened_as_the_owner() {
     std::fs::write(&victim, "").unwrap();
     let link = fx.work.join("link.log");
     std::os::unix::fs::symlink(&victim, &link).unwrap();
-    let out = fx.run(&["container", "try", "--user", "nobody", "-l", link.to_str().unwrap(), "c1", "--", "true"], T);
+    let out = fx.run(
+        &[
+            "container",
+            "try",
+            "--user",
+            "nobody",
+            "-l",
+            link.to_str().unwrap(),
+            "c1",
+            "--",
+            "true",
+        ],
+        T,
+    );
     assert!(!out.status.success(), "{}", text(&out));
-    assert!(stderr(&out).contains("cannot open the log"), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("cannot open the log"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "");
 }
 
@@ -399,10 +672,25 @@ fn a_killed_try_is_recovered_by_the_next() {
     let fx = Fixture::new();
     let e = fx.hook(
         "enter.sh",
-        &format!("#!/bin/sh\ntouch {w}/started\nexec \"$@\"\n", w = fx.work.display()),
+        &format!(
+            "#!/bin/sh\ntouch {w}/started\nexec \"$@\"\n",
+            w = fx.work.display()
+        ),
     );
-    let c = fx.hook("cleanup.sh", &format!("#!/bin/sh\necho cleanup of $VOV_JOBID\ntouch {}/cleanup.$VOV_JOBID\n", fx.work.display()));
-    let t = fx.hook("teardown.sh", &format!("#!/bin/sh\necho teardown of $VOV_JOBID\ntouch {}/teardown.$VOV_JOBID\n", fx.work.display()));
+    let c = fx.hook(
+        "cleanup.sh",
+        &format!(
+            "#!/bin/sh\necho cleanup of $VOV_JOBID\ntouch {}/cleanup.$VOV_JOBID\n",
+            fx.work.display()
+        ),
+    );
+    let t = fx.hook(
+        "teardown.sh",
+        &format!(
+            "#!/bin/sh\necho teardown of $VOV_JOBID\ntouch {}/teardown.$VOV_JOBID\n",
+            fx.work.display()
+        ),
+    );
     fx.cfg(
         "c1",
         &format!(
@@ -414,7 +702,18 @@ fn a_killed_try_is_recovered_by_the_next() {
     );
     let log = fx.work.join("job1.log");
     let child = fx
-        .berth(&["container", "try", "--user", "nobody", "-l", log.to_str().unwrap(), "c1", "--", "sleep", "300"])
+        .berth(&[
+            "container",
+            "try",
+            "--user",
+            "nobody",
+            "-l",
+            log.to_str().unwrap(),
+            "c1",
+            "--",
+            "sleep",
+            "300",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -425,24 +724,43 @@ fn a_killed_try_is_recovered_by_the_next() {
     assert!(!fx.work.join("teardown.1").exists());
     assert!(fx.swd.join("try/records/1.json").exists(), "no record left");
     // The next try finishes what the killed one owed, says so, then runs its own job.
-    let out = fx.run(&["container", "try", "--user", "nobody", "c1", "--", "true"], T);
+    let out = fx.run(
+        &["container", "try", "--user", "nobody", "c1", "--", "true"],
+        T,
+    );
     assert!(out.status.success(), "{}", text(&out));
     let se = stderr(&out);
     assert!(se.contains("job 1: the process that ran it ended in the middle; finishing the cleanup and teardown of container c1"), "{se}");
     assert!(se.contains("job 1: ended its enter hook"), "{se}");
-    assert!(se.contains("job 1: cleanup hook ran") && se.contains("job 1: teardown hook ran"), "{se}");
+    assert!(
+        se.contains("job 1: cleanup hook ran") && se.contains("job 1: teardown hook ran"),
+        "{se}"
+    );
     for f in ["cleanup.1", "teardown.1", "cleanup.2", "teardown.2"] {
         assert!(fx.work.join(f).exists(), "{f} missing: {se}");
     }
     assert!(!fx.swd.join("try/records/1.json").exists());
     // The job's log says what happened to it too.
     let l = std::fs::read_to_string(&log).unwrap();
-    assert!(l.contains("[cleanup] cleanup of 1") && l.contains("finishing the cleanup"), "{l}");
-    let ps = std::process::Command::new("pgrep").args(["-u", "nobody", "-f", "sleep 300"]).output().unwrap();
-    assert!(stdout(&ps).trim().is_empty(), "the killed job's command is still running");
+    assert!(
+        l.contains("[cleanup] cleanup of 1") && l.contains("finishing the cleanup"),
+        "{l}"
+    );
+    let ps = std::process::Command::new("pgrep")
+        .args(["-u", "nobody", "-f", "sleep 300"])
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&ps).trim().is_empty(),
+        "the killed job's command is still running"
+    );
     // Nothing more to recover.
     let out = fx.run(&["container", "recover"], T);
-    assert!(stderr(&out).contains("nothing to recover"), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("nothing to recover"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -451,7 +769,10 @@ fn try_without_root_runs_user_hooks_as_the_caller() {
     // Run berth itself as nobody: user hooks run as nobody, root hooks are refused.
     let fx = Fixture::new();
     let e = fx.hook("enter.sh", "#!/bin/sh\nid -u\nexec \"$@\"\n");
-    fx.cfg("u", &format!("containerHook enter user {e} SIG({e})\n", e = e.display()));
+    fx.cfg(
+        "u",
+        &format!("containerHook enter user {e} SIG({e})\n", e = e.display()),
+    );
     // The SWD stays root's (a root-hook cfg must sit in root-only directories); nobody
     // gets the directories that try writes.
     for d in ["try", "bin"] {
@@ -463,10 +784,17 @@ fn try_without_root_runs_user_hooks_as_the_caller() {
     let out = output_within(&mut c, T);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(stdout(&out).trim(), "65534");
-    fx.cfg("r", &format!("containerHook enter root {e} SIG({e})\n", e = e.display()));
+    fx.cfg(
+        "r",
+        &format!("containerHook enter root {e} SIG({e})\n", e = e.display()),
+    );
     let mut c = fx.berth(&["container", "try", "r", "--", "true"]);
     c.uid(NOBODY).gid(NOBODY);
     let out = output_within(&mut c, T);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("runs as root, but berth runs as uid 65534"), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("runs as root, but berth runs as uid 65534"),
+        "{}",
+        text(&out)
+    );
 }

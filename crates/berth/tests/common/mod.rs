@@ -59,7 +59,10 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new() -> Fixture {
-        let tmp = tempfile::Builder::new().prefix("berth-test-").tempdir().unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("berth-test-")
+            .tempdir()
+            .unwrap();
         let root = tmp.path().to_path_buf();
         chmod(&root, 0o755);
         let hooks = root.join("hooks");
@@ -237,90 +240,33 @@ pub fn signal(child: &Child, sig: libc::c_int) {
     unsafe { libc::kill(child.id() as libc::pid_t, sig) };
 }
 
-/// A containers.conf for podman on this machine: runc (crun fails with these hybrid
-/// cgroups) and no default ulimits (raising RLIMIT_NOFILE is refused here).
+/// The containers.conf the examples are tested with (runc; no default ulimits).
 pub fn containers_conf() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let p = dir.join("containers.conf");
-    let text = "[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n";
-    if std::fs::read_to_string(&p).ok().as_deref() != Some(text) {
-        let tmp = dir.join(format!("containers.conf.{}", std::process::id()));
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, &p).unwrap();
-    }
-    p
+    repo().join("examples/containers/containers.conf")
 }
 
 pub struct Image {
     pub rootfs: PathBuf,
 }
 
-/// A busybox rootfs (for bwrap) and the same tree imported as IMAGE (for podman), built
-/// from the static busybox of this machine: no registry is needed.
+/// A busybox rootfs (for bwrap) and the same tree imported as IMAGE (for podman), made by
+/// examples/containers/make-image.sh from the static busybox of this machine.
 pub fn image() -> Image {
     use std::sync::OnceLock;
     static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
     let rootfs = ROOTFS.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("rootfs");
-        let lock = std::fs::File::create(Path::new(env!("CARGO_TARGET_TMPDIR")).join("image.lock")).unwrap();
-        // SAFETY: flock on a descriptor we own; serialises test binaries building the image.
+        let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let dir = tmp.join("rootfs");
+        let lock = std::fs::File::create(tmp.join("image.lock")).unwrap();
+        // SAFETY: flock on a descriptor we own; serialises test binaries making the image.
         unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
-        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("busybox-static is not installed: apt-get install busybox-static");
-        if !dir.join("bin/busybox").exists() {
-            let tmp = dir.with_extension("new");
-            let _ = std::fs::remove_dir_all(&tmp);
-            for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "root"] {
-                std::fs::create_dir_all(tmp.join(d)).unwrap();
-            }
-            chmod(&tmp, 0o755);
-            chmod(&tmp.join("tmp"), 0o1777);
-            std::fs::copy(busybox, tmp.join("bin/busybox")).unwrap();
-            let list = Command::new(busybox).arg("--list").output().unwrap();
-            for applet in String::from_utf8_lossy(&list.stdout).lines() {
-                if applet != "busybox" {
-                    let _ = std::os::unix::fs::symlink("busybox", tmp.join("bin").join(applet));
-                }
-            }
-            std::fs::write(
-                tmp.join("etc/passwd"),
-                "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/sh\n",
-            )
-            .unwrap();
-            std::fs::write(tmp.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::rename(&tmp, &dir).unwrap();
-        }
-        let exists = Command::new("podman")
-            .args(["image", "exists", IMAGE])
-            .env("CONTAINERS_CONF", containers_conf())
-            .status();
-        match exists {
-            Err(e) => panic!("podman is not installed ({e}): apt-get install podman runc"),
-            Ok(s) if !s.success() => {
-                let tar = dir.with_extension("tar");
-                let st = Command::new("tar")
-                    .arg("-C")
-                    .arg(&dir)
-                    .arg("-cf")
-                    .arg(&tar)
-                    .arg(".")
-                    .status()
-                    .unwrap();
-                assert!(st.success());
-                let out = Command::new("podman")
-                    .arg("import")
-                    .arg(&tar)
-                    .arg(IMAGE)
-                    .env("CONTAINERS_CONF", containers_conf())
-                    .output()
-                    .unwrap();
-                assert!(out.status.success(), "podman import: {}", text(&out));
-            }
-            Ok(_) => {}
-        }
+        let mut c = Command::new("sh");
+        c.arg(repo().join("examples/containers/make-image.sh"))
+            .arg(&dir)
+            .arg(IMAGE)
+            .env("CONTAINERS_CONF", containers_conf());
+        let out = output_within(&mut c, Duration::from_secs(120));
+        assert!(out.status.success(), "make-image.sh failed (apt-get install podman runc busybox-static):\n{}", text(&out));
         dir
     });
     Image {
