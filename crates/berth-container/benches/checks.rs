@@ -13,9 +13,16 @@ fn main() {
     let dir = tmp.path();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     // SAFETY: geteuid has no preconditions.
-    let privilege = if unsafe { libc::geteuid() } == 0 { "root" } else { "user" };
+    let privilege = if unsafe { libc::geteuid() } == 0 {
+        "root"
+    } else {
+        "user"
+    };
     // Hooks of a realistic size: the examples are 1-2 KB of shell.
-    let body = format!("#!/bin/sh\n{}\n", "echo 'a line of a hook script, as long as most'\n".repeat(40));
+    let body = format!(
+        "#!/bin/sh\n{}\n",
+        "echo 'a line of a hook script, as long as most'\n".repeat(40)
+    );
     let mut cfg = String::from("# four hooks\n");
     for kind in ["setup", "enter", "cleanup", "teardown"] {
         let p = dir.join(format!("{kind}.sh"));
@@ -24,7 +31,8 @@ fn main() {
         let sig = berth_container::sign::sign_file(&p, None).unwrap();
         cfg += &format!("containerHook {kind} {privilege} {} {sig}\n", p.display());
     }
-    cfg += "containerLimit CORES 1 8\ncontainerLimit RAM 1000 64000\ncontainerHookTimeout setup 60\n";
+    cfg +=
+        "containerLimit CORES 1 8\ncontainerLimit RAM 1000 64000\ncontainerHookTimeout setup 60\n";
     let cdir = dir.join("containers");
     std::fs::create_dir(&cdir).unwrap();
     std::fs::set_permissions(&cdir, std::fs::Permissions::from_mode(0o755)).unwrap();

@@ -814,7 +814,8 @@ pub fn recover(host: &Host, note: &mut dyn FnMut(String)) -> Vec<Recovered> {
         }
         let _ = std::fs::remove_file(job_state_dir(host, &rec.job_id).join("env"));
         let _ = std::fs::remove_dir(job_state_dir(host, &rec.job_id));
-        let _ = std::fs::remove_file(status_path(&rec.job_dir, &rec.job_id));
+        let status = status_path(&rec.job_dir, &rec.job_id);
+        sys::as_user(&rec.owner, || std::fs::remove_file(&status).ok());
         if let Err(e) = o.held.remove() {
             note(format!("job {}: cannot remove its record: {e}", rec.job_id));
         }

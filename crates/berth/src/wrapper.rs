@@ -1,7 +1,7 @@
 //! The job wrapper `berth-vw`, carried inside the berth binary and written out where the
 //! hooks can reach it: `SWD/bin/berth-vw`.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -15,6 +15,23 @@ const STAMP: &str = env!("BERTH_VW_STAMP");
 /// absolute path. The file is replaced by a rename, so running jobs keep theirs.
 pub fn install(swd: &Path) -> Result<PathBuf> {
     let dir = std::path::absolute(swd.join("bin")).context("resolving the SWD")?;
+    // Every container job runs this file as its owner: whoever could replace it could run
+    // code as every user. As root, it must lie where only root can change it.
+    if berth_tasker::sys::euid() == 0 {
+        let parent = dir.parent().unwrap_or(&dir);
+        if let Err(why) = berth_container::check::safe_dirs(parent) {
+            bail!("the job wrapper goes in {}, but {why}", dir.display());
+        }
+        if let Ok(meta) = std::fs::symlink_metadata(&dir) {
+            use std::os::unix::fs::MetadataExt;
+            if meta.uid() != 0 || meta.mode() & 0o022 != 0 || !meta.is_dir() {
+                bail!(
+                    "the job wrapper goes in {d}, which must be a directory owned by root and writable by root only; run: chown root {d} && chmod 755 {d}",
+                    d = dir.display()
+                );
+            }
+        }
+    }
     let path = dir.join("berth-vw");
     let stamp_path = dir.join(".berth-vw.stamp");
     // The stamp says which build was installed: reading it and the file's size costs
@@ -35,6 +52,7 @@ pub fn install(swd: &Path) -> Result<PathBuf> {
     f.set_permissions(std::fs::Permissions::from_mode(0o755))?;
     f.sync_all()?;
     std::fs::rename(&tmp, &path).with_context(|| format!("installing {}", path.display()))?;
-    std::fs::write(&stamp_path, STAMP).with_context(|| format!("writing {}", stamp_path.display()))?;
+    std::fs::write(&stamp_path, STAMP)
+        .with_context(|| format!("writing {}", stamp_path.display()))?;
     Ok(path)
 }

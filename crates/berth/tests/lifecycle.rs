@@ -798,3 +798,30 @@ fn try_without_root_runs_user_hooks_as_the_caller() {
         text(&out)
     );
 }
+
+#[test]
+fn the_wrapper_is_not_installed_where_a_user_could_replace_it() {
+    need_root!();
+    let fx = Fixture::new();
+    let e = fx.hook("enter.sh", "#!/bin/sh\nexec \"$@\"\n");
+    fx.cfg(
+        "c1",
+        &format!("containerHook enter user {e} SIG({e})\n", e = e.display()),
+    );
+    let bin = fx.swd.join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::chown(&bin, Some(NOBODY), Some(NOBODY)).unwrap();
+    let out = fx.run(
+        &["container", "try", "--user", "nobody", "c1", "--", "true"],
+        T,
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(&format!(
+            "the job wrapper goes in {}, which must be a directory owned by root",
+            bin.display()
+        )),
+        "{}",
+        text(&out)
+    );
+}

@@ -266,7 +266,11 @@ pub fn image() -> Image {
             .arg(IMAGE)
             .env("CONTAINERS_CONF", containers_conf());
         let out = output_within(&mut c, Duration::from_secs(120));
-        assert!(out.status.success(), "make-image.sh failed (apt-get install podman runc busybox-static):\n{}", text(&out));
+        assert!(
+            out.status.success(),
+            "make-image.sh failed (apt-get install podman runc busybox-static):\n{}",
+            text(&out)
+        );
         dir
     });
     Image {
