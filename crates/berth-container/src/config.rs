@@ -734,7 +734,11 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 2000,
+            failure_persistence: None,
+            ..Default::default()
+        })]
         #[test]
         fn random_text_never_panics(s in "(?s).{0,200}") {
             let _ = p(&s);

@@ -207,11 +207,14 @@ impl Parser<'_> {
             .unwrap_or(self.input.chars().count() + 1)
     }
 
+    // `a (b c)` is `a b c` and `a | (b | c)` is `a | b | c`: both operators are
+    // associative, so nested ones are flattened and one expression has one form.
     fn or(&mut self) -> Result<Expr, ParseError> {
-        let mut alts = vec![self.and()?];
+        let mut alts = Vec::new();
+        push_flat(&mut alts, self.and()?, false);
         while self.peek() == Some(&Tok::Or) {
             self.pos += 1;
-            alts.push(self.and()?);
+            push_flat(&mut alts, self.and()?, false);
         }
         Ok(if alts.len() == 1 {
             alts.remove(0)
@@ -221,14 +224,17 @@ impl Parser<'_> {
     }
 
     fn and(&mut self) -> Result<Expr, ParseError> {
-        let mut all = vec![self.unary()?];
+        let mut all = Vec::new();
+        push_flat(&mut all, self.unary()?, true);
         loop {
             match self.peek() {
                 Some(Tok::And) => {
                     self.pos += 1;
-                    all.push(self.unary()?);
+                    push_flat(&mut all, self.unary()?, true);
                 }
-                Some(Tok::Term(_)) | Some(Tok::Not) | Some(Tok::Open) => all.push(self.unary()?),
+                Some(Tok::Term(_)) | Some(Tok::Not) | Some(Tok::Open) => {
+                    push_flat(&mut all, self.unary()?, true)
+                }
                 _ => break,
             }
         }
@@ -285,6 +291,14 @@ impl Parser<'_> {
                 })
             }
         }
+    }
+}
+
+fn push_flat(into: &mut Vec<Expr>, e: Expr, and: bool) {
+    match e {
+        Expr::And(v) if and => into.extend(v),
+        Expr::Or(v) if !and => into.extend(v),
+        other => into.push(other),
     }
 }
 
@@ -511,6 +525,11 @@ mod tests {
     }
 
     proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 2000,
+            failure_persistence: None,
+            ..Default::default()
+        })]
         #[test]
         fn never_panics(s in "[a-zA-Z0-9:#/!&|() \\t$]{0,40}") {
             if let Ok(e) = parse(&s) {

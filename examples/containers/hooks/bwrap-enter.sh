@@ -10,7 +10,7 @@ ROOTFS=/srv/berth/rootfs
 # --------------------------------------------------------------------------
 
 wrapper=$1
-vwdir=$(dirname "$wrapper")
+vwdir=${wrapper%/*}
 jobdir=${VOV_CONTAINER_JOB_RUNDIR:-$PWD}
 n=$#
 # The sandbox's root is bwrap's own tmpfs, with each top-level entry of the image bound

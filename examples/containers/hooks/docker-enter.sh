@@ -17,7 +17,7 @@ if [ -n "$CONTAINERS_CONF_FILE" ]; then
 fi
 
 wrapper=$1
-vwdir=$(dirname "$wrapper")
+vwdir=${wrapper%/*}
 jobdir=${VOV_CONTAINER_JOB_RUNDIR:-$PWD}
 name="$VOV_PROJECT_NAME-$HOST-$VOV_CONTAINER_NAME-$VOV_JOBSLOT"
 # The job owner: berth says so; the job's environment (USER) is the fallback.

@@ -15,7 +15,7 @@ fi
 
 name="$VOV_PROJECT_NAME-$HOST-$VOV_CONTAINER_NAME-$VOV_JOBSLOT"
 jobdir=${VOV_CONTAINER_JOB_RUNDIR:-$PWD}
-vwdir=$(dirname "$BERTH_VW")
+vwdir=${BERTH_VW%/*}
 
 # A container left by a tasker that died before its teardown must not block this job.
 podman rm --force --time 0 "$name" >/dev/null 2>&1 || true
