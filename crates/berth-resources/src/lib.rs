@@ -7,6 +7,9 @@
 
 use std::fmt;
 
+pub mod offer;
+pub use offer::{with_defaults, Have, Ledger, Offer, OfferError, Take};
+
 /// How a term uses its resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
