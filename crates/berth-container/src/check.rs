@@ -372,8 +372,7 @@ mod tests {
     }
 
     fn is_root() -> bool {
-        // SAFETY: geteuid has no preconditions.
-        unsafe { libc::geteuid() == 0 }
+        berth_sys::euid() == 0
     }
 
     fn cfg_with(fx: &Fixture, privilege: &str, hook: &Path, sig: &str) -> Config {

@@ -329,7 +329,8 @@ mod tests {
     #[test]
     fn matching_table() {
         let l = ledger("CORES/8 RAM/1000 GPU#2 Container:c1 License:spice/1");
-        let cases: Vec<(&str, Option<Vec<(&str, u64)>>)> = vec![
+        type Want = Option<Vec<(&'static str, u64)>>;
+        let cases: Vec<(&str, Want)> = vec![
             ("CORES/2", Some(vec![("CORES", 2)])),
             ("CORES/9", None),
             ("CORES/2 RAM/500", Some(vec![("CORES", 2), ("RAM", 500)])),

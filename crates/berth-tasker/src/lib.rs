@@ -1,11 +1,10 @@
-//! Job and hook execution on a host: the only crate that forks, changes identity, or holds
-//! `unsafe` (each block with a `SAFETY:` line), apart from the static wrapper.
+//! Job and hook execution on a host: the only crate that forks or changes identity. Its
+//! system calls are in `berth-sys`.
 
 pub mod lifecycle;
 pub mod log;
 pub mod record;
-pub mod sys;
 
+pub use berth_sys::Identity;
 pub use lifecycle::{recover, run, End, Host, Job, Outcome, Recovered, Stop};
 pub use log::LogTarget;
-pub use sys::Identity;

@@ -6,11 +6,11 @@
 
 use crate::log::{LogTarget, Pump, Sink};
 use crate::record::{self, EnterProcess, Held, Record};
-use crate::sys::{self, ChildSetup, EventFd, Identity, Woke};
 use berth_container::check::{self, Checked, Policy};
 use berth_container::plan::{self, JobFacts, Limits};
 use berth_container::{Config, Hook, HookType, Key, Privilege};
 use berth_resources::Expr;
+use berth_sys::{self as sys, ChildSetup, EventFd, Identity, Woke};
 use std::ffi::{OsStr, OsString};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
@@ -226,11 +226,7 @@ fn run_hook(r: &HookRun<'_>, on_start: impl FnOnce(u32)) -> HookEnd {
             Err(e) => return HookEnd::NotStarted(e),
         }
     }
-    // SAFETY: ChildSetup::apply makes only async-signal-safe system calls on data
-    // prepared before the fork.
-    unsafe {
-        cmd.pre_exec(move || setup.apply());
-    }
+    setup.install(&mut cmd);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {

@@ -1,7 +1,7 @@
 //! A job's log: a file opened as the job's owner, or this process's terminal. Hook output
 //! is copied in line by line, each line marked with the hook's name.
 
-use crate::sys::{self, Identity};
+use berth_sys::{self as sys, Identity};
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;

@@ -8,11 +8,10 @@
 //! taken belongs to a process that has ended.
 
 use crate::log::LogTarget;
-use crate::sys::Identity;
 use berth_container::Hook;
+use berth_sys::Identity;
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -85,18 +84,7 @@ fn lock(path: &Path) -> io::Result<Option<File>> {
         .truncate(false)
         .mode(0o600)
         .open(path)?;
-    // SAFETY: flock on a descriptor we own.
-    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if r == 0 {
-        Ok(Some(f))
-    } else {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            Ok(None)
-        } else {
-            Err(e)
-        }
-    }
+    Ok(berth_sys::flock_exclusive(&f, false)?.then_some(f))
 }
 
 /// Writes a record by a rename. `durable` also syncs the file and its directory: needed

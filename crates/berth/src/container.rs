@@ -167,8 +167,8 @@ fn check_cmd(common: &Common, name: &str) -> Result<i32> {
         meta.mode() & 0o7777
     );
     let mut failed = false;
-    if cfg.has_root_hook() && berth_tasker::sys::euid() != 0 {
-        println!("FAIL  {name}: has root hooks, but this check runs as uid {}; root hooks run only when berth runs as root", berth_tasker::sys::euid());
+    if cfg.has_root_hook() && berth_sys::euid() != 0 {
+        println!("FAIL  {name}: has root hooks, but this check runs as uid {}; root hooks run only when berth runs as root", berth_sys::euid());
         failed = true;
     }
     for h in &cfg.hooks {
@@ -241,7 +241,7 @@ fn write_in_place(path: &Path, content: &[u8]) -> Result<()> {
         .open(&tmp)
         .with_context(|| format!("writing {}", tmp.display()))?;
     f.write_all(content)?;
-    if berth_tasker::sys::euid() == 0 {
+    if berth_sys::euid() == 0 {
         std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()))?;
     }
     f.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
@@ -350,7 +350,7 @@ fn try_host(common: &Common, project: String) -> Result<Host> {
     }
     let swd = std::path::absolute(&swd)?;
     Ok(Host {
-        host: berth_tasker::sys::short_hostname(),
+        host: berth_sys::short_hostname(),
         project,
         wrapper: wrapper::install(&swd)?,
         state_dir: swd.join("try"),
@@ -366,7 +366,6 @@ fn recover_try(host: &Host) -> usize {
 /// A job id for `try`: the next number of a counter under the try state directory.
 fn next_try_id(state: &Path) -> Result<String> {
     use std::io::{Read, Seek};
-    use std::os::fd::AsRawFd;
     std::fs::create_dir_all(state)?;
     let path = state.join("seq");
     let mut f = std::fs::File::options()
@@ -377,14 +376,7 @@ fn next_try_id(state: &Path) -> Result<String> {
         .mode(0o600)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: flock on a descriptor we own; released when f is closed.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        bail!(
-            "locking {}: {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        );
-    }
+    berth_sys::flock_exclusive(&f, true).with_context(|| format!("locking {}", path.display()))?;
     let mut s = String::new();
     f.read_to_string(&mut s)?;
     let n = s.trim().parse::<u64>().unwrap_or(0) + 1;
@@ -404,10 +396,10 @@ fn try_cmd(
     name: &str,
     command: Vec<OsString>,
 ) -> Result<i32> {
-    let euid = berth_tasker::sys::euid();
+    let euid = berth_sys::euid();
     let owner: Identity = match &user {
-        Some(u) => berth_tasker::sys::identity_by_name(u)?,
-        None => berth_tasker::sys::identity_by_uid(euid)?,
+        Some(u) => berth_sys::identity_by_name(u)?,
+        None => berth_sys::identity_by_uid(euid)?,
     };
     if owner.uid == 0 {
         bail!(
@@ -474,25 +466,13 @@ fn try_cmd(
 }
 
 fn spawn_signal_thread(stop: Stop) {
-    // SAFETY: sigset_t is plain data; blocking these signals in the main thread before any
-    // other thread exists makes every later thread inherit the mask, so only sigwait sees
-    // them. Children get an empty mask from std's spawn.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
+    // Blocked here, before any other thread exists, so that every thread inherits the
+    // mask and only this one sees them. Hooks start with no signal blocked.
+    let waiter = berth_sys::block_signals(&berth_sys::STOP_SIGNALS);
     std::thread::spawn(move || {
         let mut first = true;
         loop {
-            let mut sig = 0;
-            // SAFETY: set is a valid signal set; sig receives the signal number.
-            if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
-                continue;
-            }
+            let sig = waiter.wait();
             if first {
                 eprintln!(
                     "[berth] {}: stopping the job (SIGTERM to its enter hook, SIGKILL after the grace period); cleanup and teardown will run",

@@ -17,7 +17,7 @@ pub fn install(swd: &Path) -> Result<PathBuf> {
     let dir = std::path::absolute(swd.join("bin")).context("resolving the SWD")?;
     // Every container job runs this file as its owner: whoever could replace it could run
     // code as every user. As root, it must lie where only root can change it.
-    if berth_tasker::sys::euid() == 0 {
+    if berth_sys::euid() == 0 {
         let parent = dir.parent().unwrap_or(&dir);
         if let Err(why) = berth_container::check::safe_dirs(parent) {
             bail!("the job wrapper goes in {}, but {why}", dir.display());

@@ -89,7 +89,7 @@ fn user_hooks_run_as_the_owner_with_the_exact_variables() {
             text(&out)
         );
     }
-    let host = berth_tasker::sys::short_hostname();
+    let host = berth_sys::short_hostname();
     for kind in ["setup", "enter", "cleanup", "teardown"] {
         let env = env_of(&fx, kind);
         assert_eq!(env["ID"], "65534:65534", "{kind}");

@@ -1,5 +1,6 @@
-//! The operating-system calls the tasker makes: identities, process groups, pidfds,
-//! per-thread filesystem identity. Each `unsafe` block says why it is sound.
+//! The operating-system calls of berth: identities, process groups, pidfds, per-thread
+//! filesystem identity, signals, locks, peer credentials. This is the one crate with
+//! `unsafe` (apart from the static wrapper); each block says why it is sound.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
@@ -303,8 +304,18 @@ impl ChildSetup {
         })
     }
 
+    /// Makes `cmd` run this setup in its child, between fork and exec.
+    pub fn install(self, cmd: &mut std::process::Command) {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: apply makes only async-signal-safe system calls on data prepared
+        // before the fork, and allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || self.apply());
+        }
+    }
+
     /// Runs in the child, after fork and before exec.
-    pub fn apply(&self) -> io::Result<()> {
+    fn apply(&self) -> io::Result<()> {
         // SAFETY: only system calls on data prepared before the fork; nothing allocates.
         unsafe {
             if let Some((groups, gid, uid)) = &self.ids {
@@ -341,3 +352,98 @@ impl ChildSetup {
 
 /// How long to sleep between checks of something that cannot be polled.
 pub const SHORT: Duration = Duration::from_millis(20);
+
+/// Takes an exclusive flock on an open file, waiting for it (`wait`) or not. Ok(false)
+/// when it is held elsewhere and `wait` is false.
+pub fn flock_exclusive(f: &std::fs::File, wait: bool) -> io::Result<bool> {
+    let op = if wait {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_EX | libc::LOCK_NB
+    };
+    loop {
+        // SAFETY: flock on a descriptor the caller owns for as long as the call lasts.
+        if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) if !wait => return Ok(false),
+            _ => return Err(e),
+        }
+    }
+}
+
+/// Signals that a daemon or `try` takes on a thread of its own.
+pub const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+/// Blocks `signals` in the calling thread (call it before any other thread exists, so
+/// that all inherit the mask) and returns a waiter that a dedicated thread calls.
+pub fn block_signals(signals: &[libc::c_int]) -> SignalWaiter {
+    // SAFETY: sigset_t is plain data, filled and installed by these calls.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for s in signals {
+            libc::sigaddset(&mut set, *s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    SignalWaiter(set)
+}
+
+/// Waits for one of the blocked signals.
+pub struct SignalWaiter(libc::sigset_t);
+
+// SAFETY: a sigset_t is plain data with no thread affinity.
+unsafe impl Send for SignalWaiter {}
+
+impl SignalWaiter {
+    /// Blocks until one of the signals arrives, and returns it.
+    pub fn wait(&self) -> libc::c_int {
+        loop {
+            let mut sig = 0;
+            // SAFETY: self.0 is a valid signal set; sig receives the signal number.
+            if unsafe { libc::sigwait(&self.0, &mut sig) } == 0 {
+                return sig;
+            }
+        }
+    }
+}
+
+/// The uid, gid and pid of the process at the other end of a Unix socket, from the
+/// kernel: a client cannot claim to be someone else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCred {
+    /// The peer's pid.
+    pub pid: u32,
+    /// The peer's uid.
+    pub uid: u32,
+    /// The peer's gid.
+    pub gid: u32,
+}
+
+/// The peer credentials of a connected Unix socket.
+pub fn peer_cred(sock: &impl AsRawFd) -> io::Result<PeerCred> {
+    // SAFETY: ucred is plain data; getsockopt fills at most len bytes of it.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(PeerCred {
+        pid: cred.pid as u32,
+        uid: cred.uid,
+        gid: cred.gid,
+    })
+}
