@@ -1,0 +1,154 @@
+//! The types that cross a process boundary: the CLI's requests to the server and its
+//! answers (JSON over HTTP on the SWD's Unix socket), and nothing else.
+
+use serde::{Deserialize, Serialize};
+
+/// A job's state (SPEC §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum State {
+    /// Waiting for a tasker.
+    Queued,
+    /// On a tasker.
+    Running,
+    /// Ended with exit 0 (or a legal exit).
+    Done,
+    /// Ended otherwise, with a reason.
+    Failed,
+}
+
+impl State {
+    /// The name as printed and stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Queued => "Queued",
+            State::Running => "Running",
+            State::Done => "Done",
+            State::Failed => "Failed",
+        }
+    }
+
+    /// Parses a name, any case.
+    pub fn parse(s: &str) -> Option<State> {
+        [State::Queued, State::Running, State::Done, State::Failed]
+            .into_iter()
+            .find(|st| st.as_str().eq_ignore_ascii_case(s))
+    }
+
+    /// Whether the job is over.
+    pub fn is_final(self) -> bool {
+        matches!(self, State::Done | State::Failed)
+    }
+}
+
+/// One job as the CLI submits it. Who submits it is not in here: the server learns that
+/// from the socket's peer credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submit {
+    /// The command line.
+    pub command: Vec<String>,
+    /// The directory it runs in.
+    pub dir: String,
+    /// The environment it runs with.
+    pub env: Vec<(String, String)>,
+    /// The resource request, in the language of SPEC §7.
+    pub resources: Option<String>,
+    /// A name for the job (`-J`).
+    pub name: Option<String>,
+    /// The log file (`-l`); default `DIR/berth-JOBID.log`.
+    pub log: Option<String>,
+    /// Higher runs first; default 0.
+    #[serde(default)]
+    pub priority: i32,
+}
+
+/// A submission: jobs given one by one, or one job repeated as an array.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubmitRequest {
+    /// The jobs.
+    pub jobs: Vec<Submit>,
+    /// `--array A-B`: the single job in `jobs` is made once for each index from A to B,
+    /// with `@INDEX@`, `@JOBID@` and `@ARRAYID@` substituted in its command line.
+    pub array: Option<(u32, u32)>,
+}
+
+/// What the server says to a submission, once every job is durable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submitted {
+    /// The new jobs' ids, in order.
+    pub ids: Vec<u64>,
+    /// The array's id, for an array.
+    pub array_id: Option<u64>,
+    /// Things the submitter should know, such as a request no tasker can satisfy now.
+    pub warnings: Vec<String>,
+}
+
+/// A job as the server shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobView {
+    /// The id.
+    pub id: u64,
+    /// The state.
+    pub state: State,
+    /// The owner's login name.
+    pub user: String,
+    /// The owner's uid.
+    pub uid: u32,
+    /// The job's name.
+    pub name: Option<String>,
+    /// The command line.
+    pub command: Vec<String>,
+    /// Its directory.
+    pub dir: String,
+    /// Its resource request, as given (without the implicit CORES/1 SLOTS/1).
+    pub resources: Option<String>,
+    /// The log file.
+    pub log: String,
+    /// Priority.
+    pub priority: i32,
+    /// The array it belongs to, and its index there.
+    pub array: Option<(u64, u32)>,
+    /// When it was submitted, started, ended (ms since the epoch).
+    pub submitted_ms: u64,
+    /// Start.
+    pub started_ms: Option<u64>,
+    /// End.
+    pub ended_ms: Option<u64>,
+    /// The tasker and slot it ran on.
+    pub tasker: Option<String>,
+    /// The slot.
+    pub slot: Option<u32>,
+    /// The exit code.
+    pub exit_code: Option<i32>,
+    /// Why it failed.
+    pub reason: Option<String>,
+    /// Cleanup or teardown failures, which do not change the state.
+    pub hook_failures: Vec<String>,
+    /// For a queued job: why it waits.
+    pub why_waiting: Option<String>,
+}
+
+/// A tasker as the server shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskerView {
+    /// Its name.
+    pub name: String,
+    /// Its host.
+    pub host: String,
+    /// Everything it offers.
+    pub resources: String,
+    /// Its slots.
+    pub slots: u32,
+    /// Jobs running on it.
+    pub running: u32,
+    /// What of its pools is free.
+    pub free: String,
+    /// Configurations it does not offer, with why.
+    pub containers_refused: Vec<(String, String)>,
+}
+
+/// An error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// What went wrong, for a person.
+    pub error: String,
+}

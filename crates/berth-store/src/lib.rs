@@ -1,0 +1,617 @@
+//! berth's state in SQLite: the job history, with schema migrations and typed methods.
+//! Nothing else in berth touches SQL.
+//!
+//! The database is `SWD/berth.db` in WAL mode with `synchronous=FULL`: a change is on disk
+//! when its commit returns. Writes go in batches ([`Store::batch`]): the server gathers
+//! everything that happened since its last commit into one transaction, so one fsync
+//! serves many jobs.
+
+use berth_proto::{JobView, State};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use std::path::{Path, PathBuf};
+
+/// What went wrong with the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite said no.
+    #[error("job store {path}: {source}")]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// The cause.
+        source: rusqlite::Error,
+    },
+    /// The database was written by a newer berth.
+    #[error("job store {path}: schema version {found} is newer than this berth knows ({known}); run a newer berth")]
+    TooNew {
+        /// The database file.
+        path: PathBuf,
+        /// Its version.
+        found: i64,
+        /// Ours.
+        known: i64,
+    },
+    /// A row that does not read back (a damaged database).
+    #[error("job store {path}: job {id}: {what}")]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// The job.
+        id: u64,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+/// Migrations, in order; the database's `user_version` counts those applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: jobs and their (shared) environments
+    "CREATE TABLE envs (
+        hash BLOB PRIMARY KEY,
+        data TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        state TEXT NOT NULL,
+        uid INTEGER NOT NULL,
+        gid INTEGER NOT NULL,
+        user TEXT NOT NULL,
+        name TEXT,
+        command TEXT NOT NULL,
+        dir TEXT NOT NULL,
+        env BLOB NOT NULL REFERENCES envs(hash),
+        resources TEXT,
+        log TEXT,
+        priority INTEGER NOT NULL DEFAULT 0,
+        array_id INTEGER,
+        array_index INTEGER,
+        submitted_ms INTEGER NOT NULL,
+        started_ms INTEGER,
+        ended_ms INTEGER,
+        tasker TEXT,
+        slot INTEGER,
+        exit_code INTEGER,
+        reason TEXT,
+        hook_failures TEXT
+    );
+    CREATE INDEX jobs_unfinished ON jobs(state) WHERE state IN ('Queued', 'Running');",
+];
+
+/// The job store.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// A job to insert.
+#[derive(Debug, Clone)]
+pub struct NewJob<'a> {
+    /// The owner's uid, gid and name.
+    pub uid: u32,
+    /// Gid.
+    pub gid: u32,
+    /// Login name.
+    pub user: &'a str,
+    /// `-J`.
+    pub name: Option<&'a str>,
+    /// The command line.
+    pub command: &'a [String],
+    /// Its directory.
+    pub dir: &'a str,
+    /// Its environment.
+    pub env: &'a [(String, String)],
+    /// Its request as given.
+    pub resources: Option<&'a str>,
+    /// Its log, when given.
+    pub log: Option<&'a str>,
+    /// Priority.
+    pub priority: i32,
+    /// Array id and index.
+    pub array: Option<(u64, u32)>,
+    /// Submission time.
+    pub submitted_ms: u64,
+}
+
+/// What the server needs of an unfinished job when it starts again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unfinished {
+    /// Id.
+    pub id: u64,
+    /// Queued or Running.
+    pub state: State,
+    /// Owner.
+    pub uid: u32,
+    /// Priority.
+    pub priority: i32,
+    /// Request.
+    pub resources: Option<String>,
+    /// Where it was running.
+    pub tasker: Option<String>,
+}
+
+/// What a tasker needs to run a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunSpec {
+    /// Id.
+    pub id: u64,
+    /// Owner.
+    pub uid: u32,
+    /// Gid.
+    pub gid: u32,
+    /// Login name.
+    pub user: String,
+    /// Command line.
+    pub command: Vec<String>,
+    /// Directory.
+    pub dir: String,
+    /// Environment.
+    pub env: Vec<(String, String)>,
+    /// Request.
+    pub resources: Option<String>,
+    /// Log file.
+    pub log: String,
+}
+
+/// Filters for [`Store::list`].
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Only these states.
+    pub states: Vec<State>,
+    /// Only this owner.
+    pub uid: Option<u32>,
+    /// Only jobs of this name.
+    pub name: Option<String>,
+    /// Only these ids.
+    pub ids: Vec<u64>,
+    /// At most this many, newest first.
+    pub limit: Option<u32>,
+}
+
+fn state_of(s: &str) -> State {
+    State::parse(s).unwrap_or(State::Failed)
+}
+
+/// The default log of a job: `DIR/berth-ID.log`.
+pub fn default_log(dir: &str, id: u64) -> String {
+    format!("{}/berth-{id}.log", dir.trim_end_matches('/'))
+}
+
+impl Store {
+    /// Opens (creating if needed) the store and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let err = |source| StoreError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(err)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;
+             PRAGMA busy_timeout = 10000;",
+        )
+        .map_err(err)?;
+        let mut s = Store {
+            conn,
+            path: path.to_path_buf(),
+        };
+        s.migrate()?;
+        Ok(s)
+    }
+
+    fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+        |source| StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(self.err())?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(StoreError::TooNew {
+                path: self.path.clone(),
+                found: version,
+                known,
+            });
+        }
+        let path = self.path.clone();
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            tx.execute_batch(m).map_err(err)?;
+            tx.pragma_update(None, "user_version", i as i64 + 1)
+                .map_err(err)?;
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Runs `f` in one transaction, committed (and on disk) when this returns Ok.
+    pub fn batch<T>(
+        &mut self,
+        f: impl FnOnce(&mut Batch<'_>) -> Result<T, rusqlite::Error>,
+    ) -> Result<T, StoreError> {
+        let path = self.path.clone();
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        let mut b = Batch { tx };
+        let out = f(&mut b).map_err(err)?;
+        b.tx.commit().map_err(err)?;
+        Ok(out)
+    }
+
+    /// Every job that is Queued or Running, oldest first.
+    pub fn unfinished(&self) -> Result<Vec<Unfinished>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT id, state, uid, priority, resources, tasker FROM jobs
+                 WHERE state IN ('Queued', 'Running') ORDER BY id",
+            )
+            .map_err(self.err())?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(Unfinished {
+                    id: r.get::<_, i64>(0)? as u64,
+                    state: state_of(&r.get::<_, String>(1)?),
+                    uid: r.get(2)?,
+                    priority: r.get(3)?,
+                    resources: r.get(4)?,
+                    tasker: r.get(5)?,
+                })
+            })
+            .map_err(self.err())?;
+        rows.collect::<Result<_, _>>().map_err(self.err())
+    }
+
+    /// What a tasker needs to run job `id`.
+    pub fn run_spec(&self, id: u64) -> Result<Option<RunSpec>, StoreError> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT j.uid, j.gid, j.user, j.command, j.dir, e.data, j.resources, j.log
+                 FROM jobs j JOIN envs e ON e.hash = j.env WHERE j.id = ?1",
+                [id as i64],
+                |r| {
+                    Ok((
+                        r.get::<_, u32>(0)?,
+                        r.get::<_, u32>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, String>(5)?,
+                        r.get::<_, Option<String>>(6)?,
+                        r.get::<_, Option<String>>(7)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(self.err())?;
+        let Some((uid, gid, user, command, dir, env, resources, log)) = row else {
+            return Ok(None);
+        };
+        let corrupt = |what: String| StoreError::Corrupt {
+            path: self.path.clone(),
+            id,
+            what,
+        };
+        let command: Vec<String> =
+            serde_json::from_str(&command).map_err(|e| corrupt(format!("command: {e}")))?;
+        let env: Vec<(String, String)> =
+            serde_json::from_str(&env).map_err(|e| corrupt(format!("environment: {e}")))?;
+        let log = log.unwrap_or_else(|| default_log(&dir, id));
+        Ok(Some(RunSpec {
+            id,
+            uid,
+            gid,
+            user,
+            command,
+            dir,
+            env,
+            resources,
+            log,
+        }))
+    }
+
+    /// Jobs as shown to users, newest first.
+    pub fn list(&self, f: &Filter) -> Result<Vec<JobView>, StoreError> {
+        let mut sql = String::from(
+            "SELECT id, state, user, uid, name, command, dir, resources, log, priority, array_id,
+                    array_index, submitted_ms, started_ms, ended_ms, tasker, slot, exit_code,
+                    reason, hook_failures FROM jobs WHERE 1",
+        );
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        if !f.states.is_empty() {
+            sql += &format!(" AND state IN ({})", vec!["?"; f.states.len()].join(","));
+            args.extend(f.states.iter().map(|s| s.as_str().to_string().into()));
+        }
+        if let Some(uid) = f.uid {
+            sql += " AND uid = ?";
+            args.push((uid as i64).into());
+        }
+        if let Some(n) = &f.name {
+            sql += " AND name = ?";
+            args.push(n.clone().into());
+        }
+        if !f.ids.is_empty() {
+            sql += &format!(" AND id IN ({})", vec!["?"; f.ids.len()].join(","));
+            args.extend(f.ids.iter().map(|i| (*i as i64).into()));
+        }
+        sql += " ORDER BY id DESC";
+        if let Some(l) = f.limit {
+            sql += &format!(" LIMIT {l}");
+        }
+        let mut st = self.conn.prepare(&sql).map_err(self.err())?;
+        let rows = st
+            .query_map(rusqlite::params_from_iter(args), |r| {
+                let id = r.get::<_, i64>(0)? as u64;
+                let dir: String = r.get(6)?;
+                let command: String = r.get(5)?;
+                let hooks: Option<String> = r.get(19)?;
+                Ok(JobView {
+                    id,
+                    state: state_of(&r.get::<_, String>(1)?),
+                    user: r.get(2)?,
+                    uid: r.get(3)?,
+                    name: r.get(4)?,
+                    command: serde_json::from_str(&command).unwrap_or_default(),
+                    resources: r.get(7)?,
+                    log: r
+                        .get::<_, Option<String>>(8)?
+                        .unwrap_or_else(|| default_log(&dir, id)),
+                    dir,
+                    priority: r.get(9)?,
+                    array: match (r.get::<_, Option<i64>>(10)?, r.get::<_, Option<u32>>(11)?) {
+                        (Some(a), Some(i)) => Some((a as u64, i)),
+                        _ => None,
+                    },
+                    submitted_ms: r.get::<_, i64>(12)? as u64,
+                    started_ms: r.get::<_, Option<i64>>(13)?.map(|v| v as u64),
+                    ended_ms: r.get::<_, Option<i64>>(14)?.map(|v| v as u64),
+                    tasker: r.get(15)?,
+                    slot: r.get(16)?,
+                    exit_code: r.get(17)?,
+                    reason: r.get(18)?,
+                    hook_failures: hooks
+                        .and_then(|h| serde_json::from_str(&h).ok())
+                        .unwrap_or_default(),
+                    why_waiting: None,
+                })
+            })
+            .map_err(self.err())?;
+        rows.collect::<Result<_, _>>().map_err(self.err())
+    }
+}
+
+/// The changes of one transaction.
+pub struct Batch<'a> {
+    tx: Transaction<'a>,
+}
+
+impl Batch<'_> {
+    /// Inserts a job, Queued, and returns its id.
+    pub fn insert_job(&mut self, j: &NewJob<'_>) -> Result<u64, rusqlite::Error> {
+        use sha2::Digest;
+        // Jobs of one submitter share their environment: stored once, by content.
+        let env = serde_json::to_string(j.env).expect("strings serialize");
+        let hash: [u8; 32] = sha2::Sha256::digest(env.as_bytes()).into();
+        self.tx
+            .prepare_cached("INSERT OR IGNORE INTO envs(hash, data) VALUES (?1, ?2)")?
+            .execute(params![&hash[..], env])?;
+        let command = serde_json::to_string(j.command).expect("strings serialize");
+        self.tx
+            .prepare_cached(
+                "INSERT INTO jobs(state, uid, gid, user, name, command, dir, env, resources, log,
+                                  priority, array_id, array_index, submitted_ms)
+                 VALUES ('Queued', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            )?
+            .execute(params![
+                j.uid,
+                j.gid,
+                j.user,
+                j.name,
+                command,
+                j.dir,
+                &hash[..],
+                j.resources,
+                j.log,
+                j.priority,
+                j.array.map(|a| a.0 as i64),
+                j.array.map(|a| a.1),
+                j.submitted_ms as i64
+            ])?;
+        Ok(self.tx.last_insert_rowid() as u64)
+    }
+
+    /// Rewrites a job's command line (array substitutions need the job's own id).
+    pub fn set_command(
+        &mut self,
+        id: u64,
+        command: &[String],
+        array: Option<(u64, u32)>,
+    ) -> Result<(), rusqlite::Error> {
+        let command = serde_json::to_string(command).expect("strings serialize");
+        self.tx
+            .prepare_cached(
+                "UPDATE jobs SET command = ?2, array_id = ?3, array_index = ?4 WHERE id = ?1",
+            )?
+            .execute(params![
+                id as i64,
+                command,
+                array.map(|a| a.0 as i64),
+                array.map(|a| a.1)
+            ])?;
+        Ok(())
+    }
+
+    /// Marks a job Running on a tasker's slot.
+    pub fn set_running(
+        &mut self,
+        id: u64,
+        tasker: &str,
+        slot: u32,
+        at_ms: u64,
+    ) -> Result<(), rusqlite::Error> {
+        self.tx
+            .prepare_cached(
+                "UPDATE jobs SET state = 'Running', tasker = ?2, slot = ?3, started_ms = ?4 WHERE id = ?1",
+            )?
+            .execute(params![id as i64, tasker, slot, at_ms as i64])?;
+        Ok(())
+    }
+
+    /// Puts a job back in the queue (its tasker never started it).
+    pub fn set_queued(&mut self, id: u64) -> Result<(), rusqlite::Error> {
+        self.tx
+            .prepare_cached(
+                "UPDATE jobs SET state = 'Queued', tasker = NULL, slot = NULL, started_ms = NULL WHERE id = ?1",
+            )?
+            .execute(params![id as i64])?;
+        Ok(())
+    }
+
+    /// Marks a job ended.
+    pub fn set_ended(
+        &mut self,
+        id: u64,
+        state: State,
+        exit_code: Option<i32>,
+        reason: Option<&str>,
+        hook_failures: &[String],
+        at_ms: u64,
+    ) -> Result<(), rusqlite::Error> {
+        let hooks = (!hook_failures.is_empty())
+            .then(|| serde_json::to_string(hook_failures).expect("strings"));
+        self.tx
+            .prepare_cached(
+                "UPDATE jobs SET state = ?2, exit_code = ?3, reason = ?4, hook_failures = ?5, ended_ms = ?6
+                 WHERE id = ?1",
+            )?
+            .execute(params![id as i64, state.as_str(), exit_code, reason, hooks, at_ms as i64])?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job<'a>(command: &'a [String], env: &'a [(String, String)]) -> NewJob<'a> {
+        NewJob {
+            uid: 1000,
+            gid: 1000,
+            user: "u",
+            name: Some("n"),
+            command,
+            dir: "/home/u",
+            env,
+            resources: Some("CORES/2"),
+            log: None,
+            priority: 0,
+            array: None,
+            submitted_ms: 1,
+        }
+    }
+
+    #[test]
+    fn jobs_survive_a_reopen_and_go_through_their_states() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("berth.db");
+        let cmd = vec!["echo".to_string(), "hi".to_string()];
+        let env = vec![("A".to_string(), "1".to_string())];
+        let ids = {
+            let mut s = Store::open(&path).unwrap();
+            s.batch(|b| {
+                (0..3)
+                    .map(|_| b.insert_job(&job(&cmd, &env)))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .unwrap()
+        };
+        assert_eq!(ids, [1, 2, 3]);
+        let mut s = Store::open(&path).unwrap();
+        let u = s.unfinished().unwrap();
+        assert_eq!(u.len(), 3);
+        assert_eq!(u[0].state, State::Queued);
+        assert_eq!(u[0].resources.as_deref(), Some("CORES/2"));
+        let spec = s.run_spec(2).unwrap().unwrap();
+        assert_eq!(spec.command, cmd);
+        assert_eq!(spec.env, env);
+        assert_eq!(spec.log, "/home/u/berth-2.log");
+        s.batch(|b| {
+            b.set_running(1, "t1", 0, 5)?;
+            b.set_running(2, "t1", 1, 5)?;
+            b.set_ended(1, State::Done, Some(0), None, &[], 9)?;
+            b.set_ended(
+                2,
+                State::Failed,
+                None,
+                Some("lost"),
+                &["teardown failed".into()],
+                9,
+            )
+        })
+        .unwrap();
+        let u = s.unfinished().unwrap();
+        assert_eq!(u.iter().map(|j| j.id).collect::<Vec<_>>(), [3]);
+        let v = s
+            .list(&Filter {
+                ids: vec![2],
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(v[0].state, State::Failed);
+        assert_eq!(v[0].reason.as_deref(), Some("lost"));
+        assert_eq!(v[0].hook_failures, ["teardown failed"]);
+        assert_eq!(v[0].tasker.as_deref(), Some("t1"));
+        let done = s
+            .list(&Filter {
+                states: vec![State::Done],
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(done.iter().map(|j| j.id).collect::<Vec<_>>(), [1]);
+        // one environment row for three jobs
+        let n: i64 = s
+            .conn
+            .query_row("SELECT count(*) FROM envs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn a_failed_batch_changes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&tmp.path().join("b.db")).unwrap();
+        let cmd = vec!["true".to_string()];
+        let r = s.batch(|b| {
+            b.insert_job(&job(&cmd, &[]))?;
+            Err::<(), _>(rusqlite::Error::InvalidQuery)
+        });
+        assert!(r.is_err());
+        assert!(s.unfinished().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("c.db");
+        drop(Store::open(&path).unwrap());
+        let c = Connection::open(&path).unwrap();
+        c.pragma_update(None, "user_version", 99).unwrap();
+        drop(c);
+        let e = Store::open(&path).err().unwrap().to_string();
+        assert!(
+            e.contains("schema version 99 is newer than this berth knows"),
+            "{e}"
+        );
+    }
+}
