@@ -152,3 +152,72 @@ pub struct ApiError {
     /// What went wrong, for a person.
     pub error: String,
 }
+
+/// A job as the server hands it to a tasker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The job's id.
+    pub job: u64,
+    /// Its slot on the tasker (`VOV_JOBSLOT`).
+    pub slot: u32,
+    /// The owner, as the server learnt it from the submitting socket.
+    pub uid: u32,
+    /// The owner's gid.
+    pub gid: u32,
+    /// The owner's login name.
+    pub user: String,
+    /// The command line.
+    pub command: Vec<String>,
+    /// The directory.
+    pub dir: String,
+    /// The environment.
+    pub env: Vec<(String, String)>,
+    /// The request as given.
+    pub resources: Option<String>,
+    /// The log file.
+    pub log: String,
+}
+
+/// What the server tells a tasker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToTasker {
+    /// Run this job.
+    Run(Assignment),
+    /// Stop this job (SIGTERM, grace, SIGKILL; cleanup and teardown still run).
+    Stop(u64),
+}
+
+/// How a job ended, as its tasker reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobEnd {
+    /// The job.
+    pub job: u64,
+    /// The exit code a shell would report, when there is one.
+    pub exit_code: Option<i32>,
+    /// Why it failed; None when Done.
+    pub failure: Option<String>,
+    /// Cleanup or teardown failures.
+    pub hook_failures: Vec<String>,
+}
+
+/// What a tasker tells the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FromTasker {
+    /// Here I am, with these resources and slots, and these jobs still running.
+    Hello {
+        /// The tasker's name.
+        name: String,
+        /// Its host.
+        host: String,
+        /// Its resources, in the language of SPEC §7.
+        resources: String,
+        /// Its slots.
+        slots: u32,
+        /// Configurations not offered, with why.
+        containers_refused: Vec<(String, String)>,
+        /// Jobs it runs now (after a reconnection): (job, slot).
+        running: Vec<(u64, u32)>,
+    },
+    /// A job ended.
+    Ended(JobEnd),
+}

@@ -3,6 +3,7 @@
 
 pub mod lifecycle;
 pub mod log;
+pub mod plain;
 pub mod record;
 
 pub use berth_sys::Identity;

@@ -133,14 +133,14 @@ impl Outcome {
 
 /// How a hook's process ended.
 #[derive(Debug)]
-enum HookEnd {
+pub(crate) enum HookEnd {
     Exited(ExitStatus),
     TimedOut(ExitStatus, Duration),
     Stopped(ExitStatus),
     NotStarted(io::Error),
 }
 
-fn describe(s: ExitStatus) -> String {
+pub(crate) fn describe(s: ExitStatus) -> String {
     match (s.code(), s.signal()) {
         (Some(c), _) => format!("exited {c}"),
         (_, Some(sig)) => format!("was killed by signal {sig} ({})", signal_name(sig)),
@@ -266,7 +266,7 @@ fn run_hook(r: &HookRun<'_>, on_start: impl FnOnce(u32)) -> HookEnd {
 
 /// Waits for a process group leader, enforcing a timeout and a stop; ends the whole group
 /// when the leader ends or is ended (SIGTERM, grace, SIGKILL).
-fn supervise(
+pub(crate) fn supervise(
     pid: u32,
     timeout: Option<Duration>,
     grace: Duration,
