@@ -1,0 +1,661 @@
+//! The server daemon around the core: one actor thread owns the core and the store and
+//! handles every event; API threads and taskers send it events and wait for answers.
+//!
+//! Each turn of the actor takes every event waiting, writes them in one transaction and
+//! commits (one fsync for all of them), then answers, schedules, writes the dispatches in a
+//! second transaction and only then hands the jobs to their taskers. So an answer to a
+//! submission means the jobs are on disk, and a job a tasker runs is recorded as Running.
+
+use crate::core::{Core, StopWhat};
+use berth_proto::{
+    Assignment, FromTasker, JobEnd, JobView, State, SubmitRequest, Submitted, TaskerView, ToTasker,
+};
+use berth_resources::Offer;
+use berth_store::{Filter, NewJob, Store, StoreError};
+use std::collections::HashMap;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Who is asking, as the kernel says (peer credentials).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// uid.
+    pub uid: u32,
+    /// gid.
+    pub gid: u32,
+    /// Login name.
+    pub user: String,
+    /// May stop others' jobs, change taskers, reload configurations.
+    pub admin: bool,
+}
+
+/// How the server reaches a tasker.
+pub trait TaskerLink: Send {
+    /// Sends a message; false when the tasker is gone.
+    fn send(&self, m: ToTasker) -> bool;
+}
+
+type Reply<T> = Sender<Result<T, String>>;
+
+/// What the actor handles.
+pub enum Event {
+    /// A submission.
+    Submit(Caller, SubmitRequest, Reply<Submitted>),
+    /// A listing.
+    List(Filter, Reply<Vec<JobView>>),
+    /// One job, with why it waits.
+    Info(u64, Reply<JobView>),
+    /// Answer when the job is over.
+    Wait(u64, Reply<JobView>),
+    /// Stop a job.
+    Stop(Caller, u64, Reply<String>),
+    /// The taskers.
+    Taskers(Reply<Vec<TaskerView>>),
+    /// A tasker connects, with its link.
+    Connect(String, Box<dyn TaskerLink>),
+    /// A tasker says something.
+    Tasker(String, FromTasker),
+    /// A tasker's link broke.
+    Gone(String),
+    /// Stop the actor.
+    Shutdown,
+}
+
+/// A handle for sending events to the actor.
+#[derive(Clone)]
+pub struct Handle(Sender<Event>);
+
+impl Handle {
+    /// Sends an event; false when the server has stopped.
+    pub fn send(&self, e: Event) -> bool {
+        self.0.send(e).is_ok()
+    }
+
+    /// Sends a request and waits for its answer.
+    pub fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Event) -> Result<T, String> {
+        let (tx, rx) = mpsc::channel();
+        if !self.send(make(tx)) {
+            return Err("the server is shutting down".into());
+        }
+        rx.recv()
+            .map_err(|_| "the server is shutting down".to_string())?
+    }
+}
+
+struct TaskerEntry {
+    link: Box<dyn TaskerLink>,
+    host: String,
+    resources: String,
+    slots: u32,
+    refused: Vec<(String, String)>,
+}
+
+/// What the server keeps in memory of each unfinished job: little, so that a million
+/// queued jobs fit; the rest is in the store.
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    uid: u32,
+    priority: i32,
+}
+
+/// The server's state outside the core.
+pub struct Server {
+    store: Store,
+    core: Core,
+    rx: Receiver<Event>,
+    taskers: HashMap<String, TaskerEntry>,
+    pending_links: HashMap<String, Box<dyn TaskerLink>>,
+    waiters: HashMap<u64, Vec<Reply<JobView>>>,
+    unfinished: HashMap<u64, Meta>,
+    /// Jobs recorded as Running, and where.
+    running_on: HashMap<u64, String>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Substitutes `@INDEX@`, `@JOBID@` and `@ARRAYID@` in a command line.
+pub fn substitute(command: &[String], index: u32, job: u64, array: u64) -> Vec<String> {
+    command
+        .iter()
+        .map(|w| {
+            w.replace("@INDEX@", &index.to_string())
+                .replace("@JOBID@", &job.to_string())
+                .replace("@ARRAYID@", &array.to_string())
+        })
+        .collect()
+}
+
+impl Server {
+    /// Opens the store, puts the unfinished jobs back in the core, and returns the server
+    /// with a handle to it. Run it with [`Server::run`] on a thread of its own.
+    pub fn open(store: Store) -> Result<(Server, Handle), StoreError> {
+        let (tx, rx) = mpsc::channel();
+        let mut core = Core::new();
+        let mut unfinished = HashMap::new();
+        let mut running_on = HashMap::new();
+        for j in store.unfinished()? {
+            unfinished.insert(
+                j.id,
+                Meta {
+                    uid: j.uid,
+                    priority: j.priority,
+                },
+            );
+            match j.state {
+                State::Running => {
+                    running_on.insert(j.id, j.tasker.clone().unwrap_or_default());
+                }
+                _ => {
+                    // A request that no longer parses stays queued and says why.
+                    let _ = core.enqueue(j.id, j.priority, j.resources.as_deref());
+                }
+            }
+        }
+        Ok((
+            Server {
+                store,
+                core,
+                rx,
+                taskers: HashMap::new(),
+                pending_links: HashMap::new(),
+                waiters: HashMap::new(),
+                unfinished,
+                running_on,
+            },
+            Handle(tx),
+        ))
+    }
+
+    /// Handles events until Shutdown.
+    pub fn run(mut self) {
+        while let Ok(first) = self.rx.recv() {
+            let mut batch = vec![first];
+            while batch.len() < 20_000 {
+                match self.rx.try_recv() {
+                    Ok(e) => batch.push(e),
+                    Err(_) => break,
+                }
+            }
+            let stop = batch.iter().any(|e| matches!(e, Event::Shutdown));
+            self.turn(batch);
+            if stop {
+                break;
+            }
+        }
+    }
+
+    fn turn(&mut self, batch: Vec<Event>) {
+        let t = now_ms();
+        let mut queries = Vec::new();
+        let mut submits = Vec::new();
+        let mut ends: Vec<JobEnd> = Vec::new();
+        let mut lost: Vec<u64> = Vec::new();
+        let mut stopped: Vec<u64> = Vec::new();
+        let mut stop_answers: Vec<(Reply<String>, Result<String, String>)> = Vec::new();
+
+        // 1. What changes, decided in memory.
+        for e in batch {
+            match e {
+                Event::Submit(c, r, reply) => match validate(&r) {
+                    Ok(()) => submits.push((c, r, reply)),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                },
+                Event::Connect(name, link) => {
+                    self.pending_links.insert(name, link);
+                }
+                Event::Tasker(
+                    name,
+                    FromTasker::Hello {
+                        host,
+                        resources,
+                        slots,
+                        containers_refused,
+                        running,
+                        ..
+                    },
+                ) => {
+                    lost.extend(self.hello(
+                        &name,
+                        host,
+                        resources,
+                        slots,
+                        containers_refused,
+                        running,
+                    ));
+                }
+                Event::Tasker(name, FromTasker::Ended(end)) => {
+                    if self.running_on.get(&end.job) == Some(&name) {
+                        self.core.ended(end.job);
+                        ends.push(end);
+                    }
+                }
+                Event::Gone(name) => {
+                    self.taskers.remove(&name);
+                    self.core.tasker_gone(&name);
+                    lost.extend(
+                        self.running_on
+                            .iter()
+                            .filter(|(_, t)| **t == name)
+                            .map(|(id, _)| *id),
+                    );
+                }
+                Event::Stop(c, id, reply) => {
+                    let answer = self.stop(&c, id, &mut stopped);
+                    stop_answers.push((reply, answer));
+                }
+                Event::Shutdown => {}
+                q => queries.push(q),
+            }
+        }
+
+        // 2. Written in one transaction: one fsync for the whole turn.
+        let mut accepted: Vec<(
+            Reply<Submitted>,
+            Submitted,
+            Vec<(u64, i32, Option<String>, u32)>,
+        )> = Vec::new();
+        let mut refused: Vec<Reply<Submitted>> = Vec::new();
+        let res = self.store.batch(|b| {
+            for (c, req, reply) in &submits {
+                let mut ids = Vec::new();
+                let mut queued = Vec::new();
+                let mut array_id = None;
+                let n = req
+                    .array
+                    .map(|(a, z)| (z - a + 1) as usize)
+                    .unwrap_or(req.jobs.len());
+                for k in 0..n {
+                    let (j, index) = match req.array {
+                        Some((a, _)) => (&req.jobs[0], Some(a + k as u32)),
+                        None => (&req.jobs[k], None),
+                    };
+                    let id = b.insert_job(&NewJob {
+                        uid: c.uid,
+                        gid: c.gid,
+                        user: &c.user,
+                        name: j.name.as_deref(),
+                        command: &j.command,
+                        dir: &j.dir,
+                        env: &j.env,
+                        resources: j.resources.as_deref(),
+                        log: j.log.as_deref(),
+                        priority: j.priority,
+                        array: None,
+                        submitted_ms: t,
+                    })?;
+                    if let Some(i) = index {
+                        let aid = *array_id.get_or_insert(id);
+                        b.set_command(id, &substitute(&j.command, i, id, aid), Some((aid, i)))?;
+                    }
+                    queued.push((id, j.priority, j.resources.clone(), c.uid));
+                    ids.push(id);
+                }
+                accepted.push((
+                    reply.clone(),
+                    Submitted {
+                        ids,
+                        array_id,
+                        warnings: Vec::new(),
+                    },
+                    queued,
+                ));
+            }
+            for end in &ends {
+                let state = if end.failure.is_none() {
+                    State::Done
+                } else {
+                    State::Failed
+                };
+                b.set_ended(
+                    end.job,
+                    state,
+                    end.exit_code,
+                    end.failure.as_deref(),
+                    &end.hook_failures,
+                    t,
+                )?;
+            }
+            for id in &lost {
+                b.set_ended(*id, State::Failed, None, Some("lost"), &[], t)?;
+            }
+            for id in &stopped {
+                b.set_ended(*id, State::Failed, None, Some("stopped by request"), &[], t)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = res {
+            eprintln!("berth server: {e}");
+            for (reply, _, _) in accepted.drain(..) {
+                refused.push(reply);
+            }
+            for r in refused {
+                let _ = r.send(Err(format!("the server could not record the jobs: {e}")));
+            }
+        }
+
+        // 3. After the commit: the core learns, and everyone is answered.
+        let mut finals: Vec<u64> = ends.iter().map(|e| e.job).collect();
+        finals.extend(&lost);
+        finals.extend(&stopped);
+        for id in &finals {
+            self.unfinished.remove(id);
+            self.running_on.remove(id);
+        }
+        for (reply, mut sub, queued) in accepted {
+            let mut classes: Vec<Option<String>> = Vec::new();
+            for (id, pri, req, uid) in queued {
+                self.unfinished.insert(id, Meta { uid, priority: pri });
+                let _ = self.core.enqueue(id, pri, req.as_deref());
+                if !classes.contains(&req) {
+                    classes.push(req);
+                }
+            }
+            for req in classes {
+                if let Some(why) = self.core.why_waiting(req.as_deref()) {
+                    if !why.starts_with("waiting for resources") {
+                        sub.warnings.push(why);
+                    }
+                }
+            }
+            let _ = reply.send(Ok(sub));
+        }
+        for (reply, answer) in stop_answers {
+            let _ = reply.send(answer);
+        }
+        if !finals.is_empty() {
+            self.notify(&finals);
+        }
+        for q in queries {
+            self.answer(q);
+        }
+
+        // 4. Schedule, record the starts, then hand the jobs over.
+        self.dispatch(t);
+    }
+
+    fn hello(
+        &mut self,
+        name: &str,
+        host: String,
+        resources: String,
+        slots: u32,
+        refused: Vec<(String, String)>,
+        running: Vec<(u64, u32)>,
+    ) -> Vec<u64> {
+        let Some(link) = self
+            .pending_links
+            .remove(name)
+            .or_else(|| self.taskers.remove(name).map(|t| t.link))
+        else {
+            return Vec::new();
+        };
+        let offer = match Offer::parse(&resources) {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("berth server: tasker {name}: {e}");
+                return Vec::new();
+            }
+        };
+        self.core.tasker_gone(name);
+        self.core.tasker_joined(name, offer, slots);
+        let mut lost = Vec::new();
+        // Jobs recorded as running there that it no longer runs are lost; those it still
+        // runs keep their slots.
+        let listed: HashMap<u64, u32> = running.into_iter().collect();
+        let here: Vec<u64> = self
+            .running_on
+            .iter()
+            .filter(|(_, t)| *t == name)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in here {
+            match listed.get(&id) {
+                Some(slot) => {
+                    let req = self
+                        .store
+                        .run_spec(id)
+                        .ok()
+                        .flatten()
+                        .and_then(|s| s.resources);
+                    if !self.core.adopt_running(id, name, *slot, req.as_deref()) {
+                        lost.push(id);
+                    }
+                }
+                None => lost.push(id),
+            }
+        }
+        self.taskers.insert(
+            name.to_string(),
+            TaskerEntry {
+                link,
+                host,
+                resources,
+                slots,
+                refused,
+            },
+        );
+        lost
+    }
+
+    fn stop(&mut self, c: &Caller, id: u64, stopped: &mut Vec<u64>) -> Result<String, String> {
+        let Some(meta) = self.unfinished.get(&id).copied() else {
+            return Err(format!(
+                "job {id} is not queued or running (see: berth info {id})"
+            ));
+        };
+        if !c.admin && c.uid != meta.uid {
+            return Err(format!(
+                "job {id} belongs to uid {}; only an administrator may stop another user's job",
+                meta.uid
+            ));
+        }
+        match self.core.stop(id) {
+            StopWhat::Dequeued => {
+                stopped.push(id);
+                Ok(format!("job {id}: stopped before it started"))
+            }
+            StopWhat::Running(tasker) => match self.taskers.get(&tasker) {
+                Some(t) if t.link.send(ToTasker::Stop(id)) => {
+                    Ok(format!("job {id}: stopping on {tasker}"))
+                }
+                _ => Err(format!("job {id}: its tasker {tasker} cannot be reached")),
+            },
+            StopWhat::Unknown => {
+                // Recorded as running on a tasker that has not come back.
+                stopped.push(id);
+                Ok(format!(
+                    "job {id}: marked stopped; its tasker has not reconnected"
+                ))
+            }
+        }
+    }
+
+    fn view(&self, id: u64) -> Option<JobView> {
+        let mut v = self
+            .store
+            .list(&Filter {
+                ids: vec![id],
+                ..Default::default()
+            })
+            .ok()?
+            .pop()?;
+        if v.state == State::Queued {
+            v.why_waiting = self.core.why_waiting(v.resources.as_deref());
+        }
+        Some(v)
+    }
+
+    fn notify(&mut self, finals: &[u64]) {
+        for id in finals {
+            if let Some(ws) = self.waiters.remove(id) {
+                if let Some(v) = self.view(*id) {
+                    for w in ws {
+                        let _ = w.send(Ok(v.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn answer(&mut self, q: Event) {
+        match q {
+            Event::List(f, reply) => {
+                let _ = reply.send(self.store.list(&f).map_err(|e| e.to_string()));
+            }
+            Event::Info(id, reply) => {
+                let _ = reply.send(self.view(id).ok_or_else(|| format!("no job {id}")));
+            }
+            Event::Wait(id, reply) => match self.view(id) {
+                None => {
+                    let _ = reply.send(Err(format!("no job {id}")));
+                }
+                Some(v) if v.state.is_final() => {
+                    let _ = reply.send(Ok(v));
+                }
+                Some(_) => self.waiters.entry(id).or_default().push(reply),
+            },
+            Event::Taskers(reply) => {
+                let mut out: Vec<TaskerView> = self
+                    .taskers
+                    .iter()
+                    .map(|(name, t)| {
+                        let ct = self.core.taskers().get(name);
+                        let running = ct
+                            .map(|c| c.slots.iter().filter(|s| s.is_some()).count())
+                            .unwrap_or(0);
+                        let free = ct
+                            .map(|c| {
+                                c.ledger
+                                    .offer
+                                    .iter()
+                                    .filter_map(|(n, _)| {
+                                        c.ledger.free(n).map(|f| format!("{n}/{f}"))
+                                    })
+                                    .collect::<Vec<_>>()
+                                    .join(" ")
+                            })
+                            .unwrap_or_default();
+                        TaskerView {
+                            name: name.clone(),
+                            host: t.host.clone(),
+                            resources: t.resources.clone(),
+                            slots: t.slots,
+                            running: running as u32,
+                            free,
+                            containers_refused: t.refused.clone(),
+                        }
+                    })
+                    .collect();
+                out.sort_by(|a, b| a.name.cmp(&b.name));
+                let _ = reply.send(Ok(out));
+            }
+            _ => {}
+        }
+    }
+
+    fn dispatch(&mut self, t: u64) {
+        let ds = self.core.schedule();
+        if ds.is_empty() {
+            return;
+        }
+        let mut ready = Vec::new();
+        for d in ds {
+            match self.store.run_spec(d.job) {
+                Ok(Some(spec)) => ready.push((d, spec)),
+                other => {
+                    eprintln!(
+                        "berth server: job {}: cannot read it to start it: {other:?}",
+                        d.job
+                    );
+                    self.core.ended(d.job);
+                }
+            }
+        }
+        let res = self.store.batch(|b| {
+            for (d, _) in &ready {
+                b.set_running(d.job, &d.tasker, d.slot, t)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = res {
+            eprintln!("berth server: recording starts: {e}; the jobs stay queued");
+            for (d, spec) in ready {
+                let pri = self.unfinished.get(&d.job).map(|m| m.priority).unwrap_or(0);
+                self.core.requeue(d.job, pri, spec.resources.as_deref());
+            }
+            return;
+        }
+        let mut failed = Vec::new();
+        for (d, spec) in ready {
+            self.running_on.insert(d.job, d.tasker.clone());
+            let a = Assignment {
+                job: d.job,
+                slot: d.slot,
+                uid: spec.uid,
+                gid: spec.gid,
+                user: spec.user,
+                command: spec.command,
+                dir: spec.dir,
+                env: spec.env,
+                resources: spec.resources.clone(),
+                log: spec.log,
+            };
+            let sent = self
+                .taskers
+                .get(&d.tasker)
+                .is_some_and(|tk| tk.link.send(ToTasker::Run(a)));
+            if !sent {
+                failed.push((d, spec.resources));
+            }
+        }
+        if !failed.is_empty() {
+            let _ = self.store.batch(|b| {
+                for (d, _) in &failed {
+                    b.set_queued(d.job)?;
+                }
+                Ok(())
+            });
+            for (d, req) in failed {
+                self.running_on.remove(&d.job);
+                let pri = self.unfinished.get(&d.job).map(|m| m.priority).unwrap_or(0);
+                self.core.requeue(d.job, pri, req.as_deref());
+            }
+        }
+    }
+}
+
+fn validate(req: &SubmitRequest) -> Result<(), String> {
+    if req.jobs.is_empty() {
+        return Err("no job in the submission".into());
+    }
+    if let Some((a, z)) = req.array {
+        if req.jobs.len() != 1 {
+            return Err("an array repeats one job; give exactly one".into());
+        }
+        if a > z {
+            return Err(format!(
+                "--array {a}-{z}: the first index is above the last"
+            ));
+        }
+        if z - a >= 10_000_000 {
+            return Err(format!("--array {a}-{z}: more than 10,000,000 jobs"));
+        }
+    }
+    for j in &req.jobs {
+        if j.command.is_empty() {
+            return Err("a job has an empty command line".into());
+        }
+        if !j.dir.starts_with('/') {
+            return Err(format!("the job directory {:?} is not absolute", j.dir));
+        }
+        Core::parse_request(j.resources.as_deref()).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
