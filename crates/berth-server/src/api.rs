@@ -101,12 +101,14 @@ fn route(req: &Request, caller: &Caller, h: &Handle) -> (u16, Vec<u8>) {
                 for one in s.split(',') {
                     match State::parse(one) {
                         Some(st) => f.states.push(st),
-                        None => return (
-                            400,
-                            error_body(&format!(
+                        None => {
+                            return (
+                                400,
+                                error_body(&format!(
                                 "unknown state {one:?}; states are Queued, Running, Done, Failed"
                             )),
-                        ),
+                            )
+                        }
                     }
                 }
             }

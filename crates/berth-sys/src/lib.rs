@@ -447,3 +447,15 @@ pub fn peer_cred(sock: &impl AsRawFd) -> io::Result<PeerCred> {
         gid: cred.gid,
     })
 }
+
+/// Megabytes free for unprivileged users in the filesystem holding `path`.
+pub fn free_mb(path: &Path) -> io::Result<u64> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))?;
+    // SAFETY: statvfs is plain data, filled by the call for a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64 / (1024 * 1024))
+}

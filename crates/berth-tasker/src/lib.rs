@@ -1,6 +1,7 @@
 //! Job and hook execution on a host: the only crate that forks or changes identity. Its
 //! system calls are in `berth-sys`.
 
+pub mod agent;
 pub mod lifecycle;
 pub mod log;
 pub mod plain;

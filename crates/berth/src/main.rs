@@ -1,7 +1,10 @@
 //! The `berth` command: the CLI, and (later) the server and tasker daemons, in one binary.
 
+mod client;
 mod container;
+mod jobs;
 mod swd;
+mod up;
 mod wrapper;
 
 use anyhow::Result;
@@ -32,6 +35,24 @@ enum Cmd {
         #[command(subcommand)]
         cmd: container::Cmd,
     },
+    /// Start the embedded default: a server and a tasker in one process.
+    Up(up::Up),
+    /// Submit a job that runs as you, here, with your environment.
+    Run(jobs::Run),
+    /// List jobs.
+    List(jobs::List),
+    /// Show one job: state, reason, tasker, slot, times, exit status, why it waits.
+    Info(jobs::Info),
+    /// Wait for jobs to end; exits with their status.
+    Wait(jobs::Wait),
+    /// Stop jobs (SIGTERM, grace, SIGKILL; cleanup and teardown still run).
+    Stop(jobs::Stop),
+    /// Print a job's log.
+    Getlog(jobs::Getlog),
+    /// List the taskers.
+    Taskers(jobs::Taskers),
+    /// List the container configurations the taskers offer, and why some are not.
+    Containers(jobs::Taskers),
 }
 
 fn main() {
@@ -50,5 +71,14 @@ fn run(cli: Cli) -> Result<i32> {
     match cli.cmd {
         Cmd::Signfile { key, files } => container::signfile(key.as_deref(), &files),
         Cmd::Container { cmd } => container::run(cmd),
+        Cmd::Up(o) => up::up(o),
+        Cmd::Run(r) => jobs::run(r),
+        Cmd::List(l) => jobs::list(l),
+        Cmd::Info(i) => jobs::info(i),
+        Cmd::Wait(w) => jobs::wait(w),
+        Cmd::Stop(s) => jobs::stop(s),
+        Cmd::Getlog(g) => jobs::getlog(g),
+        Cmd::Taskers(t) => jobs::taskers(t),
+        Cmd::Containers(t) => jobs::containers(t),
     }
 }

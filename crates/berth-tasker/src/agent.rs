@@ -1,0 +1,257 @@
+//! A tasker's agent: what it offers, and the jobs the server hands it, each run on a
+//! thread of its own in its slot, through the container life cycle when the job asks for
+//! `Container:NAME`.
+
+use crate::lifecycle::{self, End, Host, Job, Outcome, Stop};
+use crate::log::LogTarget;
+use berth_container::check::{self, Policy};
+use berth_proto::{Assignment, FromTasker, JobEnd, ToTasker};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How an agent reports to its server.
+pub type Report = Box<dyn Fn(FromTasker) + Send + Sync>;
+
+/// A tasker's agent.
+pub struct Agent {
+    /// The tasker's name.
+    pub name: String,
+    /// What every job on this host shares.
+    pub host: Host,
+    /// `SWD/containers`.
+    pub containers_dir: PathBuf,
+    /// Between SIGTERM and SIGKILL for jobs without a container.
+    pub grace: Duration,
+    /// Job slots.
+    pub slots: u32,
+    /// Resources given on the command line (`-r`), added to the host's own.
+    pub extra: String,
+    running: Mutex<HashMap<u64, (u32, Stop)>>,
+    report: Report,
+}
+
+/// The host's own resources (SPEC §7).
+pub fn host_resources(name: &str, slots: u32) -> String {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let ram = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map(|kb| kb / 1024)
+        .unwrap_or(0);
+    let tmp = berth_sys::free_mb(&std::env::temp_dir()).unwrap_or(0);
+    let host = berth_sys::short_hostname();
+    let arch = std::env::consts::ARCH;
+    let os = std::env::consts::OS;
+    format!(
+        "CORES/{cores} RAM/{ram} RAMTOTAL#{ram} SLOTS/{slots} TMP#{tmp} HOST NAME ARCH OS OSCLASS MACHINE \
+         HOST:{host} NAME:{name} ARCH:{arch} OS:{os} OSCLASS:unix MACHINE:{arch}"
+    )
+}
+
+impl Agent {
+    /// An agent; `report` carries its messages to the server.
+    pub fn new(
+        name: &str,
+        host: Host,
+        containers_dir: PathBuf,
+        slots: u32,
+        extra: String,
+        report: Report,
+    ) -> Arc<Agent> {
+        Arc::new(Agent {
+            name: name.to_string(),
+            host,
+            containers_dir,
+            grace: Duration::from_secs(10),
+            slots,
+            extra,
+            running: Mutex::new(HashMap::new()),
+            report,
+        })
+    }
+
+    /// The configurations that pass every check here (`--containers auto`), and why the
+    /// others do not.
+    pub fn containers(&self) -> (Vec<String>, Vec<(String, String)>) {
+        let mut ok = Vec::new();
+        let mut refused = Vec::new();
+        for name in check::list_names(&self.containers_dir).unwrap_or_default() {
+            let verdict = check::load(&self.containers_dir, &name)
+                .map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string())
+                .and_then(|cfg| {
+                    if cfg.has_root_hook() && berth_sys::euid() != 0 {
+                        return Err("it has root hooks and this tasker does not run as root".into());
+                    }
+                    check::check_hooks(
+                        &cfg,
+                        Policy {
+                            key: self.host.key.as_ref(),
+                        },
+                    )
+                    .map(|_| ())
+                    .map_err(|r| r.to_string())
+                });
+            match verdict {
+                Ok(()) => ok.push(name),
+                Err(why) => refused.push((name, why)),
+            }
+        }
+        (ok, refused)
+    }
+
+    /// The hello that (re)introduces this tasker: its resources now, and its running jobs.
+    pub fn hello(&self) -> FromTasker {
+        let (ok, refused) = self.containers();
+        let mut res = host_resources(&self.name, self.slots);
+        for c in ok {
+            res += &format!(" Container:{c}");
+        }
+        if !self.extra.trim().is_empty() {
+            res += " ";
+            res += &self.extra;
+        }
+        let running = self
+            .running
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(j, (s, _))| (*j, *s))
+            .collect();
+        FromTasker::Hello {
+            name: self.name.clone(),
+            host: berth_sys::short_hostname(),
+            resources: res,
+            slots: self.slots,
+            containers_refused: refused,
+            running,
+        }
+    }
+
+    /// Handles a message from the server.
+    pub fn handle(self: &Arc<Self>, m: ToTasker) {
+        match m {
+            ToTasker::Stop(job) => {
+                if let Some((_, s)) = self.running.lock().expect("lock").get(&job) {
+                    s.trigger();
+                }
+            }
+            ToTasker::Run(a) => {
+                let stop = match Stop::new() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        (self.report)(FromTasker::Ended(end_of(
+                            a.job,
+                            failed(format!("cannot make a stop handle: {e}")),
+                        )));
+                        return;
+                    }
+                };
+                self.running
+                    .lock()
+                    .expect("lock")
+                    .insert(a.job, (a.slot, stop.clone()));
+                let me = self.clone();
+                std::thread::spawn(move || {
+                    let id = a.job;
+                    let out = me.run(a, &stop);
+                    me.running.lock().expect("lock").remove(&id);
+                    (me.report)(FromTasker::Ended(end_of(id, out)));
+                });
+            }
+        }
+    }
+
+    /// Asks every running job to stop.
+    pub fn stop_all(&self) -> usize {
+        let r = self.running.lock().expect("lock");
+        for (_, s) in r.values() {
+            s.trigger();
+        }
+        r.len()
+    }
+
+    /// How many jobs run.
+    pub fn running(&self) -> usize {
+        self.running.lock().expect("lock").len()
+    }
+
+    fn run(&self, a: Assignment, stop: &Stop) -> Outcome {
+        let owner = match berth_sys::identity_by_uid(a.uid) {
+            Ok(o) => o,
+            Err(e) => return failed(format!("the job's owner: {e}")),
+        };
+        let request = match a
+            .resources
+            .as_deref()
+            .map(berth_resources::parse)
+            .transpose()
+        {
+            Ok(r) => r,
+            Err(e) => return failed(e.to_string()),
+        };
+        let containers: Vec<String> = request
+            .as_ref()
+            .map(|r| {
+                r.required_terms()
+                    .into_iter()
+                    .filter_map(|t| t.name.strip_prefix("Container:").map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let job = Job {
+            id: a.job.to_string(),
+            owner,
+            dir: PathBuf::from(&a.dir),
+            env: a
+                .env
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+            command: a.command.into_iter().map(Into::into).collect(),
+            slot: a.slot,
+            request,
+            log: LogTarget::File(PathBuf::from(a.log)),
+        };
+        match containers.as_slice() {
+            [] => crate::plain::run(&job, self.grace, stop),
+            [name] => match check::load(&self.containers_dir, name) {
+                Ok(cfg) => lifecycle::run(&self.host, &job, &cfg, stop),
+                Err(e) => failed(e.to_string()),
+            },
+            more => failed(format!(
+                "the job asks for {} containers ({}); a job runs in one",
+                more.len(),
+                more.join(", ")
+            )),
+        }
+    }
+}
+
+fn failed(why: String) -> Outcome {
+    Outcome {
+        end: End::NotRun,
+        failure: Some(why),
+        after_failures: Vec::new(),
+        wrapper_reported: false,
+    }
+}
+
+fn end_of(job: u64, o: Outcome) -> JobEnd {
+    JobEnd {
+        job,
+        exit_code: match o.end {
+            End::NotRun => None,
+            _ => Some(o.exit_code()),
+        },
+        failure: o.failure,
+        hook_failures: o.after_failures,
+    }
+}
