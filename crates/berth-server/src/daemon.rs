@@ -90,6 +90,13 @@ struct TaskerEntry {
     refused: Vec<(String, String)>,
 }
 
+/// A submission written in this turn: whom to answer, what, and the jobs to queue.
+type Accepted = (
+    Reply<Submitted>,
+    Submitted,
+    Vec<(u64, i32, Option<String>, u32)>,
+);
+
 /// What the server keeps in memory of each unfinished job: little, so that a million
 /// queued jobs fit; the rest is in the store.
 #[derive(Debug, Clone, Copy)]
@@ -256,11 +263,7 @@ impl Server {
         }
 
         // 2. Written in one transaction: one fsync for the whole turn.
-        let mut accepted: Vec<(
-            Reply<Submitted>,
-            Submitted,
-            Vec<(u64, i32, Option<String>, u32)>,
-        )> = Vec::new();
+        let mut accepted: Vec<Accepted> = Vec::new();
         let mut refused: Vec<Reply<Submitted>> = Vec::new();
         let res = self.store.batch(|b| {
             for (c, req, reply) in &submits {

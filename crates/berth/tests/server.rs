@@ -1,0 +1,327 @@
+//! `berth up` and the job commands, with the real binary: who runs what, who may stop
+//! what, what is said at submission, arrays, and nothing lost when the server is killed.
+
+mod common;
+
+use common::*;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(60);
+
+/// A running `berth up`, stopped (and checked to be still alive) when dropped.
+struct Up {
+    child: Option<Child>,
+    swd: std::path::PathBuf,
+}
+
+impl Up {
+    fn start(fx: &Fixture, extra: &[&str]) -> Up {
+        let child = Command::new(berth())
+            .arg("up")
+            .arg("--swd")
+            .arg(&fx.swd)
+            .args(extra)
+            .env("CONTAINERS_CONF", containers_conf())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let sock = fx.swd.join("berth.sock");
+        wait_until("the server's socket", T, || {
+            std::os::unix::net::UnixStream::connect(&sock).is_ok()
+        });
+        Up {
+            child: Some(child),
+            swd: fx.swd.clone(),
+        }
+    }
+
+    fn kill9(&mut self) {
+        let mut c = self.child.take().unwrap();
+        signal(&c, libc::SIGKILL);
+        let _ = c.wait();
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let alive = c.try_wait().unwrap().is_none();
+            signal(&c, libc::SIGTERM);
+            let _ = wait_status(c, T);
+            if !std::thread::panicking() {
+                assert!(
+                    alive,
+                    "berth up (SWD {}) died during the test",
+                    self.swd.display()
+                );
+            }
+        }
+    }
+}
+
+/// `berth ARGS` as nobody in the job directory.
+fn as_nobody(fx: &Fixture, args: &[&str]) -> std::process::Output {
+    let mut c = fx.berth(args);
+    c.uid(NOBODY)
+        .gid(NOBODY)
+        .env("HOME", "/nonexistent")
+        .env("USER", "nobody");
+    output_within(&mut c, T)
+}
+
+#[test]
+fn a_job_runs_as_its_submitter_and_exits_with_its_status() {
+    need_root!();
+    let fx = Fixture::new();
+    let _up = Up::start(&fx, &["--slots", "2"]);
+    let out = as_nobody(
+        &fx,
+        &[
+            "run",
+            "-w",
+            "-J",
+            "hello",
+            "--",
+            "sh",
+            "-c",
+            "echo I am $(id -u) in $(pwd); exit 4",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    let log = fx.read_work("berth-1.log");
+    assert_eq!(log, format!("I am 65534 in {}\n", fx.work.display()));
+    let out = fx.run(&["info", "--json", "1"], T);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["state"], "Failed");
+    assert_eq!(v["reason"], "exit status 4");
+    assert_eq!(v["user"], "nobody");
+    assert_eq!(v["name"], "hello");
+    assert_eq!(v["slot"], 0);
+    // A job submitted by root is refused a run as root, whatever it asks.
+    let out = fx.run(&["run", "-w", "--", "true"], T);
+    assert!(!out.status.success());
+    let out = fx.run(&["info", "2"], T);
+    assert!(
+        stdout(&out).contains("a job never runs as root"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn only_the_owner_or_an_administrator_may_stop_a_job() {
+    need_root!();
+    let fx = Fixture::new();
+    let _up = Up::start(&fx, &["--slots", "2"]);
+    // root's job: queued forever (no tasker has GPU), so it stays stoppable.
+    let out = fx.run(&["run", "-r", "GPU#1", "--", "true"], T);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("no tasker can ever satisfy \"GPU#1\""),
+        "{}",
+        text(&out)
+    );
+    let root_job = stdout(&out).trim().to_string();
+    let out = fx.run(&["info", &root_job], T);
+    assert!(
+        stdout(&out).contains("why it waits: no tasker can ever satisfy"),
+        "{}",
+        text(&out)
+    );
+    let out = as_nobody(&fx, &["stop", &root_job]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("only an administrator may stop another user's job"),
+        "{}",
+        text(&out)
+    );
+    // nobody's running job, stopped by root: SIGTERM reaches it.
+    let out = as_nobody(
+        &fx,
+        &[
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo got TERM; exit 7' TERM; touch started; while :; do sleep 0.1; done",
+        ],
+    );
+    let job = stdout(&out).trim().to_string();
+    wait_until("the job to start", T, || fx.work.join("started").exists());
+    let out = fx.run(&["stop", &job], T);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = fx.run(&["wait", &job], T);
+    assert!(
+        stdout(&out).contains(&format!("{job} Failed: stopped by request")),
+        "{}",
+        text(&out)
+    );
+    assert!(fx
+        .read_work(&format!("berth-{job}.log"))
+        .contains("got TERM"));
+    // a queued job stopped before it starts
+    let out = fx.run(&["stop", &root_job], T);
+    assert!(
+        stdout(&out).contains("stopped before it started"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn arrays_substitute_their_indices() {
+    need_root!();
+    let fx = Fixture::new();
+    let _up = Up::start(&fx, &["--slots", "4"]);
+    let out = as_nobody(
+        &fx,
+        &[
+            "run",
+            "-w",
+            "--array",
+            "3-5",
+            "--",
+            "sh",
+            "-c",
+            "echo @INDEX@ @JOBID@ @ARRAYID@ > out.@INDEX@",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(fx.read_work("out.3"), "3 1 1\n");
+    assert_eq!(fx.read_work("out.5"), "5 3 1\n");
+    let out = fx.run(&["list", "--json", "--state", "Done"], T);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 3);
+    let out = fx.run(&["run", "--array", "5-3", "--", "true"], T);
+    assert!(stderr(&out).contains("5 is above 3"), "{}", text(&out));
+    let out = fx.run(&["run", "-r", "CORES/", "--", "true"], T);
+    assert!(
+        stderr(&out).contains("needs a whole number after '/'"),
+        "{}",
+        text(&out)
+    );
+    let out = fx.run(&["taskers", "--json"], T);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["slots"], 4);
+    assert!(v[0]["resources"].as_str().unwrap().contains("SLOTS/4"));
+}
+
+#[test]
+fn nothing_accepted_is_lost_when_the_server_is_killed() {
+    need_root!();
+    let fx = Fixture::new();
+    let mut up = Up::start(&fx, &["--slots", "4"]);
+    // Five submitters of 300 jobs each, as nobody, while the server is killed.
+    let lines: String = (0..300)
+        .map(|i| format!("echo $BERTH_TEST_MARK {i} >> ran.txt\n"))
+        .collect();
+    std::fs::write(fx.work.join("jobs.txt"), &lines).unwrap();
+    let mut accepted: Vec<u64> = Vec::new();
+    let mut handles = Vec::new();
+    for _ in 0..5 {
+        let mut c = Command::new(berth());
+        c.args(["run", "-f", "jobs.txt"])
+            .current_dir(&fx.work)
+            .env("BERTH_SWD", &fx.swd)
+            .env("BERTH_TEST_MARK", "m")
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        handles.push(c.spawn().unwrap());
+    }
+    std::thread::sleep(Duration::from_millis(150));
+    up.kill9();
+    for h in handles {
+        let out = wait_output(h, T);
+        if out.status.success() {
+            let s = stdout(&out);
+            let (a, b) = s
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .split_once('-')
+                .unwrap();
+            accepted.extend(a.parse::<u64>().unwrap()..=b.parse::<u64>().unwrap());
+        }
+    }
+    // Start again: every accepted job is there and ends; those queued run to Done.
+    let _up = Up::start(&fx, &["--slots", "4"]);
+    let out = fx.run(&["list", "--json", "--limit", "100000"], T);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let known: std::collections::HashSet<u64> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_u64().unwrap())
+        .collect();
+    for id in &accepted {
+        assert!(known.contains(id), "accepted job {id} is lost");
+    }
+    let all: Vec<String> = known.iter().map(|i| i.to_string()).collect();
+    let mut args = vec!["wait"];
+    args.extend(all.iter().map(String::as_str));
+    let out = fx.run(&args, Duration::from_secs(300));
+    let waited = stdout(&out);
+    for line in waited.lines() {
+        assert!(
+            line.ends_with(" Done") || line.ends_with(" Failed: lost"),
+            "{line}"
+        );
+    }
+    // None ran twice: each job appended one line; the lines never exceed the jobs.
+    let ran = fx.read_work("ran.txt");
+    let done = waited.lines().filter(|l| l.ends_with(" Done")).count();
+    assert!(
+        ran.lines().count() >= done,
+        "{} lines for {done} jobs Done",
+        ran.lines().count()
+    );
+    assert!(ran.lines().count() <= known.len(), "a job ran twice");
+}
+
+#[test]
+fn a_container_job_runs_through_berth_up() {
+    need_root!();
+    let fx = Fixture::new();
+    image();
+    let _up = Up::start(&fx, &["--slots", "2", "--examples", "--project", "t-up"]);
+    let out = as_nobody(
+        &fx,
+        &[
+            "run",
+            "-w",
+            "-r",
+            "Container:docker RAM/64",
+            "--",
+            "sh",
+            "-c",
+            "id -u; cat /sys/fs/cgroup/memory/memory.limit_in_bytes",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        fx.read_work("berth-1.log"),
+        format!("65534\n{}\n", 64 * 1024 * 1024)
+    );
+    let out = fx.run(&["containers", "--json"], T);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["bwrap", "docker", "podman-split"]);
+    let out = as_nobody(&fx, &["run", "-r", "Container:nope", "--", "true"]);
+    assert!(
+        stderr(&out).contains("no tasker can ever satisfy \"Container:nope\""),
+        "{}",
+        text(&out)
+    );
+    assert!(podman_containers("t-up").is_empty());
+}
