@@ -185,6 +185,8 @@ pub enum ToTasker {
     Run(Assignment),
     /// Stop this job (SIGTERM, grace, SIGKILL; cleanup and teardown still run).
     Stop(u64),
+    /// These jobs' ends are recorded: forget them.
+    Ack(Vec<u64>),
 }
 
 /// How a job ended, as its tasker reports it.
@@ -217,6 +219,11 @@ pub enum FromTasker {
         containers_refused: Vec<(String, String)>,
         /// Jobs it runs now (after a reconnection): (job, slot).
         running: Vec<(u64, u32)>,
+        /// Jobs that ended and whose end the server has not acknowledged.
+        ended: Vec<JobEnd>,
+        /// Whether this is the first hello of the tasker's process: its jobs from before
+        /// are gone, where a reconnecting tasker still knows every job it was given.
+        fresh: bool,
     },
     /// A job ended.
     Ended(JobEnd),

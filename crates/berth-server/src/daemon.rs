@@ -14,7 +14,7 @@ use berth_resources::Offer;
 use berth_store::{Filter, NewJob, Store, StoreError};
 use std::collections::HashMap;
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Who is asking, as the kernel says (peer credentials).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +33,10 @@ pub struct Caller {
 pub trait TaskerLink: Send {
     /// Sends a message; false when the tasker is gone.
     fn send(&self, m: ToTasker) -> bool;
+    /// Which connection this is, so that the end of an old one does not undo a new one.
+    fn serial(&self) -> u64 {
+        0
+    }
 }
 
 type Reply<T> = Sender<Result<T, String>>;
@@ -55,8 +59,8 @@ pub enum Event {
     Connect(String, Box<dyn TaskerLink>),
     /// A tasker says something.
     Tasker(String, FromTasker),
-    /// A tasker's link broke.
-    Gone(String),
+    /// A tasker's link broke: its name and the link's serial.
+    Gone(String, u64),
     /// Stop the actor.
     Shutdown,
 }
@@ -97,6 +101,13 @@ type Accepted = (
     Vec<(u64, i32, Option<String>, u32)>,
 );
 
+/// What a hello settles about the jobs recorded as running on its tasker.
+#[derive(Default)]
+struct HelloOutcome {
+    lost: Vec<u64>,
+    requeue: Vec<u64>,
+}
+
 /// What the server keeps in memory of each unfinished job: little, so that a million
 /// queued jobs fit; the rest is in the store.
 #[derive(Debug, Clone, Copy)]
@@ -116,6 +127,10 @@ pub struct Server {
     unfinished: HashMap<u64, Meta>,
     /// Jobs recorded as Running, and where.
     running_on: HashMap<u64, String>,
+    /// Taskers whose link broke, and when their jobs become lost unless they come back.
+    away: HashMap<String, Instant>,
+    /// How long a tasker may be away before its jobs are lost.
+    pub tasker_grace: Duration,
 }
 
 fn now_ms() -> u64 {
@@ -173,6 +188,8 @@ impl Server {
                 waiters: HashMap::new(),
                 unfinished,
                 running_on,
+                away: HashMap::new(),
+                tasker_grace: Duration::from_secs(30),
             },
             Handle(tx),
         ))
@@ -180,7 +197,16 @@ impl Server {
 
     /// Handles events until Shutdown.
     pub fn run(mut self) {
-        while let Ok(first) = self.rx.recv() {
+        loop {
+            // Wake at least once a second, to lose the jobs of taskers away too long.
+            let first = match self.rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(e) => e,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.turn(Vec::new());
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
             let mut batch = vec![first];
             while batch.len() < 20_000 {
                 match self.rx.try_recv() {
@@ -200,7 +226,8 @@ impl Server {
         let t = now_ms();
         let mut queries = Vec::new();
         let mut submits = Vec::new();
-        let mut ends: Vec<JobEnd> = Vec::new();
+        let mut ends: Vec<(String, JobEnd)> = Vec::new();
+        let mut requeued: Vec<u64> = Vec::new();
         let mut lost: Vec<u64> = Vec::new();
         let mut stopped: Vec<u64> = Vec::new();
         let mut stop_answers: Vec<(Reply<String>, Result<String, String>)> = Vec::new();
@@ -225,33 +252,52 @@ impl Server {
                         slots,
                         containers_refused,
                         running,
+                        ended,
+                        fresh,
                         ..
                     },
                 ) => {
-                    lost.extend(self.hello(
+                    let h = self.hello(
                         &name,
                         host,
                         resources,
                         slots,
                         containers_refused,
                         running,
-                    ));
-                }
-                Event::Tasker(name, FromTasker::Ended(end)) => {
-                    if self.running_on.get(&end.job) == Some(&name) {
-                        self.core.ended(end.job);
-                        ends.push(end);
+                        &ended,
+                        fresh,
+                    );
+                    lost.extend(h.lost);
+                    requeued.extend(h.requeue);
+                    for end in ended {
+                        if self.running_on.get(&end.job) == Some(&name)
+                            && !ends.iter().any(|(_, e)| e.job == end.job)
+                        {
+                            self.core.ended(end.job);
+                            ends.push((name.clone(), end));
+                        }
                     }
                 }
-                Event::Gone(name) => {
+                Event::Tasker(name, FromTasker::Ended(end)) => {
+                    if self.running_on.get(&end.job) == Some(&name)
+                        && !ends.iter().any(|(_, e)| e.job == end.job)
+                    {
+                        self.core.ended(end.job);
+                        ends.push((name, end));
+                    } else if let Some(t) = self.taskers.get(&name) {
+                        // Recorded already (it came in a hello too): forget it there.
+                        t.link.send(ToTasker::Ack(vec![end.job]));
+                    }
+                }
+                Event::Gone(name, serial) => {
+                    let current = self.taskers.get(&name).map(|t| t.link.serial());
+                    if current.is_some_and(|c| c != serial) {
+                        continue; // an older connection of a tasker that is back
+                    }
+                    // Its jobs may still run: they are lost only if it stays away.
                     self.taskers.remove(&name);
                     self.core.tasker_gone(&name);
-                    lost.extend(
-                        self.running_on
-                            .iter()
-                            .filter(|(_, t)| **t == name)
-                            .map(|(id, _)| *id),
-                    );
+                    self.away.insert(name, Instant::now() + self.tasker_grace);
                 }
                 Event::Stop(c, id, reply) => {
                     let answer = self.stop(&c, id, &mut stopped);
@@ -260,6 +306,36 @@ impl Server {
                 Event::Shutdown => {}
                 q => queries.push(q),
             }
+        }
+
+        let now = Instant::now();
+        let expired: Vec<String> = self
+            .away
+            .iter()
+            .filter(|(_, d)| **d <= now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in expired {
+            self.away.remove(&name);
+            if !self.taskers.contains_key(&name) {
+                lost.extend(
+                    self.running_on
+                        .iter()
+                        .filter(|(_, t)| **t == name)
+                        .map(|(id, _)| *id),
+                );
+            }
+        }
+        let idle = submits.is_empty()
+            && ends.is_empty()
+            && lost.is_empty()
+            && requeued.is_empty()
+            && stopped.is_empty()
+            && queries.is_empty()
+            && stop_answers.is_empty();
+        if idle {
+            self.dispatch(t);
+            return;
         }
 
         // 2. Written in one transaction: one fsync for the whole turn.
@@ -310,7 +386,10 @@ impl Server {
                     queued,
                 ));
             }
-            for end in &ends {
+            for id in &requeued {
+                b.set_queued(*id)?;
+            }
+            for (_, end) in &ends {
                 let state = if end.failure.is_none() {
                     State::Done
                 } else {
@@ -333,6 +412,7 @@ impl Server {
             }
             Ok(())
         });
+        let committed = res.is_ok();
         if let Err(e) = res {
             eprintln!("berth server: {e}");
             for (reply, _, _) in accepted.drain(..) {
@@ -344,7 +424,32 @@ impl Server {
         }
 
         // 3. After the commit: the core learns, and everyone is answered.
-        let mut finals: Vec<u64> = ends.iter().map(|e| e.job).collect();
+        let mut acks: HashMap<&str, Vec<u64>> = HashMap::new();
+        for (name, e) in &ends {
+            acks.entry(name.as_str()).or_default().push(e.job);
+        }
+        for (name, jobs) in acks {
+            // Only what is on disk is acknowledged; the rest comes again in a hello.
+            if !committed {
+                break;
+            }
+            if let Some(t) = self.taskers.get(name) {
+                t.link.send(ToTasker::Ack(jobs));
+            }
+        }
+        for id in &requeued {
+            self.running_on.remove(id);
+            if let Some(m) = self.unfinished.get(id).copied() {
+                let req = self
+                    .store
+                    .run_spec(*id)
+                    .ok()
+                    .flatten()
+                    .and_then(|s| s.resources);
+                let _ = self.core.enqueue(*id, m.priority, req.as_deref());
+            }
+        }
+        let mut finals: Vec<u64> = ends.iter().map(|(_, e)| e.job).collect();
         finals.extend(&lost);
         finals.extend(&stopped);
         for id in &finals {
@@ -383,6 +488,7 @@ impl Server {
         self.dispatch(t);
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn hello(
         &mut self,
         name: &str,
@@ -391,26 +497,31 @@ impl Server {
         slots: u32,
         refused: Vec<(String, String)>,
         running: Vec<(u64, u32)>,
-    ) -> Vec<u64> {
+        ended: &[JobEnd],
+        fresh: bool,
+    ) -> HelloOutcome {
+        let mut out = HelloOutcome::default();
         let Some(link) = self
             .pending_links
             .remove(name)
             .or_else(|| self.taskers.remove(name).map(|t| t.link))
         else {
-            return Vec::new();
+            return out;
         };
         let offer = match Offer::parse(&resources) {
             Ok(o) => o,
             Err(e) => {
                 eprintln!("berth server: tasker {name}: {e}");
-                return Vec::new();
+                return out;
             }
         };
+        self.away.remove(name);
         self.core.tasker_gone(name);
         self.core.tasker_joined(name, offer, slots);
-        let mut lost = Vec::new();
-        // Jobs recorded as running there that it no longer runs are lost; those it still
-        // runs keep their slots.
+        // The jobs recorded as running there: those it still runs keep their slots; those
+        // that ended are in `ended`; those it never heard of (the server died between
+        // recording a start and sending it) queue again, unless the tasker itself started
+        // afresh, when nobody can know: then they are lost.
         let listed: HashMap<u64, u32> = running.into_iter().collect();
         let here: Vec<u64> = self
             .running_on
@@ -428,10 +539,12 @@ impl Server {
                         .flatten()
                         .and_then(|s| s.resources);
                     if !self.core.adopt_running(id, name, *slot, req.as_deref()) {
-                        lost.push(id);
+                        out.lost.push(id);
                     }
                 }
-                None => lost.push(id),
+                None if ended.iter().any(|e| e.job == id) => {}
+                None if fresh => out.lost.push(id),
+                None => out.requeue.push(id),
             }
         }
         self.taskers.insert(
@@ -444,7 +557,7 @@ impl Server {
                 refused,
             },
         );
-        lost
+        out
     }
 
     fn stop(&mut self, c: &Caller, id: u64, stopped: &mut Vec<u64>) -> Result<String, String> {

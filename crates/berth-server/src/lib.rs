@@ -5,3 +5,4 @@ pub mod api;
 pub mod core;
 pub mod daemon;
 pub mod http;
+pub mod tcp;

@@ -29,6 +29,9 @@ pub struct Agent {
     /// Resources given on the command line (`-r`), added to the host's own.
     pub extra: String,
     running: Mutex<HashMap<u64, (u32, Stop)>>,
+    /// Ends not yet acknowledged by the server, repeated in every hello.
+    unacked: Mutex<HashMap<u64, JobEnd>>,
+    fresh: std::sync::atomic::AtomicBool,
     report: Report,
 }
 
@@ -74,6 +77,8 @@ impl Agent {
             slots,
             extra,
             running: Mutex::new(HashMap::new()),
+            unacked: Mutex::new(HashMap::new()),
+            fresh: std::sync::atomic::AtomicBool::new(true),
             report,
         })
     }
@@ -118,6 +123,15 @@ impl Agent {
             res += " ";
             res += &self.extra;
         }
+        // Ends first, then what runs: a job that ends in between is in one list or both,
+        // never in neither.
+        let ended = self
+            .unacked
+            .lock()
+            .expect("lock")
+            .values()
+            .cloned()
+            .collect();
         let running = self
             .running
             .lock()
@@ -132,12 +146,20 @@ impl Agent {
             slots: self.slots,
             containers_refused: refused,
             running,
+            ended,
+            fresh: self.fresh.swap(false, std::sync::atomic::Ordering::SeqCst),
         }
     }
 
     /// Handles a message from the server.
     pub fn handle(self: &Arc<Self>, m: ToTasker) {
         match m {
+            ToTasker::Ack(jobs) => {
+                let mut u = self.unacked.lock().expect("lock");
+                for j in jobs {
+                    u.remove(&j);
+                }
+            }
             ToTasker::Stop(job) => {
                 if let Some((_, s)) = self.running.lock().expect("lock").get(&job) {
                     s.trigger();
@@ -161,9 +183,11 @@ impl Agent {
                 let me = self.clone();
                 std::thread::spawn(move || {
                     let id = a.job;
-                    let out = me.run(a, &stop);
+                    let end = end_of(id, me.run(a, &stop));
+                    // Kept until acknowledged, and before it leaves the running list.
+                    me.unacked.lock().expect("lock").insert(id, end.clone());
                     me.running.lock().expect("lock").remove(&id);
-                    (me.report)(FromTasker::Ended(end_of(id, out)));
+                    (me.report)(FromTasker::Ended(end));
                 });
             }
         }

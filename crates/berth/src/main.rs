@@ -4,6 +4,7 @@ mod client;
 mod container;
 mod jobs;
 mod swd;
+mod tasker;
 mod up;
 mod wrapper;
 
@@ -37,6 +38,10 @@ enum Cmd {
     },
     /// Start the embedded default: a server and a tasker in one process.
     Up(up::Up),
+    /// Start a server alone; taskers join it over TCP (--listen).
+    Server(up::ServerArgs),
+    /// Start a tasker that joins a server over TCP.
+    Tasker(tasker::TaskerArgs),
     /// Submit a job that runs as you, here, with your environment.
     Run(jobs::Run),
     /// List jobs.
@@ -72,6 +77,8 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Signfile { key, files } => container::signfile(key.as_deref(), &files),
         Cmd::Container { cmd } => container::run(cmd),
         Cmd::Up(o) => up::up(o),
+        Cmd::Server(o) => up::server(o),
+        Cmd::Tasker(o) => tasker::tasker(o),
         Cmd::Run(r) => jobs::run(r),
         Cmd::List(l) => jobs::list(l),
         Cmd::Info(i) => jobs::info(i),

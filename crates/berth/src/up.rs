@@ -13,28 +13,59 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// What a tasker is made of, for `berth up` and `berth tasker`.
+#[derive(clap::Args)]
+pub struct AgentOpts {
+    /// The server working directory (default: $BERTH_SWD, else ./berth.swd).
+    #[arg(long, value_name = "DIR")]
+    pub swd: Option<PathBuf>,
+    /// Job slots (default: the cores).
+    #[arg(long)]
+    pub slots: Option<u32>,
+    /// More resources, e.g. "License:spice/2 GPU#1".
+    #[arg(short = 'r', value_name = "RES")]
+    pub resources: Option<String>,
+    /// The project name (VOV_PROJECT_NAME).
+    #[arg(long, default_value = "berth")]
+    pub project: String,
+    /// The site key for keyed hook signatures.
+    #[arg(long, value_name = "KEYFILE")]
+    pub key: Option<PathBuf>,
+    /// The tasker's name (default: the host's short name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The tasker's local state: container job records (default: SWD/tasker/NAME).
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+}
+
 /// The options of `berth up`.
 #[derive(clap::Args)]
 pub struct Up {
-    /// The server working directory (default: $BERTH_SWD, else ./berth.swd).
-    #[arg(long, value_name = "DIR")]
-    swd: Option<PathBuf>,
-    /// Job slots of the embedded tasker (default: its cores).
-    #[arg(long)]
-    slots: Option<u32>,
-    /// More resources for the embedded tasker, e.g. "License:spice/2 GPU#1".
-    #[arg(short = 'r', value_name = "RES")]
-    resources: Option<String>,
-    /// The project name (VOV_PROJECT_NAME).
-    #[arg(long, default_value = "berth")]
-    project: String,
-    /// The site key for keyed hook signatures.
-    #[arg(long, value_name = "KEYFILE")]
-    key: Option<PathBuf>,
+    #[command(flatten)]
+    agent: AgentOpts,
     /// Install the example container configurations (docker, podman-split, bwrap) and
     /// their busybox image into the SWD first.
     #[arg(long)]
     examples: bool,
+    /// Also accept taskers over TCP at ADDR (e.g. 0.0.0.0:7600; port 0 picks one, written
+    /// to SWD/listen.addr); they join with SWD/cluster.secret.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+}
+
+/// The options of `berth server`.
+#[derive(clap::Args)]
+pub struct ServerArgs {
+    /// The server working directory (default: $BERTH_SWD, else ./berth.swd).
+    #[arg(long, value_name = "DIR")]
+    swd: Option<PathBuf>,
+    /// Accept taskers over TCP at ADDR (port 0 picks one, written to SWD/listen.addr).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// How long a tasker may be away before its running jobs are Failed as lost.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    tasker_grace: u64,
 }
 
 struct LocalLink(Arc<Agent>);
@@ -175,14 +206,19 @@ fn which(cmd: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Runs the embedded default until SIGINT or SIGTERM.
-pub fn up(o: Up) -> Result<i32> {
-    // Blocked before any thread exists: every thread inherits the mask.
-    let signals = berth_sys::block_signals(&berth_sys::STOP_SIGNALS);
-    let swd = std::path::absolute(swd::resolve(o.swd.as_deref()))?;
-    std::fs::create_dir_all(swd::containers(&swd))
+/// A running server: its handle, its actor thread, its socket.
+pub struct Running {
+    handle: Handle,
+    actor: std::thread::JoinHandle<()>,
+    sock: PathBuf,
+}
+
+/// Opens the store, starts the actor and the API on SWD/berth.sock, and, with `listen`,
+/// the TCP listener for taskers.
+fn start_server(swd: &Path, listen: Option<&str>, grace: Duration) -> Result<Running> {
+    std::fs::create_dir_all(swd::containers(swd))
         .with_context(|| format!("creating {}", swd.display()))?;
-    std::fs::set_permissions(&swd, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::set_permissions(swd, std::fs::Permissions::from_mode(0o755))?;
     let sock = swd.join("berth.sock");
     if UnixStream::connect(&sock).is_ok() {
         bail!(
@@ -192,18 +228,10 @@ pub fn up(o: Up) -> Result<i32> {
         );
     }
     let _ = std::fs::remove_file(&sock);
-    if o.examples {
-        install_examples(&swd)?;
-    }
-    let key = o
-        .key
-        .as_deref()
-        .map(berth_container::Key::load)
-        .transpose()?;
     let store = berth_store::Store::open(&swd.join("berth.db"))?;
-    let (server, handle) = Server::open(store)?;
+    let (mut server, handle) = Server::open(store)?;
+    server.tasker_grace = grace;
     let actor = std::thread::spawn(move || server.run());
-
     let listener =
         UnixListener::bind(&sock).with_context(|| format!("listening on {}", sock.display()))?;
     // Anyone on the host may connect; the kernel tells the server who they are.
@@ -213,72 +241,158 @@ pub fn up(o: Up) -> Result<i32> {
         let handle = handle.clone();
         std::thread::spawn(move || berth_server::api::serve(listener, handle, admins));
     }
+    if let Some(addr) = listen {
+        let secret = berth_server::tcp::cluster_secret(swd).context("the cluster secret")?;
+        let l = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("listening for taskers on {addr}"))?;
+        let bound = l.local_addr()?.to_string();
+        std::fs::write(swd.join("listen.addr"), format!("{bound}\n"))?;
+        eprintln!(
+            "berth: taskers join at {bound} with {}",
+            swd.join("cluster.secret").display()
+        );
+        let handle = handle.clone();
+        std::thread::spawn(move || berth_server::tcp::serve_taskers(l, handle, secret));
+    }
+    Ok(Running {
+        handle,
+        actor,
+        sock,
+    })
+}
 
-    let name = berth_sys::short_hostname();
+impl Running {
+    fn stop(self) {
+        let _ = std::fs::remove_file(&self.sock);
+        self.handle.send(Event::Shutdown);
+        let _ = self.actor.join();
+    }
+}
+
+/// A tasker's agent: installs the wrapper, finishes what earlier runs left, and says what
+/// it offers.
+pub fn make_agent(
+    swd: &Path,
+    o: &AgentOpts,
+    report: berth_tasker::agent::Report,
+) -> Result<Arc<Agent>> {
+    if let Some(extra) = &o.resources {
+        berth_resources::Offer::parse(extra).context("-r")?;
+    }
+    let name = o.name.clone().unwrap_or_else(berth_sys::short_hostname);
+    let key = o
+        .key
+        .as_deref()
+        .map(berth_container::Key::load)
+        .transpose()?;
     let host = Host {
-        host: name.clone(),
+        host: berth_sys::short_hostname(),
         project: o.project.clone(),
-        wrapper: wrapper::install(&swd)?,
-        state_dir: swd.join("tasker").join(&name),
+        wrapper: wrapper::install(swd)?,
+        state_dir: o
+            .state
+            .clone()
+            .unwrap_or_else(|| swd.join("tasker").join(&name)),
         key,
     };
-    let recovered = lifecycle::recover(&host, &mut |line| eprintln!("berth up: {line}"));
+    let recovered = lifecycle::recover(&host, &mut |line| eprintln!("berth tasker {name}: {line}"));
     if !recovered.is_empty() {
-        eprintln!("berth up: finished the cleanup and teardown of {} container job(s) left by an earlier run", recovered.len());
+        eprintln!("berth tasker {name}: finished the cleanup and teardown of {} container job(s) left by an earlier run", recovered.len());
     }
     let slots = o.slots.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get() as u32)
             .unwrap_or(1)
     });
-    let report_handle = handle.clone();
-    let tasker_name = name.clone();
     let agent = Agent::new(
         &name,
         host,
-        swd::containers(&swd),
+        swd::containers(swd),
         slots,
         o.resources.clone().unwrap_or_default(),
-        Box::new(move |m| {
-            report_handle.send(Event::Tasker(tasker_name.clone(), m));
-        }),
+        report,
     );
-    if let Some(extra) = &o.resources {
-        berth_resources::Offer::parse(extra).context("-r")?;
-    }
-    handle.send(Event::Connect(
-        name.clone(),
-        Box::new(LocalLink(agent.clone())),
-    ));
-    let hello = agent.hello();
     if let berth_proto::FromTasker::Hello {
         resources,
         containers_refused,
         ..
-    } = &hello
+    } = agent.hello()
     {
-        eprintln!("berth up: tasker {name} with {slots} slots offers {resources}");
+        eprintln!("berth tasker {name}: {slots} slots, offers {resources}");
         for (c, why) in containers_refused {
-            eprintln!("berth up: not offering Container:{c}: {why}");
+            eprintln!("berth tasker {name}: not offering Container:{c}: {why}");
         }
     }
-    handle.send(Event::Tasker(name.clone(), hello));
+    Ok(agent)
+}
+
+/// `berth server`: the server alone; taskers join over TCP.
+pub fn server(o: ServerArgs) -> Result<i32> {
+    let signals = berth_sys::block_signals(&berth_sys::STOP_SIGNALS);
+    let swd = std::path::absolute(swd::resolve(o.swd.as_deref()))?;
+    let running = start_server(
+        &swd,
+        o.listen.as_deref(),
+        Duration::from_secs(o.tasker_grace),
+    )?;
+    eprintln!(
+        "berth server: serving {} (SWD {}); stop with Ctrl-C",
+        running.sock.display(),
+        swd.display()
+    );
+    let sig = signals.wait();
+    eprintln!(
+        "berth server: {}: stopping; taskers keep their jobs running",
+        lifecycle::signal_name(sig)
+    );
+    running.stop();
+    Ok(0)
+}
+
+/// Runs the embedded default until SIGINT or SIGTERM.
+pub fn up(o: Up) -> Result<i32> {
+    // Blocked before any thread exists: every thread inherits the mask.
+    let signals = berth_sys::block_signals(&berth_sys::STOP_SIGNALS);
+    let swd = std::path::absolute(swd::resolve(o.agent.swd.as_deref()))?;
+    std::fs::create_dir_all(&swd).with_context(|| format!("creating {}", swd.display()))?;
+    if o.examples {
+        install_examples(&swd)?;
+    }
+    let running = start_server(&swd, o.listen.as_deref(), Duration::from_secs(30))?;
+    let handle = running.handle.clone();
+    let report_handle = handle.clone();
+    let name = o
+        .agent
+        .name
+        .clone()
+        .unwrap_or_else(berth_sys::short_hostname);
+    let tasker_name = name.clone();
+    let agent = make_agent(
+        &swd,
+        &o.agent,
+        Box::new(move |m| {
+            report_handle.send(Event::Tasker(tasker_name.clone(), m));
+        }),
+    )?;
+    handle.send(Event::Connect(
+        name.clone(),
+        Box::new(LocalLink(agent.clone())),
+    ));
+    handle.send(Event::Tasker(name.clone(), agent.hello()));
     eprintln!(
         "berth up: serving {} (SWD {}); stop with Ctrl-C",
-        sock.display(),
+        running.sock.display(),
         swd.display()
     );
 
     let sig = signals.wait();
     eprintln!("berth up: {}: stopping", lifecycle::signal_name(sig));
-    shutdown(&agent, &handle);
-    let _ = std::fs::remove_file(&sock);
-    handle.send(Event::Shutdown);
-    let _ = actor.join();
+    shutdown(&agent);
+    running.stop();
     Ok(0)
 }
 
-fn shutdown(agent: &Arc<Agent>, _handle: &Handle) {
+fn shutdown(agent: &Arc<Agent>) {
     let n = agent.stop_all();
     if n > 0 {
         eprintln!("berth up: stopping {n} running job(s); their cleanup and teardown run first");

@@ -325,3 +325,243 @@ fn a_container_job_runs_through_berth_up() {
     );
     assert!(podman_containers("t-up").is_empty());
 }
+
+/// A `berth server --listen` and a `berth tasker`, each a process of its own.
+struct Split {
+    server: Option<Child>,
+    tasker: Option<Child>,
+    fx_swd: std::path::PathBuf,
+}
+
+fn spawn_quiet(args: &[&str], swd: &std::path::Path) -> Child {
+    Command::new(berth())
+        .args(args)
+        .env("BERTH_SWD", swd)
+        .env("CONTAINERS_CONF", containers_conf())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+impl Split {
+    fn start(fx: &Fixture, slots: &str) -> Split {
+        let mut s = Split {
+            server: None,
+            tasker: None,
+            fx_swd: fx.swd.clone(),
+        };
+        s.start_server("127.0.0.1:0");
+        s.start_tasker(slots);
+        s
+    }
+
+    fn start_server(&mut self, addr: &str) {
+        let _ = std::fs::remove_file(self.fx_swd.join("listen.addr"));
+        self.server = Some(spawn_quiet(
+            &["server", "--listen", addr, "--tasker-grace", "2"],
+            &self.fx_swd,
+        ));
+        let sock = self.fx_swd.join("berth.sock");
+        wait_until("the server", T, || {
+            self.fx_swd.join("listen.addr").exists()
+                && std::os::unix::net::UnixStream::connect(&sock).is_ok()
+        });
+    }
+
+    fn start_tasker(&mut self, slots: &str) {
+        self.tasker = Some(spawn_quiet(
+            &["tasker", "--name", "t1", "--slots", slots],
+            &self.fx_swd,
+        ));
+        let swd = self.fx_swd.clone();
+        wait_until("the tasker to join", T, || {
+            let out = Command::new(berth())
+                .args(["taskers", "--json"])
+                .env("BERTH_SWD", &swd)
+                .output()
+                .unwrap();
+            stdout(&out).contains("\"t1\"")
+        });
+    }
+
+    fn addr(&self) -> String {
+        std::fs::read_to_string(self.fx_swd.join("listen.addr"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    fn kill9(child: &mut Option<Child>) {
+        if let Some(mut c) = child.take() {
+            signal(&c, libc::SIGKILL);
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Split {
+    fn drop(&mut self) {
+        for c in [self.tasker.take(), self.server.take()]
+            .into_iter()
+            .flatten()
+        {
+            signal(&c, libc::SIGTERM);
+            let _ = wait_status(c, T);
+        }
+    }
+}
+
+#[test]
+fn a_killed_server_loses_nothing_and_runs_nothing_twice() {
+    need_root!();
+    let fx = Fixture::new();
+    let mut split = Split::start(&fx, "8");
+    let lines: String = (0..1000)
+        .map(|i| format!("echo {i} >> ran.txt\n"))
+        .collect();
+    std::fs::write(fx.work.join("jobs.txt"), lines).unwrap();
+    std::os::unix::fs::chown(fx.work.join("jobs.txt"), Some(NOBODY), Some(NOBODY)).unwrap();
+    let mut subs = Vec::new();
+    for _ in 0..2 {
+        let mut c = Command::new(berth());
+        c.args(["run", "-f", "jobs.txt"])
+            .current_dir(&fx.work)
+            .env("BERTH_SWD", &fx.swd)
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        subs.push(c.spawn().unwrap());
+    }
+    // Kill the server while jobs are being submitted and running.
+    wait_until("jobs to run", T, || {
+        fx.read_work("ran.txt").lines().count() > 20
+    });
+    let addr = split.addr();
+    Split::kill9(&mut split.server);
+    let mut accepted = Vec::new();
+    for s in subs {
+        let out = wait_output(s, T);
+        if out.status.success() {
+            let so = stdout(&out);
+            let (a, b) = so
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .split_once('-')
+                .unwrap();
+            let (a, b): (u64, u64) = (a.parse().unwrap(), b.parse().unwrap());
+            accepted.extend(a..=b);
+        }
+    }
+    split.start_server(&addr);
+    let out = fx.run(&["list", "--json", "--limit", "100000"], T);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].to_string())
+        .collect();
+    for id in &accepted {
+        assert!(ids.contains(&id.to_string()), "accepted job {id} is lost");
+    }
+    let mut args = vec!["wait", "--timeout", "240"];
+    args.extend(ids.iter().map(String::as_str));
+    let out = fx.run(&args, Duration::from_secs(300));
+    assert!(
+        out.status.success(),
+        "not every job is Done:\n{}",
+        stdout(&out)
+            .lines()
+            .filter(|l| !l.ends_with(" Done"))
+            .take(10)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let ran = fx.read_work("ran.txt");
+    assert_eq!(ran.lines().count(), ids.len(), "each job ran exactly once");
+}
+
+#[test]
+fn a_killed_tasker_loses_its_jobs_and_tears_down_when_it_returns() {
+    need_root!();
+    let fx = Fixture::new();
+    fx.install_examples(&["podman-split"]);
+    let mut split = Split::start(&fx, "2");
+    let out = as_nobody(
+        &fx,
+        &[
+            "run",
+            "-r",
+            "Container:podman-split",
+            "--",
+            "sh",
+            "-c",
+            "touch started; sleep 300",
+        ],
+    );
+    let job = stdout(&out).trim().to_string();
+    wait_until("the job to start", T, || fx.work.join("started").exists());
+    assert_eq!(
+        podman_containers("berth-")
+            .iter()
+            .filter(|n| n.ends_with("-podman-split-0"))
+            .count(),
+        1
+    );
+    Split::kill9(&mut split.tasker);
+    let out = fx.run(&["wait", "--timeout", "30", &job], T);
+    assert!(
+        stdout(&out).contains(&format!("{job} Failed: lost")),
+        "{}",
+        text(&out)
+    );
+    // Its return finishes the cleanup and teardown it owed.
+    split.start_tasker("2");
+    wait_until("the container to be removed", T, || {
+        podman_containers("berth-")
+            .iter()
+            .all(|n| !n.ends_with("-podman-split-0"))
+    });
+}
+
+#[test]
+fn a_tasker_without_the_secret_is_refused_and_a_client_cannot_claim_another_user() {
+    need_root!();
+    let fx = Fixture::new();
+    let _split = Split::start(&fx, "2");
+    let bad = fx.root.join("bad.secret");
+    std::fs::write(&bad, "not the secret").unwrap();
+    let out = fx.run(
+        &[
+            "tasker",
+            "--name",
+            "evil",
+            "--secret",
+            bad.to_str().unwrap(),
+        ],
+        T,
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("wrong cluster secret"),
+        "{}",
+        text(&out)
+    );
+    // The user is the socket's peer, whatever the environment says.
+    let mut c = fx.berth(&["run", "-w", "--", "sh", "-c", "id -u"]);
+    c.uid(NOBODY)
+        .gid(NOBODY)
+        .env("USER", "root")
+        .env("LOGNAME", "root");
+    let out = output_within(&mut c, T);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = fx.run(&["info", "--json", "1"], T);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["user"], "nobody");
+    assert_eq!(v["uid"], NOBODY);
+    assert_eq!(fx.read_work("berth-1.log"), "65534\n");
+}
