@@ -227,7 +227,12 @@ impl Core {
     /// One scheduling pass: every job that can start now, and where.
     pub fn schedule(&mut self) -> Vec<Dispatch> {
         let mut out = Vec::new();
-        if self.taskers.values().all(|t| t.free_slot().is_none()) {
+        let mut free_slots: usize = self
+            .taskers
+            .values()
+            .map(|t| t.slots.iter().filter(|s| s.is_none()).count())
+            .sum();
+        if free_slots == 0 {
             return out;
         }
         let mut heads: BinaryHeap<Reverse<(Key, usize)>> = self
@@ -236,16 +241,27 @@ impl Core {
             .enumerate()
             .filter_map(|(c, cl)| cl.queue.first().map(|k| Reverse((*k, c))))
             .collect();
+        // Nothing frees during a pass, so a tasker where a class did not fit will not take
+        // it later in the pass either: each class resumes its first-fit scan where it last
+        // found a place.
+        let mut resume: HashMap<usize, usize> = HashMap::new();
         while let Some(Reverse((key, c))) = heads.pop() {
             let request = self.classes[c].request.clone();
-            let found = self.taskers.iter().find_map(|(name, t)| {
-                let slot = t.free_slot()?;
-                let take = t.ledger.fits(&request)?;
-                Some((name.clone(), slot, take))
-            });
-            let Some((tasker, slot, take)) = found else {
+            let start = resume.get(&c).copied().unwrap_or(0);
+            let found = self
+                .taskers
+                .iter()
+                .enumerate()
+                .skip(start)
+                .find_map(|(i, (name, t))| {
+                    let slot = t.free_slot()?;
+                    let take = t.ledger.fits(&request)?;
+                    Some((i, name.clone(), slot, take))
+                });
+            let Some((at, tasker, slot, take)) = found else {
                 continue; // this class waits for the rest of the pass
             };
+            resume.insert(c, at);
             let t = self.taskers.get_mut(&tasker).expect("found above");
             t.ledger.take(&take);
             t.slots[slot as usize] = Some(key.1);
@@ -267,7 +283,8 @@ impl Core {
             if let Some(next) = self.classes[c].queue.first() {
                 heads.push(Reverse((*next, c)));
             }
-            if self.taskers.values().all(|t| t.free_slot().is_none()) {
+            free_slots -= 1;
+            if free_slots == 0 {
                 break;
             }
         }
