@@ -8,7 +8,7 @@
 use std::fmt;
 
 pub mod offer;
-pub use offer::{with_defaults, Have, Ledger, Offer, OfferError, Take};
+pub use offer::{class_table_entry, with_defaults, Have, Ledger, Offer, OfferError, Take};
 
 /// How a term uses its resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -264,6 +264,25 @@ fn term(t: &Term, l: &Ledger, take: &mut Take, negated: bool) -> bool {
     }
 }
 
+/// The resources `SWD/taskerClass.table` gives tasker `name`: its own line
+/// (`NAME: RESOURCES`), else the `(default): RESOURCES` line. Other lines are ignored.
+pub fn class_table_entry<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    let mut default = None;
+    for line in text.lines() {
+        let Some((who, res)) = line.split_once(':') else {
+            continue;
+        };
+        let who = who.trim();
+        if who == name {
+            return Some(res.trim());
+        }
+        if who == "(default)" {
+            default = Some(res.trim());
+        }
+    }
+    default
+}
+
 /// Adds `CORES/1` and `SLOTS/1` to a job's request unless it names them itself.
 pub fn with_defaults(request: Option<Expr>) -> Expr {
     let mut extra = Vec::new();
@@ -374,6 +393,14 @@ mod tests {
         l.give_back(&t);
         assert_eq!(l.free("CORES"), Some(4));
         assert!(!l.could_fit(&parse("CORES/5").unwrap()));
+    }
+
+    #[test]
+    fn class_table_lines() {
+        let t = "# a comment\nnonsense\n(default): CORES/2\nt1: GPU#1 Container:c1\n";
+        assert_eq!(class_table_entry(t, "t1"), Some("GPU#1 Container:c1"));
+        assert_eq!(class_table_entry(t, "t2"), Some("CORES/2"));
+        assert_eq!(class_table_entry("t1: X", "t2"), None);
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub struct Agent {
     /// Ends not yet acknowledged by the server, repeated in every hello.
     unacked: Mutex<HashMap<u64, JobEnd>>,
     fresh: std::sync::atomic::AtomicBool,
+    /// None: offer every configuration that passes its checks; Some: only these.
+    only: Mutex<Option<Vec<String>>>,
     report: Report,
 }
 
@@ -79,8 +81,39 @@ impl Agent {
             running: Mutex::new(HashMap::new()),
             unacked: Mutex::new(HashMap::new()),
             fresh: std::sync::atomic::AtomicBool::new(true),
+            only: Mutex::new(None),
             report,
         })
+    }
+
+    fn class_table(&self) -> PathBuf {
+        self.containers_dir
+            .parent()
+            .unwrap_or(&self.containers_dir)
+            .join("taskerClass.table")
+    }
+
+    /// Watches SWD/taskerClass.table (and the containers directory) and says hello again
+    /// when either changes, so that the server learns the new resources.
+    pub fn watch(self: &Arc<Self>) {
+        let me = self.clone();
+        std::thread::spawn(move || {
+            let stamp = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+            let mut last = (stamp(&me.class_table()), stamp(&me.containers_dir));
+            loop {
+                std::thread::sleep(Duration::from_secs(2));
+                let now = (stamp(&me.class_table()), stamp(&me.containers_dir));
+                if now != last {
+                    last = now;
+                    (me.report)(me.hello());
+                }
+            }
+        });
+    }
+
+    /// Limits the configurations offered to these names (None: every one that passes).
+    pub fn set_containers(&self, only: Option<Vec<String>>) {
+        *self.only.lock().expect("lock") = only;
     }
 
     /// The configurations that pass every check here (`--containers auto`), and why the
@@ -88,7 +121,12 @@ impl Agent {
     pub fn containers(&self) -> (Vec<String>, Vec<(String, String)>) {
         let mut ok = Vec::new();
         let mut refused = Vec::new();
+        let only = self.only.lock().expect("lock").clone();
         for name in check::list_names(&self.containers_dir).unwrap_or_default() {
+            if only.as_ref().is_some_and(|o| !o.contains(&name)) {
+                refused.push((name, "not in this tasker's --containers list".to_string()));
+                continue;
+            }
             let verdict = check::load(&self.containers_dir, &name)
                 .map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string())
                 .and_then(|cfg| {
@@ -118,6 +156,23 @@ impl Agent {
         let mut res = host_resources(&self.name, self.slots);
         for c in ok {
             res += &format!(" Container:{c}");
+        }
+        // SWD/taskerClass.table, then -r: later terms replace earlier ones of a name.
+        if let Some(line) = std::fs::read_to_string(self.class_table())
+            .ok()
+            .and_then(|t| berth_resources::class_table_entry(&t, &self.name).map(str::to_string))
+        {
+            match berth_resources::Offer::parse(&line) {
+                Ok(_) => {
+                    res += " ";
+                    res += &line;
+                }
+                Err(e) => eprintln!(
+                    "berth tasker {}: {}: {e}; line ignored",
+                    self.name,
+                    self.class_table().display()
+                ),
+            }
         }
         if !self.extra.trim().is_empty() {
             res += " ";

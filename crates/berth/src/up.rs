@@ -37,6 +37,10 @@ pub struct AgentOpts {
     /// The tasker's local state: container job records (default: SWD/tasker/NAME).
     #[arg(long, value_name = "DIR")]
     pub state: Option<PathBuf>,
+    /// Which configurations to offer as Container:NAME: `auto` (every one that passes
+    /// `berth container check` here), `none`, or a comma-separated list of names.
+    #[arg(long, value_name = "auto|none|NAMES", default_value = "auto")]
+    pub containers: String,
 }
 
 /// The options of `berth up`.
@@ -312,6 +316,17 @@ pub fn make_agent(
         o.resources.clone().unwrap_or_default(),
         report,
     );
+    agent.watch();
+    agent.set_containers(match o.containers.as_str() {
+        "auto" => None,
+        "none" => Some(Vec::new()),
+        list => Some(
+            list.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+        ),
+    });
     if let berth_proto::FromTasker::Hello {
         resources,
         containers_refused,

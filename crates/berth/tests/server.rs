@@ -565,3 +565,51 @@ fn a_tasker_without_the_secret_is_refused_and_a_client_cannot_claim_another_user
     assert_eq!(v["uid"], NOBODY);
     assert_eq!(fx.read_work("berth-1.log"), "65534\n");
 }
+
+#[test]
+fn the_tasker_class_table_is_read_again_when_it_changes() {
+    need_root!();
+    let fx = Fixture::new();
+    let e = fx.hook("enter.sh", "#!/bin/sh\nexec \"$@\"\n");
+    fx.cfg(
+        "c1",
+        &format!("containerHook enter user {e} SIG({e})\n", e = e.display()),
+    );
+    fx.cfg(
+        "c2",
+        &format!("containerHook enter user {e} SIG({e})\n", e = e.display()),
+    );
+    let _up = Up::start(&fx, &["--slots", "2", "--containers", "c1"]);
+    let out = fx.run(&["containers", "--json"], T);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["name"], "c1");
+    assert_eq!(v[1]["name"], "c2");
+    assert!(
+        v[1]["refused_by"][0][1]
+            .as_str()
+            .unwrap()
+            .contains("not in this tasker's --containers list"),
+        "{v}"
+    );
+    let out = as_nobody(&fx, &["run", "-r", "License:spice", "--", "true"]);
+    assert!(
+        stderr(&out).contains("no tasker can ever satisfy \"License:spice\""),
+        "{}",
+        text(&out)
+    );
+    let job = stdout(&out).trim().to_string();
+    std::fs::write(
+        fx.swd.join("taskerClass.table"),
+        "# site resources\n(default): License:spice/1 GPU#2\n",
+    )
+    .unwrap();
+    let out = fx.run(&["wait", "--timeout", "30", &job], T);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = fx.run(&["taskers", "--json"], T);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let res = v[0]["resources"].as_str().unwrap();
+    assert!(
+        res.contains("License:spice/1") && res.contains("GPU#2") && res.contains("Container:c1"),
+        "{res}"
+    );
+}
