@@ -221,9 +221,10 @@ pub enum FromTasker {
         running: Vec<(u64, u32)>,
         /// Jobs that ended and whose end the server has not acknowledged.
         ended: Vec<JobEnd>,
-        /// Whether this is the first hello of the tasker's process: its jobs from before
-        /// are gone, where a reconnecting tasker still knows every job it was given.
-        fresh: bool,
+        /// The tasker process's random id: a job whose start went to this incarnation
+        /// and that it neither runs nor has ended was never delivered; one whose start
+        /// went to an earlier incarnation is lost.
+        incarnation: String,
     },
     /// A job ended.
     Ended(JobEnd),

@@ -87,6 +87,7 @@ impl Handle {
 }
 
 struct TaskerEntry {
+    incarnation: String,
     link: Box<dyn TaskerLink>,
     host: String,
     resources: String,
@@ -127,6 +128,8 @@ pub struct Server {
     unfinished: HashMap<u64, Meta>,
     /// Jobs recorded as Running, and where.
     running_on: HashMap<u64, String>,
+    /// Which run (incarnation) of its tasker each running job's start was sent to.
+    sent_to: HashMap<u64, String>,
     /// Taskers whose link broke, and when their jobs become lost unless they come back.
     away: HashMap<String, Instant>,
     /// How long a tasker may be away before its jobs are lost.
@@ -160,6 +163,7 @@ impl Server {
         let mut core = Core::new();
         let mut unfinished = HashMap::new();
         let mut running_on = HashMap::new();
+        let mut sent_to = HashMap::new();
         for j in store.unfinished()? {
             unfinished.insert(
                 j.id,
@@ -171,6 +175,7 @@ impl Server {
             match j.state {
                 State::Running => {
                     running_on.insert(j.id, j.tasker.clone().unwrap_or_default());
+                    sent_to.insert(j.id, j.tasker_run.clone().unwrap_or_default());
                 }
                 _ => {
                     // A request that no longer parses stays queued and says why.
@@ -188,6 +193,7 @@ impl Server {
                 waiters: HashMap::new(),
                 unfinished,
                 running_on,
+                sent_to,
                 away: HashMap::new(),
                 tasker_grace: Duration::from_secs(30),
             },
@@ -253,7 +259,7 @@ impl Server {
                         containers_refused,
                         running,
                         ended,
-                        fresh,
+                        incarnation,
                         ..
                     },
                 ) => {
@@ -265,7 +271,7 @@ impl Server {
                         containers_refused,
                         running,
                         &ended,
-                        fresh,
+                        incarnation,
                     );
                     lost.extend(h.lost);
                     requeued.extend(h.requeue);
@@ -439,6 +445,7 @@ impl Server {
         }
         for id in &requeued {
             self.running_on.remove(id);
+            self.sent_to.remove(id);
             if let Some(m) = self.unfinished.get(id).copied() {
                 let req = self
                     .store
@@ -455,6 +462,7 @@ impl Server {
         for id in &finals {
             self.unfinished.remove(id);
             self.running_on.remove(id);
+            self.sent_to.remove(id);
         }
         for (reply, mut sub, queued) in accepted {
             let mut classes: Vec<Option<String>> = Vec::new();
@@ -498,7 +506,7 @@ impl Server {
         refused: Vec<(String, String)>,
         running: Vec<(u64, u32)>,
         ended: &[JobEnd],
-        fresh: bool,
+        incarnation: String,
     ) -> HelloOutcome {
         let mut out = HelloOutcome::default();
         let Some(link) = self
@@ -519,9 +527,9 @@ impl Server {
         self.core.tasker_gone(name);
         self.core.tasker_joined(name, offer, slots);
         // The jobs recorded as running there: those it still runs keep their slots; those
-        // that ended are in `ended`; those it never heard of (the server died between
-        // recording a start and sending it) queue again, unless the tasker itself started
-        // afresh, when nobody can know: then they are lost.
+        // that ended are in `ended`; those sent to this same process that it never heard
+        // of (the server died between recording a start and sending it) queue again;
+        // those sent to an earlier process of the tasker are lost.
         let listed: HashMap<u64, u32> = running.into_iter().collect();
         let here: Vec<u64> = self
             .running_on
@@ -543,13 +551,15 @@ impl Server {
                     }
                 }
                 None if ended.iter().any(|e| e.job == id) => {}
-                None if fresh => out.lost.push(id),
-                None => out.requeue.push(id),
+                // Sent to this very process, which never got it: it never ran.
+                None if self.sent_to.get(&id) == Some(&incarnation) => out.requeue.push(id),
+                None => out.lost.push(id),
             }
         }
         self.taskers.insert(
             name.to_string(),
             TaskerEntry {
+                incarnation,
                 link,
                 host,
                 resources,
@@ -696,7 +706,12 @@ impl Server {
         }
         let res = self.store.batch(|b| {
             for (d, _) in &ready {
-                b.set_running(d.job, &d.tasker, d.slot, t)?;
+                let run = self
+                    .taskers
+                    .get(&d.tasker)
+                    .map(|t| t.incarnation.as_str())
+                    .unwrap_or("");
+                b.set_running(d.job, &d.tasker, run, d.slot, t)?;
             }
             Ok(())
         });
@@ -711,6 +726,9 @@ impl Server {
         let mut failed = Vec::new();
         for (d, spec) in ready {
             self.running_on.insert(d.job, d.tasker.clone());
+            if let Some(tk) = self.taskers.get(&d.tasker) {
+                self.sent_to.insert(d.job, tk.incarnation.clone());
+            }
             let a = Assignment {
                 job: d.job,
                 slot: d.slot,
@@ -740,6 +758,7 @@ impl Server {
             });
             for (d, req) in failed {
                 self.running_on.remove(&d.job);
+                self.sent_to.remove(&d.job);
                 let pri = self.unfinished.get(&d.job).map(|m| m.priority).unwrap_or(0);
                 self.core.requeue(d.job, pri, req.as_deref());
             }

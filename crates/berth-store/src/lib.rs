@@ -75,6 +75,8 @@ const MIGRATIONS: &[&str] = &[
         hook_failures TEXT
     );
     CREATE INDEX jobs_unfinished ON jobs(state) WHERE state IN ('Queued', 'Running');",
+    // 2: which run of its tasker a job's start was sent to
+    "ALTER TABLE jobs ADD COLUMN tasker_run TEXT;",
 ];
 
 /// The job store.
@@ -127,6 +129,8 @@ pub struct Unfinished {
     pub resources: Option<String>,
     /// Where it was running.
     pub tasker: Option<String>,
+    /// Which run (incarnation) of that tasker its start was sent to.
+    pub tasker_run: Option<String>,
 }
 
 /// What a tasker needs to run a job.
@@ -253,7 +257,7 @@ impl Store {
         let mut st = self
             .conn
             .prepare(
-                "SELECT id, state, uid, priority, resources, tasker FROM jobs
+                "SELECT id, state, uid, priority, resources, tasker, tasker_run FROM jobs
                  WHERE state IN ('Queued', 'Running') ORDER BY id",
             )
             .map_err(self.err())?;
@@ -266,6 +270,7 @@ impl Store {
                     priority: r.get(3)?,
                     resources: r.get(4)?,
                     tasker: r.get(5)?,
+                    tasker_run: r.get(6)?,
                 })
             })
             .map_err(self.err())?;
@@ -452,19 +457,21 @@ impl Batch<'_> {
         Ok(())
     }
 
-    /// Marks a job Running on a tasker's slot.
+    /// Marks a job Running on a tasker's slot, sent to that tasker's run `run`.
     pub fn set_running(
         &mut self,
         id: u64,
         tasker: &str,
+        run: &str,
         slot: u32,
         at_ms: u64,
     ) -> Result<(), rusqlite::Error> {
         self.tx
             .prepare_cached(
-                "UPDATE jobs SET state = 'Running', tasker = ?2, slot = ?3, started_ms = ?4 WHERE id = ?1",
+                "UPDATE jobs SET state = 'Running', tasker = ?2, tasker_run = ?3, slot = ?4, started_ms = ?5
+                 WHERE id = ?1",
             )?
-            .execute(params![id as i64, tasker, slot, at_ms as i64])?;
+            .execute(params![id as i64, tasker, run, slot, at_ms as i64])?;
         Ok(())
     }
 
@@ -472,7 +479,7 @@ impl Batch<'_> {
     pub fn set_queued(&mut self, id: u64) -> Result<(), rusqlite::Error> {
         self.tx
             .prepare_cached(
-                "UPDATE jobs SET state = 'Queued', tasker = NULL, slot = NULL, started_ms = NULL WHERE id = ?1",
+                "UPDATE jobs SET state = 'Queued', tasker = NULL, tasker_run = NULL, slot = NULL, started_ms = NULL WHERE id = ?1",
             )?
             .execute(params![id as i64])?;
         Ok(())
@@ -547,8 +554,8 @@ mod tests {
         assert_eq!(spec.env, env);
         assert_eq!(spec.log, "/home/u/berth-2.log");
         s.batch(|b| {
-            b.set_running(1, "t1", 0, 5)?;
-            b.set_running(2, "t1", 1, 5)?;
+            b.set_running(1, "t1", "r1", 0, 5)?;
+            b.set_running(2, "t1", "r1", 1, 5)?;
             b.set_ended(1, State::Done, Some(0), None, &[], 9)?;
             b.set_ended(
                 2,

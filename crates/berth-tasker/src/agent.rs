@@ -31,7 +31,8 @@ pub struct Agent {
     running: Mutex<HashMap<u64, (u32, Stop)>>,
     /// Ends not yet acknowledged by the server, repeated in every hello.
     unacked: Mutex<HashMap<u64, JobEnd>>,
-    fresh: std::sync::atomic::AtomicBool,
+    /// This process's random id, in every hello.
+    pub incarnation: String,
     /// None: offer every configuration that passes its checks; Some: only these.
     only: Mutex<Option<Vec<String>>>,
     report: Report,
@@ -80,10 +81,46 @@ impl Agent {
             extra,
             running: Mutex::new(HashMap::new()),
             unacked: Mutex::new(HashMap::new()),
-            fresh: std::sync::atomic::AtomicBool::new(true),
+            incarnation: incarnation(),
             only: Mutex::new(None),
             report,
         })
+    }
+
+    fn plain_dir(&self) -> PathBuf {
+        self.host.state_dir.join("plain")
+    }
+
+    /// Ends the jobs without a container that an earlier run of this tasker left running
+    /// (their process group, if the recorded pid still has its start time), and says so.
+    pub fn end_leftovers(&self, note: &mut dyn FnMut(String)) -> usize {
+        let Ok(entries) = std::fs::read_dir(self.plain_dir()) else {
+            return 0;
+        };
+        let mut n = 0;
+        for e in entries.flatten() {
+            let path = e.path();
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let mut w = text.split_whitespace().map(|x| x.parse::<u64>().ok());
+            if let (Some(Some(pid)), Some(Some(st))) = (w.next(), w.next()) {
+                let pid = pid as u32;
+                if berth_sys::start_time(pid) == Some(st) {
+                    berth_sys::kill_group(pid, libc::SIGTERM);
+                    let deadline = std::time::Instant::now() + self.grace;
+                    while berth_sys::group_alive(pid) && std::time::Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    berth_sys::kill_group(pid, libc::SIGKILL);
+                    note(format!(
+                        "job {}: ended its process group {pid}, left running by an earlier run of this tasker",
+                        e.file_name().to_string_lossy()
+                    ));
+                    n += 1;
+                }
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+        n
     }
 
     fn class_table(&self) -> PathBuf {
@@ -202,7 +239,7 @@ impl Agent {
             containers_refused: refused,
             running,
             ended,
-            fresh: self.fresh.swap(false, std::sync::atomic::Ordering::SeqCst),
+            incarnation: self.incarnation.clone(),
         }
     }
 
@@ -300,7 +337,18 @@ impl Agent {
             log: LogTarget::File(PathBuf::from(a.log)),
         };
         match containers.as_slice() {
-            [] => crate::plain::run(&job, self.grace, stop),
+            [] => {
+                // A record of the process, so that a tasker killed meanwhile ends it when
+                // it starts again, instead of leaving it running unwatched.
+                let rec = self.plain_dir().join(&job.id);
+                let out = crate::plain::run(&job, self.grace, stop, &mut |pid| {
+                    let st = berth_sys::start_time(pid).unwrap_or(0);
+                    let _ = std::fs::create_dir_all(self.plain_dir());
+                    let _ = std::fs::write(&rec, format!("{pid} {st}\n"));
+                });
+                let _ = std::fs::remove_file(&rec);
+                out
+            }
             [name] => match check::load(&self.containers_dir, name) {
                 Ok(cfg) => lifecycle::run(&self.host, &job, &cfg, stop),
                 Err(e) => failed(e.to_string()),
@@ -312,6 +360,13 @@ impl Agent {
             )),
         }
     }
+}
+
+fn incarnation() -> String {
+    use std::io::Read;
+    let mut raw = [0u8; 12];
+    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut raw));
+    raw.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn failed(why: String) -> Outcome {

@@ -9,8 +9,9 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// Runs a job that asks for no container, to its end.
-pub fn run(job: &Job, grace: Duration, stop: &Stop) -> Outcome {
+/// Runs a job that asks for no container, to its end. `on_start` gets the pid of its
+/// process (also its process group) once it runs.
+pub fn run(job: &Job, grace: Duration, stop: &Stop, on_start: &mut dyn FnMut(u32)) -> Outcome {
     let fail = |why: String| Outcome {
         end: End::NotRun,
         failure: Some(why),
@@ -73,6 +74,7 @@ pub fn run(job: &Job, grace: Duration, stop: &Stop) -> Outcome {
             };
         }
     };
+    on_start(child.id());
     let end = supervise(child.id(), None, grace, Some(stop), || child.wait());
     let (status, stopped) = match end {
         HookEnd::Exited(s) => (s, false),

@@ -316,6 +316,7 @@ pub fn make_agent(
         o.resources.clone().unwrap_or_default(),
         report,
     );
+    agent.end_leftovers(&mut |line| eprintln!("berth tasker {name}: {line}"));
     agent.watch();
     agent.set_containers(match o.containers.as_str() {
         "auto" => None,

@@ -613,3 +613,33 @@ fn the_tasker_class_table_is_read_again_when_it_changes() {
         "{res}"
     );
 }
+
+#[test]
+fn a_restarted_tasker_ends_the_plain_jobs_its_killed_run_left() {
+    need_root!();
+    let fx = Fixture::new();
+    let mut split = Split::start(&fx, "2");
+    let out = as_nobody(
+        &fx,
+        &["run", "--", "sh", "-c", "touch started; exec sleep 313"],
+    );
+    let job = stdout(&out).trim().to_string();
+    wait_until("the job to start", T, || fx.work.join("started").exists());
+    Split::kill9(&mut split.tasker);
+    let orphan = || {
+        let ps = Command::new("pgrep")
+            .args(["-u", "nobody", "-f", "sleep 313"])
+            .output()
+            .unwrap();
+        !stdout(&ps).trim().is_empty()
+    };
+    assert!(orphan(), "the job should outlive its killed tasker");
+    split.start_tasker("2");
+    wait_until("the orphaned job to be ended", T, || !orphan());
+    let out = fx.run(&["wait", "--timeout", "30", &job], T);
+    assert!(
+        stdout(&out).contains(&format!("{job} Failed: lost")),
+        "{}",
+        text(&out)
+    );
+}
