@@ -608,6 +608,32 @@ mod tests {
     }
 
     #[test]
+    fn a_version_1_store_is_migrated_with_its_jobs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("v1.db");
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(MIGRATIONS[0]).unwrap();
+        c.execute_batch(
+            "INSERT INTO envs(hash, data) VALUES (x'00', '[]');
+             INSERT INTO jobs(state, uid, gid, user, command, dir, env, submitted_ms, tasker)
+             VALUES ('Running', 1, 1, 'u', '[\"true\"]', '/', x'00', 1, 't1');
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        drop(c);
+        let s = Store::open(&path).unwrap();
+        let u = s.unfinished().unwrap();
+        assert_eq!(u.len(), 1);
+        assert_eq!(u[0].tasker.as_deref(), Some("t1"));
+        assert_eq!(u[0].tasker_run, None);
+        let v: i64 = s
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, MIGRATIONS.len() as i64);
+    }
+
+    #[test]
     fn a_newer_schema_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("c.db");
