@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use std::process::Stdio;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(120);
@@ -121,8 +120,8 @@ fn docker_wrapper_is_pid_1_reaps_orphans_and_forwards_signals() {
 
     // Stop in the middle: SIGTERM reaches the command through the wrapper, the job ends,
     // and the container is gone.
-    let child = fx
-        .berth(&[
+    let child = fx.spawn(
+        &[
             "container",
             "try",
             "--user",
@@ -134,11 +133,9 @@ fn docker_wrapper_is_pid_1_reaps_orphans_and_forwards_signals() {
             "sh",
             "-c",
             "trap 'echo job got TERM; exit 42' TERM; touch started; while :; do sleep 0.1; done",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        ],
+        false,
+    );
     wait_until("the job to start", T, || fx.work.join("started").exists());
     signal(&child, libc::SIGINT);
     let out = wait_output(child, T);
@@ -188,8 +185,8 @@ fn podman_split_stop_ends_the_command_inside() {
     fx.install_examples(&["podman-split"]);
     // podman exec passes no signal on: the teardown's removal of the container must end
     // the command, which here would otherwise tick forever.
-    let child = fx
-        .berth(&[
+    let child = fx.spawn(
+        &[
             "container",
             "try",
             "--user",
@@ -201,11 +198,9 @@ fn podman_split_stop_ends_the_command_inside() {
             "sh",
             "-c",
             "trap '' TERM; while :; do date +%s%N > tick; sleep 0.1; done",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        ],
+        false,
+    );
     wait_until("the job to tick", T, || fx.work.join("tick").exists());
     signal(&child, libc::SIGTERM);
     let out = wait_output(child, T);
@@ -273,8 +268,8 @@ fn podman_split_is_recovered_after_the_runner_is_killed() {
     need_root!();
     let fx = Fixture::new();
     fx.install_examples(&["podman-split"]);
-    let child = fx
-        .berth(&[
+    let child = fx.spawn(
+        &[
             "container",
             "try",
             "--user",
@@ -286,11 +281,9 @@ fn podman_split_is_recovered_after_the_runner_is_killed() {
             "sh",
             "-c",
             "touch started; sleep 300",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        ],
+        true,
+    );
     wait_until("the job to start", T, || fx.work.join("started").exists());
     signal(&child, libc::SIGKILL);
     wait_status(child, T);
@@ -315,8 +308,8 @@ fn docker_is_recovered_after_the_runner_is_killed() {
     need_root!();
     let fx = Fixture::new();
     fx.install_examples(&["docker"]);
-    let child = fx
-        .berth(&[
+    let child = fx.spawn(
+        &[
             "container",
             "try",
             "--user",
@@ -328,11 +321,9 @@ fn docker_is_recovered_after_the_runner_is_killed() {
             "sh",
             "-c",
             "touch started; sleep 300",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        ],
+        true,
+    );
     wait_until("the job to start", T, || fx.work.join("started").exists());
     signal(&child, libc::SIGKILL);
     wait_status(child, T);
@@ -401,8 +392,8 @@ fn bwrap_stop_ends_the_job() {
     need_root!();
     let fx = Fixture::new();
     fx.install_examples(&["bwrap"]);
-    let child = fx
-        .berth(&[
+    let child = fx.spawn(
+        &[
             "container",
             "try",
             "--user",
@@ -414,11 +405,9 @@ fn bwrap_stop_ends_the_job() {
             "sh",
             "-c",
             "trap 'echo job got TERM; exit 42' TERM; touch started; while :; do sleep 0.1; done",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        ],
+        false,
+    );
     wait_until("the job to start", T, || fx.work.join("started").exists());
     signal(&child, libc::SIGINT);
     let out = wait_output(child, T);

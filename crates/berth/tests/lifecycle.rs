@@ -489,12 +489,10 @@ fn stop_sends_sigterm_then_sigkill_to_the_enter_group_and_cleans_up() {
             t = t.display()
         ),
     );
-    let child = fx
-        .berth(&["container", "try", "--user", "nobody", "c1", "--", "true"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = fx.spawn(
+        &["container", "try", "--user", "nobody", "c1", "--", "true"],
+        false,
+    );
     wait_until("the job to start", T, || fx.work.join("started").exists());
     signal(&child, libc::SIGINT);
     let out = wait_output(child, T);
@@ -701,8 +699,8 @@ fn a_killed_try_is_recovered_by_the_next() {
         ),
     );
     let log = fx.work.join("job1.log");
-    let child = fx
-        .berth(&[
+    let child = fx.spawn(
+        &[
             "container",
             "try",
             "--user",
@@ -713,11 +711,9 @@ fn a_killed_try_is_recovered_by_the_next() {
             "--",
             "sleep",
             "300",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        ],
+        true,
+    );
     wait_until("the job to start", T, || fx.work.join("started").exists());
     signal(&child, libc::SIGKILL);
     wait_status(child, T);

@@ -120,6 +120,13 @@ impl Fixture {
         c
     }
 
+    /// Starts `berth ARGS...` with its output piped (for `wait_output`), or thrown away
+    /// (`quiet`, for a berth that will be killed and whose hooks would hold its pipes).
+    pub fn spawn(&self, args: &[&str], quiet: bool) -> Child {
+        let io = || if quiet { Stdio::null() } else { Stdio::piped() };
+        self.berth(args).stdout(io()).stderr(io()).spawn().unwrap()
+    }
+
     /// Runs `berth ARGS...` to its end, within `limit`.
     pub fn run(&self, args: &[&str], limit: Duration) -> Output {
         let mut c = self.berth(args);
