@@ -35,6 +35,8 @@ pub struct Agent {
     pub incarnation: String,
     /// None: offer every configuration that passes its checks; Some: only these.
     only: Mutex<Option<Vec<String>>>,
+    /// The plain-jobs record, one 64-byte line per slot.
+    plain: Mutex<Option<std::fs::File>>,
     report: Report,
 }
 
@@ -83,42 +85,67 @@ impl Agent {
             unacked: Mutex::new(HashMap::new()),
             incarnation: incarnation(),
             only: Mutex::new(None),
+            plain: Mutex::new(None),
             report,
         })
     }
 
-    fn plain_dir(&self) -> PathBuf {
-        self.host.state_dir.join("plain")
+    fn plain_file(&self) -> PathBuf {
+        self.host.state_dir.join("plain-jobs")
+    }
+
+    /// Writes slot `slot`'s line of the plain-jobs record: 64 bytes at a fixed place, one
+    /// pwrite into the page cache (the record matters while the machine stays up).
+    fn record_slot(&self, slot: u32, text: &str) {
+        use std::os::unix::fs::FileExt;
+        if let Some(f) = self.plain.lock().expect("lock").as_ref() {
+            let mut line = format!("{text:<63}").into_bytes();
+            line.truncate(63);
+            line.push(b'\n');
+            let _ = f.write_at(&line, slot as u64 * 64);
+        }
     }
 
     /// Ends the jobs without a container that an earlier run of this tasker left running
     /// (their process group, if the recorded pid still has its start time), and says so.
     pub fn end_leftovers(&self, note: &mut dyn FnMut(String)) -> usize {
-        let Ok(entries) = std::fs::read_dir(self.plain_dir()) else {
-            return 0;
-        };
+        let path = self.plain_file();
         let mut n = 0;
-        for e in entries.flatten() {
-            let path = e.path();
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            let mut w = text.split_whitespace().map(|x| x.parse::<u64>().ok());
-            if let (Some(Some(pid)), Some(Some(st))) = (w.next(), w.next()) {
-                let pid = pid as u32;
-                if berth_sys::start_time(pid) == Some(st) {
-                    berth_sys::kill_group(pid, libc::SIGTERM);
-                    let deadline = std::time::Instant::now() + self.grace;
-                    while berth_sys::group_alive(pid) && std::time::Instant::now() < deadline {
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    berth_sys::kill_group(pid, libc::SIGKILL);
-                    note(format!(
-                        "job {}: ended its process group {pid}, left running by an earlier run of this tasker",
-                        e.file_name().to_string_lossy()
-                    ));
-                    n += 1;
+        for line in std::fs::read_to_string(&path).unwrap_or_default().lines() {
+            let mut w = line.split_whitespace().map(|x| x.parse::<u64>().ok());
+            let (Some(Some(job)), Some(Some(pid)), Some(Some(st))) = (w.next(), w.next(), w.next())
+            else {
+                continue;
+            };
+            let pid = pid as u32;
+            if berth_sys::start_time(pid) == Some(st) {
+                berth_sys::kill_group(pid, libc::SIGTERM);
+                let deadline = std::time::Instant::now() + self.grace;
+                while berth_sys::group_alive(pid) && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
                 }
+                berth_sys::kill_group(pid, libc::SIGKILL);
+                note(format!(
+                    "job {job}: ended its process group {pid}, left running by an earlier run of this tasker"
+                ));
+                n += 1;
             }
-            let _ = std::fs::remove_file(&path);
+        }
+        let opened = std::fs::create_dir_all(&self.host.state_dir).and_then(|_| {
+            let f = std::fs::File::options()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)?;
+            f.set_len(self.slots as u64 * 64)?;
+            Ok(f)
+        });
+        match opened {
+            Ok(f) => *self.plain.lock().expect("lock") = Some(f),
+            Err(e) => note(format!(
+                "{}: {e}; jobs without a container are not recorded",
+                path.display()
+            )),
         }
         n
     }
@@ -339,14 +366,13 @@ impl Agent {
         match containers.as_slice() {
             [] => {
                 // A record of the process, so that a tasker killed meanwhile ends it when
-                // it starts again, instead of leaving it running unwatched.
-                let rec = self.plain_dir().join(&job.id);
+                // it starts again, instead of leaving it running unwatched. One file per
+                // slot, rewritten in place: no file is made or removed per job.
                 let out = crate::plain::run(&job, self.grace, stop, &mut |pid| {
                     let st = berth_sys::start_time(pid).unwrap_or(0);
-                    let _ = std::fs::create_dir_all(self.plain_dir());
-                    let _ = std::fs::write(&rec, format!("{pid} {st}\n"));
+                    self.record_slot(job.slot, &format!("{} {pid} {st}", job.id));
                 });
-                let _ = std::fs::remove_file(&rec);
+                self.record_slot(job.slot, "");
                 out
             }
             [name] => match check::load(&self.containers_dir, name) {
