@@ -144,13 +144,19 @@ fn route(req: &Request, caller: &Caller, h: &Handle) -> (u16, Vec<u8>) {
                 .and_then(|t| t.parse::<u64>().ok())
                 .unwrap_or(30)
                 .min(3600);
+            static TOKENS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+            let token = TOKENS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let (tx, rx) = mpsc::channel();
-            if !h.send(Event::Wait(id, tx)) {
+            if !h.send(Event::Wait(id, token, tx)) {
                 return (503, error_body("the server is shutting down"));
             }
             match rx.recv_timeout(Duration::from_secs(timeout)) {
                 Ok(r) => json(r),
-                Err(_) => json(h.ask(|r| Event::Info(id, r))),
+                Err(_) => {
+                    // Withdraw the waiter, or a long wait would leave one per poll.
+                    h.send(Event::Unwait(id, token));
+                    json(h.ask(|r| Event::Info(id, r)))
+                }
             }
         }
         ("POST", ["v1", "jobs", id, "stop"]) => match id.parse() {

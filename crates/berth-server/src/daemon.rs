@@ -50,7 +50,9 @@ pub enum Event {
     /// One job, with why it waits.
     Info(u64, Reply<JobView>),
     /// Answer when the job is over.
-    Wait(u64, Reply<JobView>),
+    Wait(u64, u64, Reply<JobView>),
+    /// The waiter of that job with that token gave up (its poll timed out).
+    Unwait(u64, u64),
     /// Stop a job.
     Stop(Caller, u64, Reply<String>),
     /// The taskers.
@@ -124,7 +126,7 @@ pub struct Server {
     rx: Receiver<Event>,
     taskers: HashMap<String, TaskerEntry>,
     pending_links: HashMap<String, Box<dyn TaskerLink>>,
-    waiters: HashMap<u64, Vec<Reply<JobView>>>,
+    waiters: HashMap<u64, Vec<(u64, Reply<JobView>)>>,
     unfinished: HashMap<u64, Meta>,
     /// Jobs recorded as Running, and where.
     running_on: HashMap<u64, String>,
@@ -622,7 +624,7 @@ impl Server {
         for id in finals {
             if let Some(ws) = self.waiters.remove(id) {
                 if let Some(v) = self.view(*id) {
-                    for w in ws {
+                    for (_, w) in ws {
                         let _ = w.send(Ok(v.clone()));
                     }
                 }
@@ -638,14 +640,22 @@ impl Server {
             Event::Info(id, reply) => {
                 let _ = reply.send(self.view(id).ok_or_else(|| format!("no job {id}")));
             }
-            Event::Wait(id, reply) => match self.view(id) {
+            Event::Unwait(id, token) => {
+                if let Some(ws) = self.waiters.get_mut(&id) {
+                    ws.retain(|(t, _)| *t != token);
+                    if ws.is_empty() {
+                        self.waiters.remove(&id);
+                    }
+                }
+            }
+            Event::Wait(id, token, reply) => match self.view(id) {
                 None => {
                     let _ = reply.send(Err(format!("no job {id}")));
                 }
                 Some(v) if v.state.is_final() => {
                     let _ = reply.send(Ok(v));
                 }
-                Some(_) => self.waiters.entry(id).or_default().push(reply),
+                Some(_) => self.waiters.entry(id).or_default().push((token, reply)),
             },
             Event::Taskers(reply) => {
                 let mut out: Vec<TaskerView> = self

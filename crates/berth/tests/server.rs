@@ -33,6 +33,16 @@ impl Up {
         wait_until("the server's socket", T, || {
             std::os::unix::net::UnixStream::connect(&sock).is_ok()
         });
+        // The socket answers before the embedded tasker has said hello.
+        let swd = fx.swd.clone();
+        wait_until("the embedded tasker", T, || {
+            let out = Command::new(berth())
+                .args(["taskers", "--json"])
+                .env("BERTH_SWD", &swd)
+                .output()
+                .unwrap();
+            stdout(&out).contains("\"slots\"")
+        });
         Up {
             child: Some(child),
             swd: fx.swd.clone(),

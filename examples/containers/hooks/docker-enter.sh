@@ -1,7 +1,8 @@
 #!/bin/sh
 # berth example `docker`: one all-in-one enter hook, in the documented style.
 # Runs as root. "$@" is WRAPPER CMD ARGS...: the job runs in a fresh container, as its
-# owner's uid, with the job's limits, and the container is removed when it ends (--rm).
+# owner's uid, with the job's limits, and the container is removed when it ends (--rm,
+# and a final rm for a container that a stop caught half-started).
 # ENGINE may be podman, which takes the same flags.
 set -eu
 
@@ -45,4 +46,21 @@ while [ "$i" -lt "$n" ]; do
     shift
     i=$((i + 1))
 done
-exec "$ENGINE" "$@"
+# The engine runs in the background so that a stop reaches the container by its name:
+# `run` passes signals on only once its own signal proxy is up, and a stop can come
+# sooner. Whatever happens, the container is removed on the way out.
+"$ENGINE" "$@" &
+engine=$!
+stop() {
+    "$ENGINE" kill --signal TERM "$name" >/dev/null 2>&1 || kill -TERM "$engine" 2>/dev/null
+}
+trap stop TERM INT HUP
+status=0
+wait "$engine" || status=$?
+# A trapped signal ends `wait` early: wait again until the engine is really done.
+while kill -0 "$engine" 2>/dev/null; do
+    status=0
+    wait "$engine" || status=$?
+done
+"$ENGINE" rm --force "$name" >/dev/null 2>&1 || true
+exit "$status"
