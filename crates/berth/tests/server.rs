@@ -653,3 +653,55 @@ fn a_restarted_tasker_ends_the_plain_jobs_its_killed_run_left() {
         text(&out)
     );
 }
+
+#[test]
+fn getlog_and_list_filters() {
+    need_root!();
+    let fx = Fixture::new();
+    let _up = Up::start(&fx, &["--slots", "2"]);
+    let out = as_nobody(
+        &fx,
+        &[
+            "run",
+            "-J",
+            "slow",
+            "--",
+            "sh",
+            "-c",
+            "echo one; sleep 0.5; echo two",
+        ],
+    );
+    let job = stdout(&out).trim().to_string();
+    // -f follows the log until the job ends
+    let mut c = fx.berth(&["getlog", "-f", &job]);
+    c.uid(NOBODY).gid(NOBODY);
+    let out = output_within(&mut c, T);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(stdout(&out), "one\ntwo\n");
+    let out = as_nobody(&fx, &["run", "-w", "-J", "other", "--", "true"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let ids = |args: &[&str]| -> Vec<u64> {
+        let mut a = vec!["list", "--json"];
+        a.extend_from_slice(args);
+        let out = fx.run(&a, T);
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(ids(&["--name", "slow"]), [1]);
+    assert_eq!(ids(&["--user", "nobody"]), [2, 1]);
+    assert_eq!(ids(&["--user", "root"]), Vec::<u64>::new());
+    assert_eq!(ids(&["--state", "Done"]), [2, 1]);
+    let out = fx.run(&["list", "--state", "Sleeping"], T);
+    assert!(
+        stderr(&out).contains("unknown state \"Sleeping\""),
+        "{}",
+        text(&out)
+    );
+    let out = fx.run(&["getlog", "99"], T);
+    assert!(stderr(&out).contains("no job 99"), "{}", text(&out));
+}
