@@ -1,6 +1,8 @@
-//! Taskers join over TCP: JSON lines. The server sends a nonce; the tasker answers with
-//! HMAC-SHA256(cluster secret, nonce) and its messages; the secret itself never crosses
-//! the network. Then the server sends `ToTasker` lines and the tasker `FromTasker` lines.
+//! Taskers join over TCP: JSON lines. Each side proves it holds the cluster secret without
+//! sending it: the server sends a nonce, the tasker answers HMAC(secret, "tasker:" nonce)
+//! with a nonce of its own, and the server answers HMAC(secret, "server:" that nonce). A
+//! tasker never takes jobs from a server that cannot prove it, since a job names the uid
+//! it runs as. Then the server sends `ToTasker` lines and the tasker `FromTasker` lines.
 
 use crate::daemon::{Event, Handle, TaskerLink};
 use berth_proto::{FromTasker, ToTasker};
@@ -20,13 +22,18 @@ const MAX_LINE: u64 = 64 * 1024 * 1024;
 pub struct Auth {
     /// The tasker's name.
     pub name: String,
-    /// hex(HMAC-SHA256(secret, nonce)).
+    /// hex(HMAC-SHA256(secret, "tasker:" nonce)).
     pub mac: String,
+    /// The tasker's nonce, for the server's proof.
+    pub nonce: String,
 }
 
-/// hex(HMAC-SHA256(secret, nonce)).
-pub fn mac(secret: &[u8], nonce: &str) -> String {
+/// hex(HMAC-SHA256(secret, ROLE ":" nonce)); the role keeps one side's proof from being
+/// replayed as the other's.
+pub fn mac(secret: &[u8], role: &str, nonce: &str) -> String {
     let mut m = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("hmac takes any key");
+    m.update(role.as_bytes());
+    m.update(b":");
     m.update(nonce.as_bytes());
     hex::encode(m.finalize().into_bytes())
 }
@@ -82,7 +89,8 @@ impl TaskerLink for TcpLink {
     }
 }
 
-fn nonce() -> String {
+/// 128 random bits, in hex.
+pub fn nonce() -> String {
     let mut raw = [0u8; 16];
     let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut raw));
     hex::encode(raw)
@@ -114,7 +122,7 @@ fn tasker_conn(conn: TcpStream, handle: &Handle, secret: &[u8]) -> io::Result<()
     (&mut r).take(4096).read_line(&mut line)?;
     let auth: Auth =
         serde_json::from_str(&line).map_err(|e| io::Error::other(format!("bad greeting: {e}")))?;
-    if !constant_eq(auth.mac.as_bytes(), mac(secret, &n).as_bytes()) {
+    if !constant_eq(auth.mac.as_bytes(), mac(secret, "tasker", &n).as_bytes()) {
         let _ = w.write_all(b"{\"error\":\"wrong cluster secret\"}\n");
         return Err(io::Error::other(format!(
             "tasker {:?}: wrong cluster secret; refused",
@@ -133,7 +141,14 @@ fn tasker_conn(conn: TcpStream, handle: &Handle, secret: &[u8]) -> io::Result<()
             auth.name
         )));
     }
-    w.write_all(b"{\"ok\":true}\n")?;
+    if auth.nonce.len() < 16 {
+        return Err(io::Error::other(format!(
+            "tasker {:?}: no nonce of its own",
+            auth.name
+        )));
+    }
+    let proof = mac(secret, "server", &auth.nonce);
+    w.write_all(format!("{}\n", serde_json::json!({ "ok": true, "mac": proof })).as_bytes())?;
     conn.set_read_timeout(None)?;
     let name = auth.name;
     let serial = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

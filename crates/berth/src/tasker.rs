@@ -5,7 +5,7 @@
 use crate::up::{make_agent, AgentOpts};
 use anyhow::{bail, Context, Result};
 use berth_proto::{FromTasker, ToTasker};
-use berth_server::tcp::{mac, Auth};
+use berth_server::tcp::{mac, nonce as new_nonce, Auth};
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -126,9 +126,11 @@ fn session(
         .context("no nonce in the server's greeting")?
         .to_string();
     let mut w = conn.try_clone()?;
+    let mine = new_nonce();
     let auth = Auth {
         name: name.to_string(),
-        mac: mac(secret, &nonce),
+        mac: mac(secret, "tasker", &nonce),
+        nonce: mine.clone(),
     };
     w.write_all(format!("{}\n", serde_json::to_string(&auth)?).as_bytes())?;
     line.clear();
@@ -138,6 +140,13 @@ fn session(
         bail!(
             "the server refused this tasker: {}",
             ok["error"].as_str().unwrap_or(line.trim())
+        );
+    }
+    // The server must prove it holds the secret too: jobs name the uid they run as.
+    if ok["mac"].as_str() != Some(mac(secret, "server", &mine).as_str()) {
+        bail!(
+            "the server at {} did not prove it holds the cluster secret (wrong cluster secret, or not a berth server); refusing its jobs",
+            conn.peer_addr().map(|a| a.to_string()).unwrap_or_default()
         );
     }
     // Ends kept while away go first, then the hello that lists what still runs.

@@ -705,3 +705,43 @@ fn getlog_and_list_filters() {
     let out = fx.run(&["getlog", "99"], T);
     assert!(stderr(&out).contains("no job 99"), "{}", text(&out));
 }
+
+#[test]
+fn a_tasker_takes_no_job_from_a_server_that_cannot_prove_the_secret() {
+    need_root!();
+    use std::io::{BufRead, BufReader, Write};
+    let fx = Fixture::new();
+    std::fs::write(fx.swd.join("cluster.secret"), "the real secret").unwrap();
+    chmod(&fx.swd.join("cluster.secret"), 0o600);
+    let fake = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = fake.local_addr().unwrap().to_string();
+    let marker = fx.work.join("pwned");
+    let job = format!(
+        "{{\"Run\":{{\"job\":1,\"slot\":0,\"uid\":65534,\"gid\":65534,\"user\":\"nobody\",\"command\":[\"touch\",\"{}\"],\"dir\":\"/\",\"env\":[],\"resources\":null,\"log\":\"/dev/null\"}}}}\n",
+        marker.display()
+    );
+    let server = std::thread::spawn(move || {
+        let (conn, _) = fake.accept().unwrap();
+        let mut w = conn.try_clone().unwrap();
+        w.write_all(b"{\"nonce\":\"00112233445566778899aabbccddeeff\"}\n")
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(conn).read_line(&mut line).unwrap();
+        // Accept without proving anything, then hand over a job.
+        let _ = w.write_all(b"{\"ok\":true}\n");
+        let _ = w.write_all(job.as_bytes());
+    });
+    let out = fx.run(&["tasker", "--name", "t9", "--server", &addr], T);
+    server.join().unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("did not prove it holds the cluster secret"),
+        "{}",
+        text(&out)
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !marker.exists(),
+        "the tasker ran a job from an unproven server"
+    );
+}
