@@ -2,7 +2,8 @@
 //! sending it: the server sends a nonce, the tasker answers HMAC(secret, "tasker:" nonce)
 //! with a nonce of its own, and the server answers HMAC(secret, "server:" that nonce). A
 //! tasker never takes jobs from a server that cannot prove it, since a job names the uid
-//! it runs as. Then the server sends `ToTasker` lines and the tasker `FromTasker` lines.
+//! it runs as. Then the server sends `ToTasker` lines and the tasker `FromTasker` lines,
+//! each framed with a MAC under the session's key (see [`frame`]).
 
 use crate::daemon::{Event, Handle, TaskerLink};
 use berth_proto::{FromTasker, ToTasker};
@@ -38,6 +39,35 @@ pub fn mac(secret: &[u8], role: &str, nonce: &str) -> String {
     hex::encode(m.finalize().into_bytes())
 }
 
+/// The key of one connection: HMAC(secret, "session:" server nonce ":" tasker nonce).
+pub fn session_key(secret: &[u8], server_nonce: &str, tasker_nonce: &str) -> Vec<u8> {
+    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("hmac takes any key");
+    m.update(b"session:");
+    m.update(server_nonce.as_bytes());
+    m.update(b":");
+    m.update(tasker_nonce.as_bytes());
+    m.finalize().into_bytes().to_vec()
+}
+
+fn line_mac(key: &[u8], dir: &str, seq: u64, body: &str) -> String {
+    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("hmac takes any key");
+    m.update(format!("{dir}:{seq}:").as_bytes());
+    m.update(body.as_bytes());
+    hex::encode(m.finalize().into_bytes())
+}
+
+/// One line of a session: `MAC JSON`, the MAC over the direction ("s2t" or "t2s"), the
+/// line's sequence number in that direction, and the JSON.
+pub fn frame(key: &[u8], dir: &str, seq: u64, body: &str) -> String {
+    format!("{} {body}\n", line_mac(key, dir, seq, body))
+}
+
+/// The JSON of a framed line, if its MAC holds for this direction and sequence number.
+pub fn unframe<'a>(key: &[u8], dir: &str, seq: u64, line: &'a str) -> Option<&'a str> {
+    let (mac, body) = line.trim_end_matches(['\n', '\r']).split_once(' ')?;
+    constant_eq(mac.as_bytes(), line_mac(key, dir, seq, body).as_bytes()).then_some(body)
+}
+
 /// Reads the cluster secret, making one (mode 0600) if there is none.
 pub fn cluster_secret(swd: &Path) -> io::Result<Vec<u8>> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -70,7 +100,9 @@ pub fn cluster_secret(swd: &Path) -> io::Result<Vec<u8>> {
     }
 }
 
-struct TcpLink(Mutex<TcpStream>, u64);
+/// The server's end of a session: the stream and the next sequence number, the link's
+/// serial, the session key.
+struct TcpLink(Mutex<(TcpStream, u64)>, u64, Vec<u8>);
 
 static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -80,12 +112,14 @@ impl TaskerLink for TcpLink {
     }
 
     fn send(&self, m: ToTasker) -> bool {
-        let mut line = serde_json::to_vec(&m).unwrap_or_default();
-        line.push(b'\n');
-        self.0
-            .lock()
-            .map(|mut s| s.write_all(&line).is_ok())
-            .unwrap_or(false)
+        let body = serde_json::to_string(&m).unwrap_or_default();
+        let Ok(mut g) = self.0.lock() else {
+            return false;
+        };
+        let (stream, seq) = &mut *g;
+        let line = frame(&self.2, "s2t", *seq, &body);
+        *seq += 1;
+        stream.write_all(line.as_bytes()).is_ok()
     }
 }
 
@@ -152,17 +186,24 @@ fn tasker_conn(conn: TcpStream, handle: &Handle, secret: &[u8]) -> io::Result<()
     conn.set_read_timeout(None)?;
     let name = auth.name;
     let serial = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let key = session_key(secret, &n, &auth.nonce);
     handle.send(Event::Connect(
         name.clone(),
-        Box::new(TcpLink(Mutex::new(w), serial)),
+        Box::new(TcpLink(Mutex::new((w, 0)), serial, key.clone())),
     ));
+    let mut seq = 0u64;
     loop {
         line.clear();
-        let n = (&mut r).take(MAX_LINE).read_line(&mut line)?;
-        if n == 0 {
+        let got = (&mut r).take(MAX_LINE).read_line(&mut line)?;
+        if got == 0 {
             break;
         }
-        match serde_json::from_str::<FromTasker>(&line) {
+        let Some(body) = unframe(&key, "t2s", seq, &line) else {
+            eprintln!("berth server: tasker {name}: a message whose MAC does not hold; closing the connection");
+            break;
+        };
+        seq += 1;
+        match serde_json::from_str::<FromTasker>(body) {
             Ok(m) => {
                 handle.send(Event::Tasker(name.clone(), m));
             }
@@ -178,4 +219,36 @@ fn tasker_conn(conn: TcpStream, handle: &Handle, secret: &[u8]) -> io::Result<()
 
 fn constant_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |x, (p, q)| x | (p ^ q)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_hold_only_for_their_key_direction_and_place() {
+        let k = session_key(b"secret", "n1", "n2");
+        let line = frame(&k, "s2t", 0, "{\"Stop\":1}");
+        assert_eq!(unframe(&k, "s2t", 0, &line), Some("{\"Stop\":1}"));
+        assert_eq!(
+            unframe(&k, "s2t", 1, &line),
+            None,
+            "replayed at another place"
+        );
+        assert_eq!(
+            unframe(&k, "t2s", 0, &line),
+            None,
+            "reflected to the other side"
+        );
+        let other = session_key(b"secret", "n1", "n3");
+        assert_eq!(
+            unframe(&other, "s2t", 0, &line),
+            None,
+            "from another session"
+        );
+        let forged = line.replace("{\"Stop\":1}", "{\"Stop\":2}");
+        assert_eq!(unframe(&k, "s2t", 0, &forged), None, "altered");
+        assert_eq!(unframe(&k, "s2t", 0, "{\"Stop\":1}\n"), None, "no MAC");
+        assert_ne!(mac(b"s", "tasker", "n"), mac(b"s", "server", "n"));
+    }
 }

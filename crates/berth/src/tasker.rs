@@ -5,7 +5,7 @@
 use crate::up::{make_agent, AgentOpts};
 use anyhow::{bail, Context, Result};
 use berth_proto::{FromTasker, ToTasker};
-use berth_server::tcp::{mac, nonce as new_nonce, Auth};
+use berth_server::tcp::{frame, mac, nonce as new_nonce, session_key, unframe, Auth};
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -149,13 +149,16 @@ fn session(
             conn.peer_addr().map(|a| a.to_string()).unwrap_or_default()
         );
     }
+    let key = session_key(secret, &nonce, &mine);
     // Ends kept while away go first, then the hello that lists what still runs.
     outbox.push(agent.hello());
     let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let writer = {
         let outbox = outbox.clone();
         let alive = alive.clone();
+        let key = key.clone();
         std::thread::spawn(move || {
+            let mut seq = 0u64;
             while alive.load(std::sync::atomic::Ordering::SeqCst) {
                 let m = {
                     let mut q = outbox.q.lock().expect("lock");
@@ -171,9 +174,10 @@ fn session(
                         None => continue,
                     }
                 };
-                let mut text = serde_json::to_vec(&m).unwrap_or_default();
-                text.push(b'\n');
-                if w.write_all(&text).is_err() {
+                let body = serde_json::to_string(&m).unwrap_or_default();
+                let text = frame(&key, "t2s", seq, &body);
+                seq += 1;
+                if w.write_all(text.as_bytes()).is_err() {
                     // A hello is stale on the next connection; an end is kept.
                     if matches!(m, FromTasker::Ended(_)) {
                         outbox.q.lock().expect("lock").push_front(m);
@@ -183,14 +187,22 @@ fn session(
             }
         })
     };
+    let mut seq = 0u64;
     loop {
         line.clear();
         match r.read_line(&mut line) {
             Ok(0) | Err(_) => break,
-            Ok(_) => match serde_json::from_str::<ToTasker>(&line) {
-                Ok(m) => agent.handle(m),
-                Err(e) => eprintln!("berth tasker {name}: bad message from the server: {e}"),
-            },
+            Ok(_) => {
+                let Some(body) = unframe(&key, "s2t", seq, &line) else {
+                    eprintln!("berth tasker {name}: a message from the server whose MAC does not hold; closing the connection");
+                    break;
+                };
+                seq += 1;
+                match serde_json::from_str::<ToTasker>(body) {
+                    Ok(m) => agent.handle(m),
+                    Err(e) => eprintln!("berth tasker {name}: bad message from the server: {e}"),
+                }
+            }
         }
     }
     alive.store(false, std::sync::atomic::Ordering::SeqCst);
