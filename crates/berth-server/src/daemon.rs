@@ -804,3 +804,180 @@ fn validate(req: &SubmitRequest) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_proto::Submit;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    #[derive(Clone, Default)]
+    struct Fake(Arc<Mutex<Vec<ToTasker>>>);
+
+    impl TaskerLink for Fake {
+        fn send(&self, m: ToTasker) -> bool {
+            self.0.lock().unwrap().push(m);
+            true
+        }
+    }
+
+    impl Fake {
+        fn runs(&self) -> Vec<u64> {
+            self.0
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|m| match m {
+                    ToTasker::Run(a) => Some(a.job),
+                    _ => None,
+                })
+                .collect()
+        }
+        fn acks(&self) -> Vec<u64> {
+            self.0
+                .lock()
+                .unwrap()
+                .iter()
+                .flat_map(|m| match m {
+                    ToTasker::Ack(v) => v.clone(),
+                    _ => vec![],
+                })
+                .collect()
+        }
+    }
+
+    fn start(path: &std::path::Path) -> (Handle, std::thread::JoinHandle<()>) {
+        let (s, h) = Server::open(Store::open(path).unwrap()).unwrap();
+        (h, std::thread::spawn(move || s.run()))
+    }
+
+    fn hello(
+        h: &Handle,
+        link: &Fake,
+        incarnation: &str,
+        running: Vec<(u64, u32)>,
+        ended: Vec<JobEnd>,
+    ) {
+        h.send(Event::Connect("t1".into(), Box::new(link.clone())));
+        h.send(Event::Tasker(
+            "t1".into(),
+            FromTasker::Hello {
+                name: "t1".into(),
+                host: "h".into(),
+                resources: "CORES/2 SLOTS/2".into(),
+                slots: 2,
+                containers_refused: vec![],
+                running,
+                ended,
+                incarnation: incarnation.into(),
+            },
+        ));
+    }
+
+    fn caller() -> Caller {
+        Caller {
+            uid: 1000,
+            gid: 1000,
+            user: "u".into(),
+            admin: false,
+        }
+    }
+
+    fn submit(h: &Handle) -> u64 {
+        let job = Submit {
+            command: vec!["true".into()],
+            dir: "/tmp".into(),
+            env: vec![],
+            resources: None,
+            name: None,
+            log: None,
+            priority: 0,
+        };
+        h.ask(|r| {
+            Event::Submit(
+                caller(),
+                SubmitRequest {
+                    jobs: vec![job],
+                    array: None,
+                },
+                r,
+            )
+        })
+        .unwrap()
+        .ids[0]
+    }
+
+    fn until(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn state(h: &Handle, id: u64) -> JobView {
+        h.ask(|r| Event::Info(id, r)).unwrap()
+    }
+
+    #[test]
+    fn ends_are_recorded_once_and_acknowledged() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (h, actor) = start(&tmp.path().join("b.db"));
+        let link = Fake::default();
+        hello(&h, &link, "a", vec![], vec![]);
+        let id = submit(&h);
+        until("the run", || link.runs() == [id]);
+        let end = JobEnd {
+            job: id,
+            exit_code: Some(0),
+            failure: None,
+            hook_failures: vec![],
+        };
+        h.send(Event::Tasker("t1".into(), FromTasker::Ended(end.clone())));
+        until("the ack", || link.acks() == [id]);
+        assert_eq!(state(&h, id).state, State::Done);
+        // The same end again (as in a later hello) changes nothing, and is acknowledged.
+        h.send(Event::Tasker("t1".into(), FromTasker::Ended(end)));
+        until("the second ack", || link.acks() == [id, id]);
+        assert_eq!(state(&h, id).state, State::Done);
+        h.send(Event::Shutdown);
+        actor.join().unwrap();
+    }
+
+    #[test]
+    fn after_a_server_restart_undelivered_starts_queue_again_and_a_new_tasker_loses_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("b.db");
+        let (h, actor) = start(&path);
+        let first = Fake::default();
+        hello(&h, &first, "a", vec![], vec![]);
+        let j1 = submit(&h);
+        let j2 = submit(&h);
+        until("both runs", || first.runs().len() == 2);
+        h.send(Event::Shutdown);
+        actor.join().unwrap();
+
+        // The same tasker process comes back: it runs j1, never got j2.
+        let (h, actor) = start(&path);
+        let second = Fake::default();
+        hello(&h, &second, "a", vec![(j1, 0)], vec![]);
+        until("j2 sent again", || second.runs() == [j2]);
+        assert_eq!(state(&h, j1).state, State::Running);
+        h.send(Event::Shutdown);
+        actor.join().unwrap();
+
+        // A new tasker process: what it does not run is lost, never run again.
+        let (h, actor) = start(&path);
+        let third = Fake::default();
+        hello(&h, &third, "b", vec![], vec![]);
+        until("both lost", || {
+            [j1, j2]
+                .iter()
+                .all(|j| state(&h, *j).reason.as_deref() == Some("lost"))
+        });
+        assert!(third.runs().is_empty());
+        h.send(Event::Shutdown);
+        actor.join().unwrap();
+    }
+}
