@@ -18,7 +18,6 @@ type Key = (Reverse<i32>, u64);
 
 struct Class {
     request: Arc<Expr>,
-    text: Option<String>,
     queue: BTreeSet<Key>,
 }
 
@@ -96,7 +95,6 @@ impl Core {
         let request = Arc::new(Core::parse_request(text)?);
         self.classes.push(Class {
             request,
-            text: key.clone(),
             queue: BTreeSet::new(),
         });
         let c = self.classes.len() - 1;
@@ -120,11 +118,6 @@ impl Core {
     /// How many jobs wait, and how many run.
     pub fn counts(&self) -> (usize, usize) {
         (self.queued.len(), self.running.len())
-    }
-
-    /// Whether job `id` is queued.
-    pub fn is_queued(&self, id: u64) -> bool {
-        self.queued.contains_key(&id)
     }
 
     /// A tasker joins (or joins again with new resources). Its slots start empty.
@@ -329,15 +322,6 @@ impl Core {
                     .join(", ")
             ))
         }
-    }
-
-    /// The request texts with jobs queued, and how many each.
-    pub fn queued_classes(&self) -> Vec<(Option<String>, usize)> {
-        self.classes
-            .iter()
-            .filter(|c| !c.queue.is_empty())
-            .map(|c| (c.text.clone(), c.queue.len()))
-            .collect()
     }
 }
 

@@ -8,7 +8,7 @@
 
 use crate::core::{Core, StopWhat};
 use berth_proto::{
-    Assignment, FromTasker, JobEnd, JobView, State, SubmitRequest, Submitted, TaskerView, ToTasker,
+    FromTasker, JobEnd, JobView, State, SubmitRequest, Submitted, TaskerView, ToTasker,
 };
 use berth_resources::Offer;
 use berth_store::{Filter, NewJob, Store, StoreError};
@@ -734,29 +734,19 @@ impl Server {
             return;
         }
         let mut failed = Vec::new();
-        for (d, spec) in ready {
+        for (d, mut a) in ready {
             self.running_on.insert(d.job, d.tasker.clone());
             if let Some(tk) = self.taskers.get(&d.tasker) {
                 self.sent_to.insert(d.job, tk.incarnation.clone());
             }
-            let a = Assignment {
-                job: d.job,
-                slot: d.slot,
-                uid: spec.uid,
-                gid: spec.gid,
-                user: spec.user,
-                command: spec.command,
-                dir: spec.dir,
-                env: spec.env,
-                resources: spec.resources.clone(),
-                log: spec.log,
-            };
+            a.slot = d.slot;
+            let resources = a.resources.clone();
             let sent = self
                 .taskers
                 .get(&d.tasker)
                 .is_some_and(|tk| tk.link.send(ToTasker::Run(a)));
             if !sent {
-                failed.push((d, spec.resources));
+                failed.push((d, resources));
             }
         }
         if !failed.is_empty() {

@@ -6,7 +6,7 @@
 //! everything that happened since its last commit into one transaction, so one fsync
 //! serves many jobs.
 
-use berth_proto::{JobView, State};
+use berth_proto::{Assignment, JobView, State};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use std::path::{Path, PathBuf};
 
@@ -133,29 +133,6 @@ pub struct Unfinished {
     pub tasker_run: Option<String>,
 }
 
-/// What a tasker needs to run a job.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunSpec {
-    /// Id.
-    pub id: u64,
-    /// Owner.
-    pub uid: u32,
-    /// Gid.
-    pub gid: u32,
-    /// Login name.
-    pub user: String,
-    /// Command line.
-    pub command: Vec<String>,
-    /// Directory.
-    pub dir: String,
-    /// Environment.
-    pub env: Vec<(String, String)>,
-    /// Request.
-    pub resources: Option<String>,
-    /// Log file.
-    pub log: String,
-}
-
 /// Filters for [`Store::list`].
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
@@ -277,8 +254,8 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(self.err())
     }
 
-    /// What a tasker needs to run job `id`.
-    pub fn run_spec(&self, id: u64) -> Result<Option<RunSpec>, StoreError> {
+    /// What a tasker needs to run job `id`, with slot 0: the dispatcher sets the slot.
+    pub fn run_spec(&self, id: u64) -> Result<Option<Assignment>, StoreError> {
         let row = self
             .conn
             .query_row(
@@ -313,8 +290,9 @@ impl Store {
         let env: Vec<(String, String)> =
             serde_json::from_str(&env).map_err(|e| corrupt(format!("environment: {e}")))?;
         let log = log.unwrap_or_else(|| default_log(&dir, id));
-        Ok(Some(RunSpec {
-            id,
+        Ok(Some(Assignment {
+            job: id,
+            slot: 0,
             uid,
             gid,
             user,

@@ -400,7 +400,6 @@ fn failed(why: String) -> Outcome {
         end: End::NotRun,
         failure: Some(why),
         after_failures: Vec::new(),
-        wrapper_reported: false,
     }
 }
 

@@ -107,8 +107,6 @@ pub struct Outcome {
     pub failure: Option<String>,
     /// Cleanup or teardown failures: recorded, but they do not change the job's status.
     pub after_failures: Vec<String>,
-    /// Whether the wrapper reported the command's own status.
-    pub wrapper_reported: bool,
 }
 
 impl Outcome {
@@ -126,7 +124,6 @@ impl Outcome {
             end: End::NotRun,
             failure: Some(why),
             after_failures: Vec::new(),
-            wrapper_reported: false,
         }
     }
 }
@@ -642,7 +639,6 @@ fn run_with_sink(host: &Host, job: &Job, cfg: &Config, stop: &Stop, sink: &Arc<S
         end: End::NotRun,
         failure: None,
         after_failures: Vec::new(),
-        wrapper_reported: false,
     };
     let setup_ok = match checked.iter().find(|c| c.hook.kind == HookType::Setup) {
         None => true,
@@ -688,7 +684,6 @@ fn run_with_sink(host: &Host, job: &Job, cfg: &Config, stop: &Stop, sink: &Arc<S
         match report {
             Report::Ended(e) => {
                 outcome.end = e;
-                outcome.wrapper_reported = true;
                 outcome.failure = match e {
                     _ if stopped => Some("stopped by request".to_string()),
                     End::Exited(0) => None,

@@ -16,7 +16,6 @@ pub fn run(job: &Job, grace: Duration, stop: &Stop, on_start: &mut dyn FnMut(u32
         end: End::NotRun,
         failure: Some(why),
         after_failures: Vec::new(),
-        wrapper_reported: false,
     };
     if job.owner.uid == 0 {
         return fail("a job never runs as root; submit it as another user".into());
@@ -97,6 +96,5 @@ pub fn run(job: &Job, grace: Duration, stop: &Stop, on_start: &mut dyn FnMut(u32
         end,
         failure,
         after_failures: Vec::new(),
-        wrapper_reported: false,
     }
 }
