@@ -2,6 +2,8 @@
 //! filesystem identity, signals, locks, peer credentials. This is the one crate with
 //! `unsafe` (apart from the static wrapper); each block says why it is sound.
 
+pub mod spawn;
+
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -279,74 +281,6 @@ impl EventFd {
     /// The descriptor, for poll.
     pub fn raw(&self) -> RawFd {
         self.0.as_raw_fd()
-    }
-}
-
-/// What a spawned child does between fork and exec: become `who` (groups, gid, then uid,
-/// as Firecracker's jailer does), enter `dir` as that user, and mark every inherited
-/// descriptor above 2 close-on-exec, and unblock every signal. Prepared before the fork, so the child only makes
-/// async-signal-safe system calls.
-pub struct ChildSetup {
-    ids: Option<(Vec<libc::gid_t>, libc::gid_t, libc::uid_t)>,
-    dir: CString,
-}
-
-impl ChildSetup {
-    /// Prepares the setup for a child that runs as `who` (or as this process, when None)
-    /// in `dir`.
-    pub fn new(who: Option<&Identity>, dir: &Path) -> io::Result<ChildSetup> {
-        let dir = CString::new(dir.as_os_str().as_bytes()).map_err(|_| {
-            io::Error::new(io::ErrorKind::InvalidInput, "directory holds a NUL byte")
-        })?;
-        Ok(ChildSetup {
-            ids: who.map(|w| (w.groups.clone(), w.gid, w.uid)),
-            dir,
-        })
-    }
-
-    /// Makes `cmd` run this setup in its child, between fork and exec.
-    pub fn install(self, cmd: &mut std::process::Command) {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: apply makes only async-signal-safe system calls on data prepared
-        // before the fork, and allocates nothing.
-        unsafe {
-            cmd.pre_exec(move || self.apply());
-        }
-    }
-
-    /// Runs in the child, after fork and before exec.
-    fn apply(&self) -> io::Result<()> {
-        // SAFETY: only system calls on data prepared before the fork; nothing allocates.
-        unsafe {
-            if let Some((groups, gid, uid)) = &self.ids {
-                if libc::getuid() == 0 || libc::geteuid() == 0 {
-                    if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                        || libc::setgid(*gid) != 0
-                        || libc::setuid(*uid) != 0
-                    {
-                        return Err(io::Error::last_os_error());
-                    }
-                    // Never go on as root by mistake: a job or user hook must not be able
-                    // to get root back.
-                    if *uid != 0 && libc::setuid(0) == 0 {
-                        return Err(io::Error::from_raw_os_error(libc::EPERM));
-                    }
-                }
-            }
-            if libc::chdir(self.dir.as_ptr()) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // close_range(3, ~0, CLOSE_RANGE_CLOEXEC): descriptors leaked by a library
-            // do not reach the hook; std's own error pipe is close-on-exec already.
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 4u32);
-            // std hands the parent's signal mask on to the child, and berth blocks the
-            // signals it waits for: a hook must start with none blocked, or a stop's
-            // SIGTERM would never reach it. Last, after the identity change.
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        }
-        Ok(())
     }
 }
 

@@ -10,14 +10,15 @@ use berth_container::check::{self, Checked, Policy};
 use berth_container::plan::{self, JobFacts, Limits};
 use berth_container::{Config, Hook, HookType, Key, Privilege};
 use berth_resources::Expr;
-use berth_sys::{self as sys, ChildSetup, EventFd, Identity, Woke};
+use berth_sys::spawn::{spawn, Spawn, Stdio};
+use berth_sys::{self as sys, EventFd, Identity, Woke};
 use std::ffi::{OsStr, OsString};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -202,34 +203,28 @@ struct HookRun<'a> {
 fn run_hook(r: &HookRun<'_>, on_start: impl FnOnce(u32)) -> HookEnd {
     let kind = r.hook.hook.kind;
     let who = (r.hook.hook.privilege == Privilege::User && sys::euid() == 0).then_some(r.owner);
-    let setup = match ChildSetup::new(who, r.dir) {
-        Ok(s) => s,
-        Err(e) => return HookEnd::NotStarted(e),
-    };
-    let mut cmd = Command::new(&r.hook.exec_path);
-    cmd.args(r.args)
-        .env_clear()
-        .envs(r.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .process_group(0);
     let marked = kind != HookType::Enter;
-    if marked {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let (stdout, stderr) = if marked {
+        (Stdio::Piped, Stdio::Piped)
     } else {
-        match r.sink.direct() {
-            Ok((o, e)) => {
-                cmd.stdout(o).stderr(e);
-            }
-            Err(e) => return HookEnd::NotStarted(e),
-        }
-    }
-    setup.install(&mut cmd);
-    let mut child = match cmd.spawn() {
+        r.sink.direct()
+    };
+    let mut child = match spawn(&Spawn {
+        program: r.hook.exec_path.as_os_str(),
+        args: r.args,
+        env: r.env,
+        who,
+        dir: r.dir,
+        stdin: Stdio::Null,
+        stdout,
+        stderr,
+    }) {
         Ok(c) => c,
         Err(e) => {
-            let e = if e.raw_os_error() == Some(libc::ENOENT)
-                || e.raw_os_error() == Some(libc::EACCES)
-            {
+            let e = if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied
+            ) {
                 io::Error::new(
                     e.kind(),
                     format!(
@@ -244,7 +239,7 @@ fn run_hook(r: &HookRun<'_>, on_start: impl FnOnce(u32)) -> HookEnd {
             return HookEnd::NotStarted(e);
         }
     };
-    let pid = child.id();
+    let pid = child.pid;
     let pump = marked.then(|| {
         Pump::start(
             r.sink,

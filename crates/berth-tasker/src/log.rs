@@ -1,12 +1,12 @@
 //! A job's log: a file opened as the job's owner, or this process's terminal. Hook output
 //! is copied in line by line, each line marked with the hook's name.
 
+use berth_sys::spawn::Stdio;
 use berth_sys::{self as sys, Identity};
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -65,11 +65,11 @@ impl Sink {
 
     /// Standard output and error for a process that writes to the log unmarked (the
     /// enter hook, whose output is the job's own).
-    pub fn direct(&self) -> io::Result<(Stdio, Stdio)> {
-        Ok(match self {
-            Sink::File(f) => (Stdio::from(f.try_clone()?), Stdio::from(f.try_clone()?)),
-            Sink::Terminal => (Stdio::inherit(), Stdio::inherit()),
-        })
+    pub fn direct(&self) -> (Stdio<'_>, Stdio<'_>) {
+        match self {
+            Sink::File(f) => (Stdio::Fd(f), Stdio::Fd(f)),
+            Sink::Terminal => (Stdio::Inherit, Stdio::Inherit),
+        }
     }
 }
 

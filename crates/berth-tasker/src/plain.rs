@@ -4,9 +4,9 @@
 
 use crate::lifecycle::{signal_name, supervise, End, HookEnd, Job, Outcome, Stop};
 use crate::log::Sink;
-use berth_sys::{self as sys, ChildSetup};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Command, Stdio};
+use berth_sys as sys;
+use berth_sys::spawn::{spawn, Spawn, Stdio};
+use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
 /// Runs a job that asks for no container, to its end. `on_start` gets the pid of its
@@ -32,28 +32,21 @@ pub fn run(job: &Job, grace: Duration, stop: &Stop, on_start: &mut dyn FnMut(u32
             ))
         }
     };
-    let (out, err) = match sink.direct() {
-        Ok(p) => p,
-        Err(e) => return fail(format!("cannot use the log: {e}")),
-    };
+    let (stdout, stderr) = sink.direct();
     let who = (sys::euid() == 0).then_some(&job.owner);
     if who.is_none() && job.owner.uid != sys::euid() {
         return fail(format!("only root can run a job as {}", job.owner.name));
     }
-    let setup = match ChildSetup::new(who, &job.dir) {
-        Ok(s) => s,
-        Err(e) => return fail(format!("directory {}: {e}", job.dir.display())),
-    };
-    let mut cmd = Command::new(&job.command[0]);
-    cmd.args(&job.command[1..])
-        .env_clear()
-        .envs(job.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .process_group(0);
-    setup.install(&mut cmd);
-    let mut child = match cmd.spawn() {
+    let mut child = match spawn(&Spawn {
+        program: &job.command[0],
+        args: &job.command[1..],
+        env: &job.env,
+        who,
+        dir: &job.dir,
+        stdin: Stdio::Null,
+        stdout,
+        stderr,
+    }) {
         Ok(c) => c,
         Err(e) => {
             let why = format!(
@@ -73,8 +66,8 @@ pub fn run(job: &Job, grace: Duration, stop: &Stop, on_start: &mut dyn FnMut(u32
             };
         }
     };
-    on_start(child.id());
-    let end = supervise(child.id(), None, grace, Some(stop), || child.wait());
+    on_start(child.pid);
+    let end = supervise(child.pid, None, grace, Some(stop), || child.wait());
     let (status, stopped) = match end {
         HookEnd::Exited(s) => (s, false),
         HookEnd::Stopped(s) | HookEnd::TimedOut(s, _) => (s, true),

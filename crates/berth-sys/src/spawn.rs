@@ -1,0 +1,543 @@
+//! Starting a job or hook process: as its owner, in its directory, with its environment
+//! and descriptors, in a new process group, with every signal at its default and none
+//! blocked.
+//!
+//! `std::process::Command` forks when a child must change its identity, and a fork of a
+//! tasker with many threads and a large address space costs more than the job it starts:
+//! the copy of the page tables, a TLB shootdown on every core, copy-on-write faults in
+//! both processes, and the copy torn down again at exec. This starts the child the way
+//! glibc's `posix_spawn` does, with `clone(CLONE_VM | CLONE_VFORK)`: the child borrows
+//! the parent's memory on a stack of its own, makes only raw system calls on data
+//! prepared beforehand, and execs; the calling thread waits until it has. `posix_spawn`
+//! itself cannot set groups, gid and uid, which is why this exists.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::ExitStatus;
+
+use crate::Identity;
+
+/// Where one of the child's standard descriptors comes from.
+pub enum Stdio<'a> {
+    /// `/dev/null`.
+    Null,
+    /// A descriptor of the caller's (duplicated into the child; the caller keeps it).
+    Fd(&'a dyn AsRawFd),
+    /// A new pipe, whose reading end the caller gets in [`Child`].
+    Piped,
+    /// This process's own descriptor of the same number.
+    Inherit,
+}
+
+/// What to start.
+pub struct Spawn<'a> {
+    /// The program: a path (with a `/`), or a name looked up in the `PATH` of `env` (or
+    /// `/bin:/usr/bin` when it has none), as the child, from its directory.
+    pub program: &'a OsStr,
+    /// The arguments after the program name (`argv[1..]`); `argv[0]` is `program`.
+    pub args: &'a [OsString],
+    /// The whole environment.
+    pub env: &'a [(OsString, OsString)],
+    /// Who the child runs as; None keeps this process's identity.
+    pub who: Option<&'a Identity>,
+    /// The child's working directory.
+    pub dir: &'a Path,
+    /// Standard input, output and error.
+    pub stdin: Stdio<'a>,
+    /// Standard output.
+    pub stdout: Stdio<'a>,
+    /// Standard error.
+    pub stderr: Stdio<'a>,
+}
+
+/// A started child, leader of its own process group.
+#[derive(Debug)]
+pub struct Child {
+    /// Its pid, also its process group id.
+    pub pid: u32,
+    /// The reading end of its standard output, when piped.
+    pub stdout: Option<std::fs::File>,
+    /// The reading end of its standard error, when piped.
+    pub stderr: Option<std::fs::File>,
+}
+
+impl Child {
+    /// Waits for the child to end and reaps it.
+    pub fn wait(&mut self) -> io::Result<ExitStatus> {
+        let mut status: libc::c_int = 0;
+        loop {
+            // SAFETY: waitpid on our own child, writing into a local.
+            let r = unsafe { libc::waitpid(self.pid as libc::pid_t, &mut status, 0) };
+            if r >= 0 {
+                return Ok(ExitStatus::from_raw(status));
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+}
+
+fn cstring(s: &[u8], what: &str) -> io::Result<CString> {
+    CString::new(s).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{what} holds a NUL byte"),
+        )
+    })
+}
+
+/// The paths to try, in order, as `execvp` would.
+fn candidates(program: &OsStr, env: &[(OsString, OsString)]) -> io::Result<Vec<CString>> {
+    let p = program.as_bytes();
+    if p.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "the program name is empty",
+        ));
+    }
+    if p.contains(&b'/') {
+        return Ok(vec![cstring(p, "the program path")?]);
+    }
+    let path = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_bytes())
+        .unwrap_or(b"/bin:/usr/bin");
+    path.split(|&b| b == b':')
+        .map(|dir| {
+            let mut full = Vec::with_capacity(dir.len() + 1 + p.len());
+            if dir.is_empty() {
+                full.extend_from_slice(b"./");
+            } else {
+                full.extend_from_slice(dir);
+                full.push(b'/');
+            }
+            full.extend_from_slice(p);
+            cstring(&full, "a PATH entry")
+        })
+        .collect()
+}
+
+/// Everything the child reads, prepared before the clone so that it allocates nothing.
+struct Prepared {
+    candidates: Vec<CString>,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+    fds: [RawFd; 3],
+    ids: Option<(Vec<libc::gid_t>, libc::gid_t, libc::uid_t)>,
+    dir: CString,
+    /// Written by the child when it fails before or at exec: the errno.
+    err: libc::c_int,
+    /// And the step that failed.
+    step: Step,
+}
+
+/// The steps of the child, for the error message.
+#[derive(Clone, Copy)]
+enum Step {
+    Exec,
+    Group,
+    Descriptors,
+    Identity,
+    Directory,
+}
+
+const STACK: usize = 64 * 1024;
+
+/// Starts the child. Returns once it runs the program, or with the error that kept it
+/// from doing so (the child is reaped then).
+pub fn spawn(s: &Spawn<'_>) -> io::Result<Child> {
+    let candidates = candidates(s.program, s.env)?;
+    let argv_c: Vec<CString> = std::iter::once(s.program.as_bytes())
+        .chain(s.args.iter().map(|a| a.as_bytes()))
+        .map(|a| cstring(a, "an argument"))
+        .collect::<io::Result<_>>()?;
+    let env_c: Vec<CString> = s
+        .env
+        .iter()
+        .map(|(k, v)| {
+            let mut kv = Vec::with_capacity(k.len() + 1 + v.len());
+            kv.extend_from_slice(k.as_bytes());
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            cstring(&kv, "an environment variable")
+        })
+        .collect::<io::Result<_>>()?;
+    let dir = cstring(s.dir.as_os_str().as_bytes(), "the directory")?;
+
+    // The descriptors, each at 3 or above so that moving one onto 0, 1 or 2 in the child
+    // cannot overwrite another before it is moved.
+    let mut keep: Vec<OwnedFd> = Vec::new(); // closed when this returns
+    let mut readers: [Option<OwnedFd>; 3] = [None, None, None];
+    let mut fds = [-1; 3];
+    for (i, how) in [&s.stdin, &s.stdout, &s.stderr].into_iter().enumerate() {
+        let fd = match how {
+            Stdio::Null => {
+                let f = std::fs::OpenOptions::new()
+                    .read(i == 0)
+                    .write(i != 0)
+                    .open("/dev/null")?;
+                let fd = OwnedFd::from(f);
+                let raw = fd.as_raw_fd();
+                keep.push(fd);
+                raw
+            }
+            Stdio::Fd(f) => f.as_raw_fd(),
+            Stdio::Inherit => i as RawFd,
+            Stdio::Piped => {
+                let mut p = [0 as libc::c_int; 2];
+                // SAFETY: pipe2 writes two new descriptors into p, which we then own.
+                if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // SAFETY: both are new descriptors owned by nothing else.
+                let (r, w) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
+                readers[i] = Some(r);
+                let raw = w.as_raw_fd();
+                keep.push(w);
+                raw
+            }
+        };
+        fds[i] = if fd < 3 {
+            // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor, which we then own.
+            let d = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+            if d < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: d is new and ours.
+            keep.push(unsafe { OwnedFd::from_raw_fd(d) });
+            d
+        } else {
+            fd
+        };
+    }
+
+    let mut prep = Prepared {
+        argv: argv_c
+            .iter()
+            .map(|c| c.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect(),
+        envp: env_c
+            .iter()
+            .map(|c| c.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect(),
+        candidates,
+        fds,
+        ids: s.who.map(|w| (w.groups.clone(), w.gid, w.uid)),
+        dir,
+        err: 0,
+        step: Step::Exec,
+    };
+    let mut stack = vec![0u8; STACK];
+
+    // Block every signal for the clone, so that no handler of ours runs in the child
+    // while it shares our memory; the child sets its own mask before it execs.
+    // SAFETY: sigset operations on locals; pthread_sigmask on this thread.
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+    }
+    // SAFETY: the stack is ours and outlives the child's use of it (CLONE_VFORK: this
+    // thread resumes only once the child has exec'd or exited); the top is 16-aligned.
+    // `child` reads `prep` and writes only `prep.err`, and makes only raw system calls.
+    let pid = unsafe {
+        let top = stack.as_mut_ptr().add(STACK);
+        let top = top.sub(top as usize % 16);
+        libc::clone(
+            child,
+            top.cast(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            (&mut prep as *mut Prepared).cast(),
+        )
+    };
+    let clone_err = io::Error::last_os_error();
+    // SAFETY: restores this thread's mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    drop(stack);
+    if pid < 0 {
+        return Err(clone_err);
+    }
+    // SAFETY: the child has exec'd or exited (CLONE_VFORK), so it no longer writes.
+    let (err, step) = unsafe { (std::ptr::read_volatile(&prep.err), prep.step) };
+    if err != 0 {
+        let mut c = Child {
+            pid: pid as u32,
+            stdout: None,
+            stderr: None,
+        };
+        let _ = c.wait();
+        let os = io::Error::from_raw_os_error(err);
+        let what = match step {
+            Step::Exec => return Err(os),
+            Step::Group => "cannot make a process group".to_string(),
+            Step::Descriptors => "cannot set up standard input and output".to_string(),
+            Step::Identity => match s.who {
+                Some(w) => format!("cannot become {} (uid {})", w.name, w.uid),
+                None => "cannot set the identity".to_string(),
+            },
+            Step::Directory => format!("cannot enter the directory {}", s.dir.display()),
+        };
+        return Err(io::Error::new(os.kind(), format!("{what}: {os}")));
+    }
+    drop(keep);
+    let [_, out, errp] = readers;
+    Ok(Child {
+        pid: pid as u32,
+        stdout: out.map(std::fs::File::from),
+        stderr: errp.map(std::fs::File::from),
+    })
+}
+
+/// Says why the child failed, to the parent that waits for it, and ends the child.
+///
+/// # Safety
+/// Only in the child, with `p` the parent's Prepared.
+unsafe fn fail(p: *mut Prepared, step: Step, e: libc::c_int) -> ! {
+    std::ptr::write_volatile(&mut (*p).step, step);
+    std::ptr::write_volatile(&mut (*p).err, e.max(1));
+    libc::syscall(libc::SYS_exit_group, 127);
+    libc::_exit(127)
+}
+
+/// The kernel's `struct sigaction` for `rt_sigaction` (x86_64 and aarch64 layout).
+#[repr(C)]
+struct KernelSigaction {
+    handler: usize,
+    flags: libc::c_ulong,
+    restorer: usize,
+    mask: u64,
+}
+
+/// The child, between clone and exec. Raw system calls only (`libc::syscall` and the
+/// plain wrappers that are one system call each): glibc's `setuid` family would signal
+/// every thread of the parent, whose memory this shares.
+extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: arg is the Prepared the parent passed, alive and not touched by the parent
+    // until this child execs or exits.
+    unsafe {
+        let p = arg as *mut Prepared;
+        let errno = || *libc::__errno_location();
+        // Every signal at its default (std ignores SIGPIPE; a job must not inherit that).
+        let dfl = KernelSigaction {
+            handler: 0,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        };
+        for sig in 1..=64 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    &dfl as *const KernelSigaction,
+                    std::ptr::null_mut::<KernelSigaction>(),
+                    8usize,
+                );
+            }
+        }
+        if libc::syscall(libc::SYS_setpgid, 0, 0) != 0 {
+            fail(p, Step::Group, errno());
+        }
+        for (target, &fd) in (*p).fds.iter().enumerate() {
+            if libc::syscall(libc::SYS_dup2, fd, target) < 0 {
+                fail(p, Step::Descriptors, errno());
+            }
+        }
+        if let Some((groups, gid, uid)) = &(*p).ids {
+            if libc::syscall(libc::SYS_getuid) == 0 || libc::syscall(libc::SYS_geteuid) == 0 {
+                if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) != 0
+                    || libc::syscall(libc::SYS_setresgid, *gid, *gid, *gid) != 0
+                    || libc::syscall(libc::SYS_setresuid, *uid, *uid, *uid) != 0
+                {
+                    fail(p, Step::Identity, errno());
+                }
+                // Never go on as root by mistake: a job or user hook must not be able to
+                // get root back.
+                if *uid != 0 && libc::syscall(libc::SYS_setuid, 0) == 0 {
+                    fail(p, Step::Identity, libc::EPERM);
+                }
+            }
+        }
+        if libc::syscall(libc::SYS_chdir, (*p).dir.as_ptr()) != 0 {
+            fail(p, Step::Directory, errno());
+        }
+        // Descriptors leaked by a library (without close-on-exec) do not reach the child.
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 4u32);
+        // The mask last: none blocked, or a stop's SIGTERM would never reach the child.
+        let empty: u64 = 0;
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &empty as *const u64,
+            std::ptr::null_mut::<u64>(),
+            8usize,
+        );
+        let mut seen = libc::ENOENT;
+        for c in &(*p).candidates {
+            libc::syscall(
+                libc::SYS_execve,
+                c.as_ptr(),
+                (*p).argv.as_ptr(),
+                (*p).envp.as_ptr(),
+            );
+            match errno() {
+                libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::ENAMETOOLONG => {}
+                libc::EACCES => seen = libc::EACCES,
+                e => fail(p, Step::Exec, e),
+            }
+        }
+        fail(p, Step::Exec, seen)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn env() -> Vec<(OsString, OsString)> {
+        vec![
+            ("PATH".into(), "/usr/bin:/bin".into()),
+            ("X".into(), "1".into()),
+        ]
+    }
+
+    #[test]
+    fn runs_with_the_given_environment_directory_and_pipes() {
+        let mut c = spawn(&Spawn {
+            program: "sh".as_ref(),
+            args: &["-c".into(), "echo $X $(pwd); echo err >&2; exit 3".into()],
+            env: &env(),
+            who: None,
+            dir: Path::new("/tmp"),
+            stdin: Stdio::Null,
+            stdout: Stdio::Piped,
+            stderr: Stdio::Piped,
+        })
+        .unwrap();
+        let (mut o, mut e) = (String::new(), String::new());
+        c.stdout.take().unwrap().read_to_string(&mut o).unwrap();
+        c.stderr.take().unwrap().read_to_string(&mut e).unwrap();
+        assert_eq!(c.wait().unwrap().code(), Some(3));
+        assert_eq!(o, "1 /tmp\n");
+        assert_eq!(e, "err\n");
+    }
+
+    #[test]
+    fn a_missing_program_or_directory_is_an_error_not_a_child() {
+        let s = |program: &'static str, dir: &'static str| {
+            spawn(&Spawn {
+                program: program.as_ref(),
+                args: &[],
+                env: &env(),
+                who: None,
+                dir: Path::new(dir),
+                stdin: Stdio::Null,
+                stdout: Stdio::Null,
+                stderr: Stdio::Null,
+            })
+        };
+        assert_eq!(
+            s("no-such-program-here", "/").unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+        assert_eq!(
+            s("/no/such/path", "/").unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+        let e = s("true", "/no/such/dir").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        assert!(
+            e.to_string()
+                .starts_with("cannot enter the directory /no/such/dir: "),
+            "{e}"
+        );
+        assert!(s("true", "/").unwrap().wait().unwrap().success());
+    }
+
+    #[test]
+    fn the_child_leads_its_own_group_with_no_signal_blocked_or_ignored() {
+        let _blocked = crate::block_signals(&[libc::SIGTERM, libc::SIGUSR1]);
+        // grep itself, not a shell: a shell blocks every signal while it waits.
+        let mut c = spawn(&Spawn {
+            program: "grep".as_ref(),
+            args: &[
+                "-E".into(),
+                "^(Pid|NSpgid|SigBlk|SigIgn):".into(),
+                "/proc/self/status".into(),
+            ],
+            env: &env(),
+            who: None,
+            dir: Path::new("/"),
+            stdin: Stdio::Null,
+            stdout: Stdio::Piped,
+            stderr: Stdio::Null,
+        })
+        .unwrap();
+        let mut o = String::new();
+        c.stdout.take().unwrap().read_to_string(&mut o).unwrap();
+        c.wait().unwrap();
+        let field = |k: &str| {
+            o.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(str::trim)
+                .unwrap_or_else(|| panic!("no {k} in {o}"))
+                .to_string()
+        };
+        assert_eq!(field("SigBlk:"), "0000000000000000", "{o}");
+        assert_eq!(field("SigIgn:"), "0000000000000000", "{o}");
+        assert_eq!(field("Pid:"), c.pid.to_string(), "{o}");
+        assert_eq!(
+            field("NSpgid:"),
+            c.pid.to_string(),
+            "the child leads its group: {o}"
+        );
+    }
+
+    #[test]
+    fn runs_as_the_given_user_with_its_groups_only() {
+        if crate::euid() != 0 {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let nobody = crate::identity_by_name("nobody").unwrap();
+        let mut c = spawn(&Spawn {
+            program: "/bin/sh".as_ref(),
+            args: &[
+                "-c".into(),
+                "id -u; id -g; id -G; grep ^CapEff /proc/$$/status".into(),
+            ],
+            env: &env(),
+            who: Some(&nobody),
+            dir: Path::new("/"),
+            stdin: Stdio::Null,
+            stdout: Stdio::Piped,
+            stderr: Stdio::Null,
+        })
+        .unwrap();
+        let mut o = String::new();
+        c.stdout.take().unwrap().read_to_string(&mut o).unwrap();
+        assert!(c.wait().unwrap().success());
+        let groups: Vec<String> = nobody.groups.iter().map(|g| g.to_string()).collect();
+        assert_eq!(
+            o,
+            format!(
+                "{}\n{}\n{}\nCapEff:\t0000000000000000\n",
+                nobody.uid,
+                nobody.gid,
+                groups.join(" ")
+            )
+        );
+    }
+}
