@@ -6,12 +6,12 @@
 //! second transaction and only then hands the jobs to their taskers. So an answer to a
 //! submission means the jobs are on disk, and a job a tasker runs is recorded as Running.
 
-use crate::core::{Core, StopWhat};
+use crate::core::{Core, Dispatch, StopWhat};
 use berth_proto::{
-    FromTasker, JobEnd, JobView, State, SubmitRequest, Submitted, TaskerView, ToTasker,
+    Assignment, FromTasker, JobEnd, JobView, State, SubmitRequest, Submitted, TaskerView, ToTasker,
 };
 use berth_resources::Offer;
-use berth_store::{Filter, NewJob, Store, StoreError};
+use berth_store::{Batch, Filter, NewJob, SqlError, Store, StoreError};
 use std::collections::HashMap;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -346,10 +346,16 @@ impl Server {
             return;
         }
 
+        // The slots freed by the ends go to queued jobs in the same transaction: one
+        // fsync for a turn's ends and the starts they make room for.
+        let starts = self.choose_starts();
+
         // 2. Written in one transaction: one fsync for the whole turn.
         let mut accepted: Vec<Accepted> = Vec::new();
         let mut refused: Vec<Reply<Submitted>> = Vec::new();
+        let taskers = &self.taskers;
         let res = self.store.batch(|b| {
+            Self::record_starts(taskers, b, &starts, t)?;
             for (c, req, reply) in &submits {
                 let mut ids = Vec::new();
                 let mut queued = Vec::new();
@@ -421,6 +427,7 @@ impl Server {
             Ok(())
         });
         let committed = res.is_ok();
+        self.after_starts(starts, res.as_ref().map(|_| ()).map_err(|e| e.to_string()));
         if let Err(e) = res {
             eprintln!("berth server: {e}");
             for (reply, _, _) in accepted.drain(..) {
@@ -494,7 +501,7 @@ impl Server {
             self.answer(q);
         }
 
-        // 4. Schedule, record the starts, then hand the jobs over.
+        // 4. The jobs submitted in this turn, and any other slot still free.
         self.dispatch(t);
     }
 
@@ -696,13 +703,22 @@ impl Server {
         }
     }
 
+    /// Schedules, records the starts, then hands the jobs over.
     fn dispatch(&mut self, t: u64) {
-        let ds = self.core.schedule();
-        if ds.is_empty() {
+        let ready = self.choose_starts();
+        if ready.is_empty() {
             return;
         }
+        let res = self
+            .store
+            .batch(|b| Self::record_starts(&self.taskers, b, &ready, t));
+        self.after_starts(ready, res.map_err(|e| e.to_string()));
+    }
+
+    /// The core's choice of jobs to start, each with what its tasker needs to run it.
+    fn choose_starts(&mut self) -> Vec<(Dispatch, Assignment)> {
         let mut ready = Vec::new();
-        for d in ds {
+        for d in self.core.schedule() {
             match self.store.run_spec(d.job) {
                 Ok(Some(spec)) => ready.push((d, spec)),
                 other => {
@@ -714,18 +730,31 @@ impl Server {
                 }
             }
         }
-        let res = self.store.batch(|b| {
-            for (d, _) in &ready {
-                let run = self
-                    .taskers
-                    .get(&d.tasker)
-                    .map(|t| t.incarnation.as_str())
-                    .unwrap_or("");
-                b.set_running(d.job, &d.tasker, run, d.slot, t)?;
-            }
-            Ok(())
-        });
-        if let Err(e) = res {
+        ready
+    }
+
+    fn record_starts(
+        taskers: &HashMap<String, TaskerEntry>,
+        b: &mut Batch<'_>,
+        ready: &[(Dispatch, Assignment)],
+        t: u64,
+    ) -> Result<(), SqlError> {
+        for (d, _) in ready {
+            let run = taskers
+                .get(&d.tasker)
+                .map(|t| t.incarnation.as_str())
+                .unwrap_or("");
+            b.set_running(d.job, &d.tasker, run, d.slot, t)?;
+        }
+        Ok(())
+    }
+
+    /// Once the starts are committed (or not): hands the jobs over, or queues them again.
+    fn after_starts(&mut self, ready: Vec<(Dispatch, Assignment)>, committed: Result<(), String>) {
+        if ready.is_empty() {
+            return;
+        }
+        if let Err(e) = committed {
             eprintln!("berth server: recording starts: {e}; the jobs stay queued");
             for (d, spec) in ready {
                 let pri = self.unfinished.get(&d.job).map(|m| m.priority).unwrap_or(0);

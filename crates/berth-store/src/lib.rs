@@ -10,6 +10,9 @@ use berth_proto::{Assignment, JobView, State};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use std::path::{Path, PathBuf};
 
+/// The error a [`Batch`] step fails with.
+pub use rusqlite::Error as SqlError;
+
 /// What went wrong with the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -258,11 +261,12 @@ impl Store {
     pub fn run_spec(&self, id: u64) -> Result<Option<Assignment>, StoreError> {
         let row = self
             .conn
-            .query_row(
+            .prepare_cached(
                 "SELECT j.uid, j.gid, j.user, j.command, j.dir, e.data, j.resources, j.log
                  FROM jobs j JOIN envs e ON e.hash = j.env WHERE j.id = ?1",
-                [id as i64],
-                |r| {
+            )
+            .and_then(|mut st| {
+                st.query_row([id as i64], |r| {
                     Ok((
                         r.get::<_, u32>(0)?,
                         r.get::<_, u32>(1)?,
@@ -273,8 +277,8 @@ impl Store {
                         r.get::<_, Option<String>>(6)?,
                         r.get::<_, Option<String>>(7)?,
                     ))
-                },
-            )
+                })
+            })
             .optional()
             .map_err(self.err())?;
         let Some((uid, gid, user, command, dir, env, resources, log)) = row else {

@@ -138,28 +138,71 @@ pub fn short_hostname() -> String {
     full.split('.').next().unwrap_or("localhost").to_string()
 }
 
-/// Runs `f` on a thread of its own whose filesystem identity (fsuid, fsgid and
-/// supplementary groups) is `who`'s, so that every path it opens is opened with that
-/// user's permissions: root never follows a user's symbolic link with root's rights.
-/// Without root, `f` runs as this process.
-pub fn as_user<T: Send>(who: &Identity, f: impl FnOnce() -> T + Send) -> T {
+/// Runs `f` with this thread's filesystem identity (fsuid, fsgid and supplementary
+/// groups) set to `who`'s, so that every path it opens is opened with that user's
+/// permissions: root never follows a user's symbolic link with root's rights. The
+/// thread's own identity comes back when `f` returns or unwinds; if it cannot, the
+/// process aborts rather than go on with a user's rights, or a root's where a user's were
+/// meant. Without root, `f` runs as this process.
+pub fn as_user<T>(who: &Identity, f: impl FnOnce() -> T) -> T {
     if euid() != 0 {
         return f();
     }
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: raw syscalls change only the calling thread's credentials (glibc's
-            // wrappers would change every thread's); this thread ends after f.
+    struct Restore {
+        groups: Vec<libc::gid_t>,
+        fsuid: libc::uid_t,
+        fsgid: libc::gid_t,
+    }
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: raw syscalls on this thread's credentials only (glibc's wrappers
+            // would change every thread's). setfsuid(-1) changes nothing and says the
+            // current value.
             unsafe {
-                libc::syscall(libc::SYS_setgroups, who.groups.len(), who.groups.as_ptr());
-                libc::syscall(libc::SYS_setfsgid, who.gid);
-                libc::syscall(libc::SYS_setfsuid, who.uid);
+                libc::syscall(libc::SYS_setfsuid, self.fsuid);
+                libc::syscall(libc::SYS_setfsgid, self.fsgid);
+                let g = libc::syscall(libc::SYS_setgroups, self.groups.len(), self.groups.as_ptr());
+                if g != 0
+                    || libc::syscall(libc::SYS_setfsuid, u32::MAX) as libc::uid_t != self.fsuid
+                    || libc::syscall(libc::SYS_setfsgid, u32::MAX) as libc::gid_t != self.fsgid
+                {
+                    std::process::abort();
+                }
             }
-            f()
-        })
-        .join()
-        .expect("as_user closure panicked")
-    })
+        }
+    }
+    // SAFETY: as above; getgroups writes at most the room it is given.
+    let restore = unsafe {
+        let n = libc::getgroups(0, std::ptr::null_mut());
+        let mut groups = vec![0; n.max(0) as usize];
+        let n = libc::getgroups(groups.len() as libc::c_int, groups.as_mut_ptr());
+        groups.truncate(n.max(0) as usize);
+        Restore {
+            groups,
+            fsuid: libc::syscall(libc::SYS_setfsuid, u32::MAX) as libc::uid_t,
+            fsgid: libc::syscall(libc::SYS_setfsgid, u32::MAX) as libc::gid_t,
+        }
+    };
+    // SAFETY: as above. The order matters: groups and gid while fsuid is still root.
+    let ok = unsafe {
+        libc::syscall(libc::SYS_setgroups, who.groups.len(), who.groups.as_ptr()) == 0
+            && {
+                libc::syscall(libc::SYS_setfsgid, who.gid);
+                libc::syscall(libc::SYS_setfsgid, u32::MAX) as libc::gid_t == who.gid
+            }
+            && {
+                libc::syscall(libc::SYS_setfsuid, who.uid);
+                libc::syscall(libc::SYS_setfsuid, u32::MAX) as libc::uid_t == who.uid
+            }
+    };
+    if !ok {
+        // Never run f with a half-changed identity.
+        drop(restore);
+        std::process::abort();
+    }
+    let out = f();
+    drop(restore);
+    out
 }
 
 /// Opens a process's pidfd, to wait for its end with poll.
@@ -392,4 +435,50 @@ pub fn free_mb(path: &Path) -> io::Result<u64> {
         return Err(io::Error::last_os_error());
     }
     Ok(st.f_bavail as u64 * st.f_frsize as u64 / (1024 * 1024))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn as_user_opens_with_the_users_rights_and_gives_the_thread_back() {
+        if euid() != 0 {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let nobody = identity_by_name("nobody").unwrap();
+        let dir = std::env::temp_dir().join(format!("berth-sys-as-user-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .unwrap();
+        let root_only = dir.join("root-only");
+        std::fs::write(&root_only, "x").unwrap();
+        std::fs::set_permissions(
+            &root_only,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+
+        let made = as_user(&nobody, || {
+            std::fs::write(dir.join("by-nobody"), "x").unwrap();
+            std::fs::read(&root_only)
+        });
+        assert_eq!(made.unwrap_err().kind(), io::ErrorKind::PermissionDenied);
+        assert_eq!(
+            std::fs::metadata(dir.join("by-nobody")).unwrap().uid(),
+            nobody.uid
+        );
+
+        // A panic inside gives the identity back too.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            as_user(&nobody, || panic!("inside"))
+        }));
+        assert!(r.is_err());
+        std::fs::write(dir.join("by-root"), "x").unwrap();
+        assert_eq!(std::fs::metadata(dir.join("by-root")).unwrap().uid(), 0);
+        assert_eq!(std::fs::read(&root_only).unwrap(), b"x");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
