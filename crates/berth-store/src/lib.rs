@@ -181,6 +181,14 @@ impl Store {
         Ok(s)
     }
 
+    /// Stops fsyncing commits (`PRAGMA synchronous = OFF`): a crash of the host may then
+    /// lose the last commits. Only for measuring what durability costs.
+    pub fn without_fsync(&mut self) -> Result<(), StoreError> {
+        self.conn
+            .execute_batch("PRAGMA synchronous = OFF;")
+            .map_err(self.err())
+    }
+
     fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
         |source| StoreError::Sqlite {
             path: self.path.clone(),

@@ -56,6 +56,10 @@ pub struct Up {
     /// to SWD/listen.addr); they join with SWD/cluster.secret.
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
+    /// For measuring what durability costs only: do not fsync the store's commits, so
+    /// that a crash of the host may lose the last of them.
+    #[arg(long, hide = true)]
+    no_fsync: bool,
 }
 
 /// The options of `berth server`.
@@ -70,6 +74,10 @@ pub struct ServerArgs {
     /// How long a tasker may be away before its running jobs are Failed as lost.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     tasker_grace: u64,
+    /// For measuring what durability costs only: do not fsync the store's commits, so
+    /// that a crash of the host may lose the last of them.
+    #[arg(long, hide = true)]
+    no_fsync: bool,
 }
 
 struct LocalLink(Arc<Agent>);
@@ -219,7 +227,12 @@ pub struct Running {
 
 /// Opens the store, starts the actor and the API on SWD/berth.sock, and, with `listen`,
 /// the TCP listener for taskers.
-fn start_server(swd: &Path, listen: Option<&str>, grace: Duration) -> Result<Running> {
+fn start_server(
+    swd: &Path,
+    listen: Option<&str>,
+    grace: Duration,
+    no_fsync: bool,
+) -> Result<Running> {
     std::fs::create_dir_all(swd::containers(swd))
         .with_context(|| format!("creating {}", swd.display()))?;
     std::fs::set_permissions(swd, std::fs::Permissions::from_mode(0o755))?;
@@ -232,7 +245,11 @@ fn start_server(swd: &Path, listen: Option<&str>, grace: Duration) -> Result<Run
         );
     }
     let _ = std::fs::remove_file(&sock);
-    let store = berth_store::Store::open(&swd.join("berth.db"))?;
+    let mut store = berth_store::Store::open(&swd.join("berth.db"))?;
+    if no_fsync {
+        store.without_fsync()?;
+        eprintln!("berth: warning: --no-fsync: a crash of this host may lose the last commits");
+    }
     let (mut server, handle) = Server::open(store)?;
     server.tasker_grace = grace;
     let actor = std::thread::spawn(move || server.run());
@@ -308,6 +325,20 @@ pub fn make_agent(
             .map(|n| n.get() as u32)
             .unwrap_or(1)
     });
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
+    let cores_given = o
+        .resources
+        .as_deref()
+        .and_then(|r| berth_resources::Offer::parse(r).ok())
+        .is_some_and(|r| r.get("CORES").is_some());
+    if slots > cores && !cores_given {
+        eprintln!(
+            "berth tasker {name}: note: {slots} slots but CORES/{cores}: jobs that ask for \
+             CORES/1 (the default) run {cores} at a time; add -r CORES/{slots} to run {slots}"
+        );
+    }
     let agent = Agent::new(
         &name,
         host,
@@ -350,6 +381,7 @@ pub fn server(o: ServerArgs) -> Result<i32> {
         &swd,
         o.listen.as_deref(),
         Duration::from_secs(o.tasker_grace),
+        o.no_fsync,
     )?;
     eprintln!(
         "berth server: serving {} (SWD {}); stop with Ctrl-C",
@@ -374,7 +406,12 @@ pub fn up(o: Up) -> Result<i32> {
     if o.examples {
         install_examples(&swd)?;
     }
-    let running = start_server(&swd, o.listen.as_deref(), Duration::from_secs(30))?;
+    let running = start_server(
+        &swd,
+        o.listen.as_deref(),
+        Duration::from_secs(30),
+        o.no_fsync,
+    )?;
     let handle = running.handle.clone();
     let report_handle = handle.clone();
     let name = o
