@@ -173,6 +173,14 @@ impl Store {
              PRAGMA busy_timeout = 10000;",
         )
         .map_err(err)?;
+        // The query planner's stability guarantee: plans do not depend on the values bound,
+        // so that a cached statement is not prepared again each time they change (with
+        // the bundled SQLite's STAT4, the start of every job was).
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+            true,
+        )
+        .map_err(err)?;
         let mut s = Store {
             conn,
             path: path.to_path_buf(),
