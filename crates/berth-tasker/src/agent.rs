@@ -157,16 +157,31 @@ impl Agent {
             .join("taskerClass.table")
     }
 
-    /// Watches SWD/taskerClass.table (and the containers directory) and says hello again
-    /// when either changes, so that the server learns the new resources.
+    /// `SWD/taskers.tcl`, the tasker definitions.
+    pub fn definitions_file(&self) -> PathBuf {
+        self.containers_dir
+            .parent()
+            .unwrap_or(&self.containers_dir)
+            .join("taskers.tcl")
+    }
+
+    /// Watches SWD/taskerClass.table, SWD/taskers.tcl and the containers directory, and
+    /// says hello again when one changes, so that the server learns the new resources.
     pub fn watch(self: &Arc<Self>) {
         let me = self.clone();
         std::thread::spawn(move || {
             let stamp = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-            let mut last = (stamp(&me.class_table()), stamp(&me.containers_dir));
+            let stamps = || {
+                (
+                    stamp(&me.class_table()),
+                    stamp(&me.definitions_file()),
+                    stamp(&me.containers_dir),
+                )
+            };
+            let mut last = stamps();
             loop {
                 std::thread::sleep(Duration::from_secs(2));
-                let now = (stamp(&me.class_table()), stamp(&me.containers_dir));
+                let now = stamps();
                 if now != last {
                     last = now;
                     (me.report)(me.hello());
@@ -221,7 +236,24 @@ impl Agent {
         for c in ok {
             res += &format!(" Container:{c}");
         }
-        // SWD/taskerClass.table, then -r: later terms replace earlier ones of a name.
+        // SWD/taskers.tcl, SWD/taskerClass.table, then -r: later terms replace earlier
+        // ones of a name.
+        match crate::definitions::read(&self.definitions_file(), &self.name) {
+            Ok(Some(d)) if !d.resources.is_empty() => {
+                res += " ";
+                res += &d.resources;
+            }
+            Ok(_) => {}
+            Err(errors) => {
+                for e in errors {
+                    eprintln!("berth tasker {}: {e}", self.name);
+                }
+                eprintln!(
+                    "berth tasker {}: the tasker definitions are ignored until that is fixed",
+                    self.name
+                );
+            }
+        }
         if let Some(line) = std::fs::read_to_string(self.class_table())
             .ok()
             .and_then(|t| berth_resources::class_table_entry(&t, &self.name).map(str::to_string))

@@ -320,19 +320,32 @@ pub fn make_agent(
     if !recovered.is_empty() {
         eprintln!("berth tasker {name}: finished the cleanup and teardown of {} container job(s) left by an earlier run", recovered.len());
     }
-    let slots = o.slots.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get() as u32)
-            .unwrap_or(1)
-    });
+    let definitions = swd.join("taskers.tcl");
+    let definition = berth_tasker::definitions::read(&definitions, &name).map_err(|errors| {
+        anyhow::anyhow!(
+            "{}\n(fix SWD/taskers.tcl, or move it away, and start the tasker again)",
+            errors.join("\n")
+        )
+    })?;
+    let slots = o
+        .slots
+        .or(definition.as_ref().and_then(|d| d.slots))
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1)
+        });
     let cores = std::thread::available_parallelism()
         .map(|n| n.get() as u32)
         .unwrap_or(1);
-    let cores_given = o
-        .resources
-        .as_deref()
-        .and_then(|r| berth_resources::Offer::parse(r).ok())
-        .is_some_and(|r| r.get("CORES").is_some());
+    let cores_given = [
+        o.resources.as_deref(),
+        definition.as_ref().map(|d| d.resources.as_str()),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(|r| berth_resources::Offer::parse(r).ok())
+    .any(|r| r.get("CORES").is_some());
     if slots > cores && !cores_given {
         eprintln!(
             "berth tasker {name}: note: {slots} slots but CORES/{cores}: jobs that ask for \

@@ -745,3 +745,69 @@ fn a_tasker_takes_no_job_from_a_server_that_cannot_prove_the_secret() {
         "the tasker ran a job from an unproven server"
     );
 }
+
+#[test]
+fn the_tasker_definitions_in_the_swd_give_resources_and_slots() {
+    need_root!();
+    let fx = Fixture::new();
+    std::fs::create_dir_all(&fx.swd).unwrap();
+    let defs = fx.swd.join("taskers.tcl");
+    std::fs::write(
+        &defs,
+        "# as Accelerator writes them\n\
+         vtk_tasker_set_defaults -resources \"@STD@ License:spice/1\"\n\
+         vtk_tasker_define other -CPUS 8\n\
+         vtk_tasker_define thishost -name t1 -resources \"@STD@ big_memory\" -CPUS 3 -coeff 2.0\n",
+    )
+    .unwrap();
+    let _up = Up::start(&fx, &["--name", "t1"]);
+    let out = fx.run(&["taskers", "--json"], T);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let res = v[0]["resources"].as_str().unwrap().to_string();
+    assert_eq!(v[0]["slots"], 3, "{v}");
+    assert!(res.contains("big_memory") && res.contains("CORES/3"), "{res}");
+    // The define's -resources replaced the default's, as in Accelerator.
+    assert!(!res.contains("License:spice"), "{res}");
+    let out = as_nobody(&fx, &["run", "-w", "-r", "big_memory CORES/3", "--", "true"]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // Read again when it changes.
+    let out = as_nobody(&fx, &["run", "-r", "GPU/2", "--", "true"]);
+    assert!(
+        stderr(&out).contains("no tasker can ever satisfy"),
+        "{}",
+        text(&out)
+    );
+    let job = stdout(&out).trim().to_string();
+    std::fs::write(
+        &defs,
+        "vtk_tasker_define thishost -name t1 -resources \"GPU/2\" -CPUS 3\n",
+    )
+    .unwrap();
+    let out = fx.run(&["wait", "--timeout", "30", &job], T);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn a_tasker_definition_berth_cannot_honour_stops_the_start_with_its_line() {
+    need_root!();
+    let fx = Fixture::new();
+    std::fs::create_dir_all(&fx.swd).unwrap();
+    std::fs::write(
+        fx.swd.join("taskers.tcl"),
+        "foreach h {a b} {\n  vtk_tasker_define $h\n}\n",
+    )
+    .unwrap();
+    let mut c = Command::new(berth());
+    c.args(["up", "--swd"]).arg(&fx.swd).stdin(Stdio::null());
+    let out = output_within(&mut c, T);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "{}:1: \"foreach\": berth knows only vtk_tasker_define",
+            fx.swd.join("taskers.tcl").display()
+        )),
+        "{err}"
+    );
+}
