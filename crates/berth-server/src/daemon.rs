@@ -565,6 +565,14 @@ impl Server {
                 None => out.lost.push(id),
             }
         }
+        // What it runs that the server does not count as running there (failed as lost
+        // while it was away too long, say) must not go on unaccounted: it is stopped, and
+        // its end acknowledged when it comes.
+        for id in listed.keys() {
+            if self.running_on.get(id).map(String::as_str) != Some(name) || out.lost.contains(id) {
+                link.send(ToTasker::Stop(*id));
+            }
+        }
         self.taskers.insert(
             name.to_string(),
             TaskerEntry {
@@ -996,6 +1004,52 @@ mod tests {
                 .all(|j| state(&h, *j).reason.as_deref() == Some("lost"))
         });
         assert!(third.runs().is_empty());
+        h.send(Event::Shutdown);
+        actor.join().unwrap();
+    }
+
+    #[test]
+    fn a_new_tasker_process_keeps_what_it_took_over_and_is_told_to_stop_the_rest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("b.db");
+        let (h, actor) = start(&path);
+        let first = Fake::default();
+        hello(&h, &first, "a", vec![], vec![]);
+        let j1 = submit(&h);
+        until("the run", || first.runs() == [j1]);
+
+        // A new process of the tasker says it runs j1 (it took the container over): j1
+        // stays Running there. It also says it runs 999, which the server never sent
+        // there: that is stopped.
+        let second = Fake::default();
+        hello(&h, &second, "b", vec![(j1, 0), (999, 1)], vec![]);
+        until("the stop of 999", || {
+            second
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|m| matches!(m, ToTasker::Stop(999)))
+        });
+        assert_eq!(state(&h, j1).state, State::Running);
+        assert!(!second
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|m| matches!(m, ToTasker::Stop(j) if *j == j1)));
+        // Its end, when it comes, is the job's.
+        h.send(Event::Tasker(
+            "t1".into(),
+            FromTasker::Ended(JobEnd {
+                job: j1,
+                exit_code: Some(0),
+                failure: None,
+                hook_failures: vec![],
+            }),
+        ));
+        until("the ack", || second.acks() == [j1]);
+        assert_eq!(state(&h, j1).state, State::Done);
         h.send(Event::Shutdown);
         actor.join().unwrap();
     }

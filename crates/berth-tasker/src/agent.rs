@@ -327,21 +327,43 @@ impl Agent {
                         return;
                     }
                 };
-                self.running
-                    .lock()
-                    .expect("lock")
-                    .insert(a.job, (a.slot, stop.clone()));
-                let me = self.clone();
-                std::thread::spawn(move || {
-                    let id = a.job;
-                    let end = end_of(id, me.run(a, &stop));
-                    // Kept until acknowledged, and before it leaves the running list.
-                    me.unacked.lock().expect("lock").insert(id, end.clone());
-                    me.running.lock().expect("lock").remove(&id);
-                    (me.report)(FromTasker::Ended(end));
-                });
+                let (job, slot) = (a.job, a.slot);
+                self.start(job, slot, stop, move |me, stop| me.run(a, stop));
             }
         }
+    }
+
+    /// Runs `f` on a thread of its own as job `job` in `slot`, and reports its end.
+    fn start(
+        self: &Arc<Self>,
+        job: u64,
+        slot: u32,
+        stop: Stop,
+        f: impl FnOnce(&Agent, &Stop) -> Outcome + Send + 'static,
+    ) {
+        self.running
+            .lock()
+            .expect("lock")
+            .insert(job, (slot, stop.clone()));
+        let me = self.clone();
+        std::thread::spawn(move || {
+            let end = end_of(job, f(&me, &stop));
+            // Kept until acknowledged, and before it leaves the running list.
+            me.unacked.lock().expect("lock").insert(job, end.clone());
+            me.running.lock().expect("lock").remove(&job);
+            (me.report)(FromTasker::Ended(end));
+        });
+    }
+
+    /// Takes over a container job that an earlier process of this tasker left running:
+    /// it is in the hello's running list, and ends as any job does.
+    pub fn adopt(self: &Arc<Self>, a: lifecycle::Adopted) -> std::io::Result<()> {
+        let stop = Stop::new()?;
+        let (job, slot) = (a.job, a.slot);
+        self.start(job, slot, stop, move |me, stop| {
+            lifecycle::resume(&me.host, a, stop)
+        });
+        Ok(())
     }
 
     /// Asks every running job to stop.

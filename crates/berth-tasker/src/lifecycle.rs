@@ -736,10 +736,34 @@ pub struct Recovered {
     pub hooks: Vec<(HookType, Result<(), String>)>,
 }
 
+/// A container job whose tasker process ended while its enter hook went on running: a
+/// new tasker process takes it over, waits for it, and finishes it.
+#[derive(Debug)]
+pub struct Adopted {
+    orphan: record::Orphan,
+    enter: EnterProcess,
+    /// The job's id, as the server knows it.
+    pub job: u64,
+    /// Its slot.
+    pub slot: u32,
+}
+
 /// Finishes the cleanup and teardown that processes which ended in the middle of a
-/// container job owe (a killed tasker, a killed `try`). Each hook is checked again before
-/// it runs. `note` receives one line per action, for the caller to show.
+/// container job owe (a killed tasker, a killed `try`), ending enter hooks still running.
+/// Each hook is checked again before it runs. `note` receives one line per action, for
+/// the caller to show.
 pub fn recover(host: &Host, note: &mut dyn FnMut(String)) -> Vec<Recovered> {
+    recover_or_adopt(host, false, note).0
+}
+
+/// As [`recover`], but with `adopt` a job whose enter hook still runs (a tasker killed and
+/// started again while its container went on) is not ended: it is returned, for
+/// [`resume`] to see it to its end.
+pub fn recover_or_adopt(
+    host: &Host,
+    adopt: bool,
+    note: &mut dyn FnMut(String),
+) -> (Vec<Recovered>, Vec<Adopted>) {
     let (orphans, bad) = record::orphans(&host.state_dir);
     for b in bad {
         note(format!(
@@ -747,7 +771,33 @@ pub fn recover(host: &Host, note: &mut dyn FnMut(String)) -> Vec<Recovered> {
         ));
     }
     let mut done = Vec::new();
+    let mut adopted = Vec::new();
     for o in orphans {
+        if adopt {
+            let rec = &o.record;
+            let live = rec
+                .enter
+                .filter(|e| sys::start_time(e.pid) == Some(e.start_time));
+            let job = rec.job_id.parse::<u64>().ok();
+            let slot = rec
+                .vars
+                .iter()
+                .find(|(k, _)| k == "VOV_JOBSLOT")
+                .and_then(|(_, v)| v.parse::<u32>().ok());
+            if let (Some(enter), Some(job), Some(slot)) = (live, job, slot) {
+                note(format!(
+                    "job {job}: its enter hook (process group {}) still runs; taking it over",
+                    enter.pid
+                ));
+                adopted.push(Adopted {
+                    orphan: o,
+                    enter,
+                    job,
+                    slot,
+                });
+                continue;
+            }
+        }
         let rec = &o.record;
         let sink = Arc::new(Sink::open(&rec.log, &rec.owner).unwrap_or(Sink::Terminal));
         let msg = format!(
@@ -812,7 +862,91 @@ pub fn recover(host: &Host, note: &mut dyn FnMut(String)) -> Vec<Recovered> {
             hooks,
         });
     }
-    done
+    (done, adopted)
+}
+
+/// Sees an adopted job to its end: waits for its enter hook (or, on a stop, ends it),
+/// takes the command's status from the wrapper's report, and runs cleanup and teardown.
+pub fn resume(host: &Host, a: Adopted, stop: &Stop) -> Outcome {
+    let rec = &a.orphan.record;
+    let sink = Arc::new(Sink::open(&rec.log, &rec.owner).unwrap_or(Sink::Terminal));
+    sink.note(&format!(
+        "job {}: a new tasker process took the job over",
+        rec.job_id
+    ));
+    let grace = Duration::from_secs(rec.kill_grace);
+    let mut stopped = false;
+    match sys::pidfd_open(a.enter.pid) {
+        Ok(fd) if sys::start_time(a.enter.pid) == Some(a.enter.start_time) => {
+            let woke = sys::wait_pidfd(&fd, None, Some(stop.fd())).unwrap_or(Woke::Exited);
+            if woke != Woke::Exited {
+                stopped = true;
+                terminate(a.enter.pid, &fd, grace);
+            }
+        }
+        _ => {} // it ended in between
+    }
+    // Not our child: its status is gone with it, but the wrapper's report is not.
+    sys::kill_group(a.enter.pid, libc::SIGKILL);
+    let status_file = status_path(&rec.job_dir, &rec.job_id);
+    let report = parse_report(read_status(&rec.owner, &status_file).as_deref());
+    let mut outcome = match report {
+        Report::Ended(e) => Outcome {
+            end: e,
+            failure: match e {
+                _ if stopped => Some("stopped by request".to_string()),
+                End::Exited(0) | End::NotRun => None,
+                End::Exited(c) => Some(format!("exit status {c}")),
+                End::Signaled(s) => Some(format!("killed by signal {s} ({})", signal_name(s))),
+            },
+            after_failures: Vec::new(),
+        },
+        Report::Started | Report::None => Outcome::refused(if stopped {
+            "stopped by request (the wrapper did not report the command's status)".to_string()
+        } else {
+            format!(
+                "container {}: the enter hook ended while no tasker watched it, and the wrapper {}",
+                rec.container,
+                if report == Report::Started {
+                    "did not report the command's status"
+                } else {
+                    "never ran"
+                }
+            )
+        }),
+    };
+    let job_env: Vec<(OsString, OsString)> = rec
+        .job_env
+        .iter()
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect();
+    for (h, t) in rec.after.iter().zip(&rec.after_timeouts) {
+        if let Err(e) = recover_hook(
+            host,
+            rec,
+            h,
+            Duration::from_secs(*t),
+            grace,
+            &job_env,
+            &rec.vars,
+            &sink,
+        ) {
+            sink.note(&format!("job {}: {e}", rec.job_id));
+            outcome.after_failures.push(e);
+        }
+    }
+    let _ = std::fs::remove_file(job_state_dir(host, &rec.job_id).join("env"));
+    let _ = std::fs::remove_dir(job_state_dir(host, &rec.job_id));
+    if let Some(f) = &outcome.failure {
+        sink.note(&format!("job {}: failed: {f}", rec.job_id));
+    }
+    if let Err(e) = a.orphan.held.remove() {
+        sink.note(&format!(
+            "job {}: cannot remove its record: {e}",
+            rec.job_id
+        ));
+    }
+    outcome
 }
 
 #[allow(clippy::too_many_arguments)]

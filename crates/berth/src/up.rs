@@ -316,7 +316,9 @@ pub fn make_agent(
             .unwrap_or_else(|| swd.join("tasker").join(&name)),
         key,
     };
-    let recovered = lifecycle::recover(&host, &mut |line| eprintln!("berth tasker {name}: {line}"));
+    let (recovered, adopted) = lifecycle::recover_or_adopt(&host, true, &mut |line| {
+        eprintln!("berth tasker {name}: {line}")
+    });
     if !recovered.is_empty() {
         eprintln!("berth tasker {name}: finished the cleanup and teardown of {} container job(s) left by an earlier run", recovered.len());
     }
@@ -361,6 +363,11 @@ pub fn make_agent(
         report,
     );
     agent.end_leftovers(&mut |line| eprintln!("berth tasker {name}: {line}"));
+    for a in adopted {
+        agent
+            .adopt(a)
+            .context("taking over a container job left running")?;
+    }
     agent.watch();
     agent.set_containers(match o.containers.as_str() {
         "auto" => None,

@@ -341,6 +341,7 @@ struct Split {
     server: Option<Child>,
     tasker: Option<Child>,
     fx_swd: std::path::PathBuf,
+    grace: String,
 }
 
 fn spawn_quiet(args: &[&str], swd: &std::path::Path) -> Child {
@@ -357,10 +358,15 @@ fn spawn_quiet(args: &[&str], swd: &std::path::Path) -> Child {
 
 impl Split {
     fn start(fx: &Fixture, slots: &str) -> Split {
+        Split::start_with_grace(fx, slots, "2")
+    }
+
+    fn start_with_grace(fx: &Fixture, slots: &str, grace: &str) -> Split {
         let mut s = Split {
             server: None,
             tasker: None,
             fx_swd: fx.swd.clone(),
+            grace: grace.to_string(),
         };
         s.start_server("127.0.0.1:0");
         s.start_tasker(slots);
@@ -370,7 +376,7 @@ impl Split {
     fn start_server(&mut self, addr: &str) {
         let _ = std::fs::remove_file(self.fx_swd.join("listen.addr"));
         self.server = Some(spawn_quiet(
-            &["server", "--listen", addr, "--tasker-grace", "2"],
+            &["server", "--listen", addr, "--tasker-grace", &self.grace],
             &self.fx_swd,
         ));
         let sock = self.fx_swd.join("berth.sock");
@@ -381,8 +387,25 @@ impl Split {
     }
 
     fn start_tasker(&mut self, slots: &str) {
+        // A project of its own (the fixture's directory name), so that the container
+        // names of tests running at once never meet.
+        let project = self
+            .fx_swd
+            .parent()
+            .and_then(|p| p.file_name())
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         self.tasker = Some(spawn_quiet(
-            &["tasker", "--name", "t1", "--slots", slots],
+            &[
+                "tasker",
+                "--name",
+                "t1",
+                "--slots",
+                slots,
+                "--project",
+                &project,
+            ],
             &self.fx_swd,
         ));
         let swd = self.fx_swd.clone();
@@ -394,6 +417,17 @@ impl Split {
                 .unwrap();
             stdout(&out).contains("\"t1\"")
         });
+    }
+
+    /// The tasker's project: the fixture's directory name, which its containers' names
+    /// start with.
+    fn project(&self) -> String {
+        self.fx_swd
+            .parent()
+            .and_then(|p| p.file_name())
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
     }
 
     fn addr(&self) -> String {
@@ -516,7 +550,7 @@ fn a_killed_tasker_loses_its_jobs_and_tears_down_when_it_returns() {
     let job = stdout(&out).trim().to_string();
     wait_until("the job to start", T, || fx.work.join("started").exists());
     assert_eq!(
-        podman_containers("berth-")
+        podman_containers(&split.project())
             .iter()
             .filter(|n| n.ends_with("-podman-split-0"))
             .count(),
@@ -532,7 +566,55 @@ fn a_killed_tasker_loses_its_jobs_and_tears_down_when_it_returns() {
     // Its return finishes the cleanup and teardown it owed.
     split.start_tasker("2");
     wait_until("the container to be removed", T, || {
-        podman_containers("berth-")
+        podman_containers(&split.project())
+            .iter()
+            .all(|n| !n.ends_with("-podman-split-0"))
+    });
+}
+
+#[test]
+fn a_killed_tasker_back_in_time_takes_its_container_job_over_and_finishes_it() {
+    need_root!();
+    let fx = Fixture::new();
+    fx.install_examples(&["podman-split"]);
+    let mut split = Split::start_with_grace(&fx, "2", "60");
+    let out = as_nobody(
+        &fx,
+        &[
+            "run",
+            "-r",
+            "Container:podman-split",
+            "--",
+            "sh",
+            "-c",
+            "touch started; while [ ! -e go ]; do sleep 0.1; done; echo finished as $(id -u)",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let job = stdout(&out).trim().to_string();
+    wait_until("the job to start", T, || fx.work.join("started").exists());
+    Split::kill9(&mut split.tasker);
+    split.start_tasker("2");
+    let out = fx.run(&["info", "--json", &job], T);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["state"], "Running", "{v}");
+    std::fs::write(fx.work.join("go"), "").unwrap();
+    let out = fx.run(&["wait", "--timeout", "60", &job], Duration::from_secs(90));
+    assert!(
+        stdout(&out).contains(&format!("{job} Done")),
+        "{}\n{}",
+        text(&out),
+        fx.read_work(&format!("berth-{job}.log"))
+    );
+    let log = fx.read_work(&format!("berth-{job}.log"));
+    assert!(log.contains("finished as 65534"), "{log}");
+    assert!(
+        log.contains("a new tasker process took the job over"),
+        "{log}"
+    );
+    // Its cleanup and teardown ran: the container is gone.
+    wait_until("the container to be removed", T, || {
+        podman_containers(&split.project())
             .iter()
             .all(|n| !n.ends_with("-podman-split-0"))
     });
@@ -765,10 +847,16 @@ fn the_tasker_definitions_in_the_swd_give_resources_and_slots() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let res = v[0]["resources"].as_str().unwrap().to_string();
     assert_eq!(v[0]["slots"], 3, "{v}");
-    assert!(res.contains("big_memory") && res.contains("CORES/3"), "{res}");
+    assert!(
+        res.contains("big_memory") && res.contains("CORES/3"),
+        "{res}"
+    );
     // The define's -resources replaced the default's, as in Accelerator.
     assert!(!res.contains("License:spice"), "{res}");
-    let out = as_nobody(&fx, &["run", "-w", "-r", "big_memory CORES/3", "--", "true"]);
+    let out = as_nobody(
+        &fx,
+        &["run", "-w", "-r", "big_memory CORES/3", "--", "true"],
+    );
     assert!(out.status.success(), "{}", text(&out));
 
     // Read again when it changes.
