@@ -59,6 +59,26 @@ pub struct Submit {
     /// Higher runs first; default 0.
     #[serde(default)]
     pub priority: i32,
+    /// `-I`: the job's terminal is the submitter's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interactive: Option<Interactive>,
+}
+
+/// Where an interactive job's terminal is: `berth run -I` listens on `host:port` and
+/// takes the first connection that sends `token`; the tasker then relays between it and
+/// the job's pseudo-terminal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interactive {
+    /// The submitting host's name.
+    pub host: String,
+    /// The port `berth run -I` listens on.
+    pub port: u16,
+    /// A secret of 32 random bytes, hex: the tasker proves with it that it is the one.
+    pub token: String,
+    /// The terminal's size.
+    pub rows: u16,
+    /// The terminal's size.
+    pub cols: u16,
 }
 
 /// A submission: jobs given one by one, or one job repeated as an array.
@@ -176,6 +196,9 @@ pub struct Assignment {
     pub resources: Option<String>,
     /// The log file.
     pub log: String,
+    /// Where its terminal is, for an interactive job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interactive: Option<Interactive>,
 }
 
 /// What the server tells a tasker.

@@ -383,6 +383,9 @@ impl Server {
                         array: None,
                         submitted_ms: t,
                     })?;
+                    if let Some(i) = &j.interactive {
+                        b.set_interactive(id, i)?;
+                    }
                     if let Some(i) = index {
                         let aid = *array_id.get_or_insert(id);
                         b.set_command(id, &substitute(&j.command, i, id, aid), Some((aid, i)))?;
@@ -807,6 +810,11 @@ fn validate(req: &SubmitRequest) -> Result<(), String> {
     if req.jobs.is_empty() {
         return Err("no job in the submission".into());
     }
+    if req.jobs.iter().any(|j| j.interactive.is_some())
+        && (req.array.is_some() || req.jobs.len() > 1)
+    {
+        return Err("an interactive job (-I) is a single job: not an array, not -f".into());
+    }
     if let Some((a, z)) = req.array {
         if req.jobs.len() != 1 {
             return Err("an array repeats one job; give exactly one".into());
@@ -920,6 +928,7 @@ mod tests {
             name: None,
             log: None,
             priority: 0,
+            interactive: None,
         };
         h.ask(|r| {
             Event::Submit(

@@ -80,6 +80,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX jobs_unfinished ON jobs(state) WHERE state IN ('Queued', 'Running');",
     // 2: which run of its tasker a job's start was sent to
     "ALTER TABLE jobs ADD COLUMN tasker_run TEXT;",
+    // 3: where an interactive job's terminal is (JSON berth_proto::Interactive)
+    "ALTER TABLE jobs ADD COLUMN interactive TEXT;",
 ];
 
 /// The job store.
@@ -278,7 +280,8 @@ impl Store {
         let row = self
             .conn
             .prepare_cached(
-                "SELECT j.uid, j.gid, j.user, j.command, j.dir, e.data, j.resources, j.log
+                "SELECT j.uid, j.gid, j.user, j.command, j.dir, e.data, j.resources, j.log,
+                        j.interactive
                  FROM jobs j JOIN envs e ON e.hash = j.env WHERE j.id = ?1",
             )
             .and_then(|mut st| {
@@ -292,12 +295,13 @@ impl Store {
                         r.get::<_, String>(5)?,
                         r.get::<_, Option<String>>(6)?,
                         r.get::<_, Option<String>>(7)?,
+                        r.get::<_, Option<String>>(8)?,
                     ))
                 })
             })
             .optional()
             .map_err(self.err())?;
-        let Some((uid, gid, user, command, dir, env, resources, log)) = row else {
+        let Some((uid, gid, user, command, dir, env, resources, log, interactive)) = row else {
             return Ok(None);
         };
         let corrupt = |what: String| StoreError::Corrupt {
@@ -310,6 +314,10 @@ impl Store {
         let env: Vec<(String, String)> =
             serde_json::from_str(&env).map_err(|e| corrupt(format!("environment: {e}")))?;
         let log = log.unwrap_or_else(|| default_log(&dir, id));
+        let interactive = interactive
+            .map(|t| serde_json::from_str(&t))
+            .transpose()
+            .map_err(|e| corrupt(format!("interactive: {e}")))?;
         Ok(Some(Assignment {
             job: id,
             slot: 0,
@@ -321,6 +329,7 @@ impl Store {
             env,
             resources,
             log,
+            interactive,
         }))
     }
 
@@ -432,6 +441,19 @@ impl Batch<'_> {
                 j.submitted_ms as i64
             ])?;
         Ok(self.tx.last_insert_rowid() as u64)
+    }
+
+    /// Records where an interactive job's terminal is.
+    pub fn set_interactive(
+        &mut self,
+        id: u64,
+        i: &berth_proto::Interactive,
+    ) -> Result<(), rusqlite::Error> {
+        let text = serde_json::to_string(i).expect("strings serialize");
+        self.tx
+            .prepare_cached("UPDATE jobs SET interactive = ?2 WHERE id = ?1")?
+            .execute(params![id as i64, text])?;
+        Ok(())
     }
 
     /// Rewrites a job's command line (array substitutions need the job's own id).

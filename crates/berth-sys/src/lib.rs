@@ -2,6 +2,7 @@
 //! filesystem identity, signals, locks, peer credentials. This is the one crate with
 //! `unsafe` (apart from the static wrapper); each block says why it is sound.
 
+pub mod pty;
 pub mod spawn;
 
 use std::ffi::{CStr, CString, OsStr};
@@ -325,6 +326,24 @@ impl EventFd {
     pub fn raw(&self) -> RawFd {
         self.0.as_raw_fd()
     }
+}
+
+/// Fills `buf` with random bytes from the kernel (getrandom).
+pub fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: getrandom writes at most the given length into our buffer.
+        let n = unsafe { libc::getrandom(buf[done..].as_mut_ptr().cast(), buf.len() - done, 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        } else {
+            done += n as usize;
+        }
+    }
+    Ok(())
 }
 
 /// How long to sleep between checks of something that cannot be polled.

@@ -52,6 +52,10 @@ pub struct Spawn<'a> {
     pub stdout: Stdio<'a>,
     /// Standard error.
     pub stderr: Stdio<'a>,
+    /// Make the child the leader of a new session whose controlling terminal is its
+    /// standard input (an interactive job on a pseudo-terminal), instead of only the
+    /// leader of a new process group.
+    pub terminal: bool,
 }
 
 /// A started child, leader of its own process group.
@@ -133,6 +137,7 @@ struct Prepared {
     fds: [RawFd; 3],
     ids: Option<(Vec<libc::gid_t>, libc::gid_t, libc::uid_t)>,
     dir: CString,
+    terminal: bool,
     /// Written by the child when it fails before or at exec: the errno.
     err: libc::c_int,
     /// And the step that failed.
@@ -234,6 +239,7 @@ pub fn spawn(s: &Spawn<'_>) -> io::Result<Child> {
         fds,
         ids: s.who.map(|w| (w.groups.clone(), w.gid, w.uid)),
         dir,
+        terminal: s.terminal,
         err: 0,
         step: Step::Exec,
     };
@@ -280,7 +286,7 @@ pub fn spawn(s: &Spawn<'_>) -> io::Result<Child> {
         let os = io::Error::from_raw_os_error(err);
         let what = match step {
             Step::Exec => return Err(os),
-            Step::Group => "cannot make a process group".to_string(),
+            Step::Group => "cannot make a process group (or session)".to_string(),
             Step::Descriptors => "cannot set up standard input and output".to_string(),
             Step::Identity => match s.who {
                 Some(w) => format!("cannot become {} (uid {})", w.name, w.uid),
@@ -346,13 +352,21 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
                 );
             }
         }
-        if libc::syscall(libc::SYS_setpgid, 0, 0) != 0 {
+        let group = if (*p).terminal {
+            libc::syscall(libc::SYS_setsid)
+        } else {
+            libc::syscall(libc::SYS_setpgid, 0, 0)
+        };
+        if group < 0 {
             fail(p, Step::Group, errno());
         }
         for (target, &fd) in (*p).fds.iter().enumerate() {
             if libc::syscall(libc::SYS_dup2, fd, target) < 0 {
                 fail(p, Step::Descriptors, errno());
             }
+        }
+        if (*p).terminal && libc::syscall(libc::SYS_ioctl, 0, libc::TIOCSCTTY, 0) != 0 {
+            fail(p, Step::Group, errno());
         }
         if let Some((groups, gid, uid)) = &(*p).ids {
             if libc::syscall(libc::SYS_getuid) == 0 || libc::syscall(libc::SYS_geteuid) == 0 {
@@ -424,6 +438,7 @@ mod tests {
             stdin: Stdio::Null,
             stdout: Stdio::Piped,
             stderr: Stdio::Piped,
+            terminal: false,
         })
         .unwrap();
         let (mut o, mut e) = (String::new(), String::new());
@@ -446,6 +461,7 @@ mod tests {
                 stdin: Stdio::Null,
                 stdout: Stdio::Null,
                 stderr: Stdio::Null,
+                terminal: false,
             })
         };
         assert_eq!(
@@ -483,6 +499,7 @@ mod tests {
             stdin: Stdio::Null,
             stdout: Stdio::Piped,
             stderr: Stdio::Null,
+            terminal: false,
         })
         .unwrap();
         let mut o = String::new();
@@ -524,6 +541,7 @@ mod tests {
             stdin: Stdio::Null,
             stdout: Stdio::Piped,
             stderr: Stdio::Null,
+            terminal: false,
         })
         .unwrap();
         let mut o = String::new();

@@ -416,6 +416,7 @@ impl Agent {
             slot: a.slot,
             request,
             log: LogTarget::File(PathBuf::from(a.log)),
+            interactive: a.interactive,
         };
         match containers.as_slice() {
             [] => {

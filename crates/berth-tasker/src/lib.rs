@@ -7,6 +7,7 @@ pub mod lifecycle;
 pub mod log;
 pub mod plain;
 pub mod record;
+pub mod terminal;
 
 pub use berth_sys::Identity;
 pub use lifecycle::{recover, run, End, Host, Job, Outcome, Recovered, Stop};

@@ -60,6 +60,8 @@ pub struct Job {
     pub request: Option<Expr>,
     /// Where its output goes.
     pub log: LogTarget,
+    /// For an interactive job: where its terminal is.
+    pub interactive: Option<berth_proto::Interactive>,
 }
 
 /// Asks a running job to stop; cheap to clone, safe to trigger from any thread.
@@ -198,16 +200,21 @@ struct HookRun<'a> {
     grace: Duration,
     stop: Option<&'a Stop>,
     sink: &'a Arc<Sink>,
+    /// The job's terminal (an interactive job's enter hook).
+    tty: Option<&'a std::os::fd::OwnedFd>,
 }
 
 fn run_hook(r: &HookRun<'_>, on_start: impl FnOnce(u32)) -> HookEnd {
     let kind = r.hook.hook.kind;
     let who = (r.hook.hook.privilege == Privilege::User && sys::euid() == 0).then_some(r.owner);
     let marked = kind != HookType::Enter;
-    let (stdout, stderr) = if marked {
-        (Stdio::Piped, Stdio::Piped)
-    } else {
-        r.sink.direct()
+    let (stdin, stdout, stderr) = match r.tty {
+        Some(t) => (Stdio::Fd(t), Stdio::Fd(t), Stdio::Fd(t)),
+        None if marked => (Stdio::Null, Stdio::Piped, Stdio::Piped),
+        None => {
+            let (o, e) = r.sink.direct();
+            (Stdio::Null, o, e)
+        }
     };
     let mut child = match spawn(&Spawn {
         program: r.hook.exec_path.as_os_str(),
@@ -215,9 +222,10 @@ fn run_hook(r: &HookRun<'_>, on_start: impl FnOnce(u32)) -> HookEnd {
         env: r.env,
         who,
         dir: r.dir,
-        stdin: Stdio::Null,
+        stdin,
         stdout,
         stderr,
+        terminal: r.tty.is_some(),
     }) {
         Ok(c) => c,
         Err(e) => {
@@ -240,7 +248,7 @@ fn run_hook(r: &HookRun<'_>, on_start: impl FnOnce(u32)) -> HookEnd {
         }
     };
     let pid = child.pid;
-    let pump = marked.then(|| {
+    let pump = (marked && r.tty.is_none()).then(|| {
         Pump::start(
             r.sink,
             kind.as_str(),
@@ -603,6 +611,7 @@ fn run_with_sink(host: &Host, job: &Job, cfg: &Config, stop: &Stop, sink: &Arc<S
                    args: &[OsString],
                    timeout,
                    stop: Option<&Stop>,
+                   tty: Option<&std::os::fd::OwnedFd>,
                    on_start: &mut dyn FnMut(u32)| {
         let env = hook_env(c.hook.privilege, &prepared.job_env, &prepared.vars);
         run_hook(
@@ -616,6 +625,7 @@ fn run_with_sink(host: &Host, job: &Job, cfg: &Config, stop: &Stop, sink: &Arc<S
                 grace: cfg.kill_grace,
                 stop,
                 sink,
+                tty,
             },
             on_start,
         )
@@ -643,6 +653,7 @@ fn run_with_sink(host: &Host, job: &Job, cfg: &Config, stop: &Stop, sink: &Arc<S
                 &[],
                 cfg.timeout(HookType::Setup),
                 Some(stop),
+                None,
                 &mut |_| {},
             );
             if !end.ok() {
@@ -660,12 +671,34 @@ fn run_with_sink(host: &Host, job: &Job, cfg: &Config, stop: &Stop, sink: &Arc<S
             .expect("a parsed configuration has an enter hook");
         let mut args: Vec<OsString> = vec![host.wrapper.clone().into()];
         args.extend(job.command.iter().cloned());
-        let end = run_one(enter, &args, None, Some(stop), &mut |pid| {
-            rec.enter = sys::start_time(pid).map(|start_time| EnterProcess { pid, start_time });
-            if let Err(e) = held.update(&rec) {
-                sink.note(&format!("job {}: cannot update its record: {e}", job.id));
+        let terminal = match &job.interactive {
+            None => Ok(None),
+            Some(i) => crate::terminal::Terminal::connect(i, &host.host).map(Some),
+        };
+        let end = match terminal {
+            Err(e) => HookEnd::NotStarted(e),
+            Ok(terminal) => {
+                let (mut terminal, slave) = match terminal {
+                    Some((t, s)) => (Some(t), Some(s)),
+                    None => (None, None),
+                };
+                let mut relay = None;
+                let end = run_one(enter, &args, None, Some(stop), slave.as_ref(), &mut |pid| {
+                    relay = terminal.take().map(|t| t.relay(sink.file()));
+                    rec.enter =
+                        sys::start_time(pid).map(|start_time| EnterProcess { pid, start_time });
+                    if let Err(e) = held.update(&rec) {
+                        sink.note(&format!("job {}: cannot update its record: {e}", job.id));
+                    }
+                });
+                // The relay ends once no process has the terminal open: not while we do.
+                drop(slave);
+                if let Some(r) = relay {
+                    r.finish(Duration::from_secs(2));
+                }
+                end
             }
-        });
+        };
         let report = parse_report(read_status(&job.owner, &prepared.status_file).as_deref());
         let stopped = matches!(end, HookEnd::Stopped(_));
         let hook_end = match end.status() {
@@ -708,7 +741,7 @@ fn run_with_sink(host: &Host, job: &Job, cfg: &Config, stop: &Stop, sink: &Arc<S
 
     // Cleanup and teardown: always, once setup was started, and not stoppable.
     for c in &after {
-        let end = run_one(c, &[], cfg.timeout(c.hook.kind), None, &mut |_| {});
+        let end = run_one(c, &[], cfg.timeout(c.hook.kind), None, None, &mut |_| {});
         if !end.ok() {
             let f = failed_hook(c, &end);
             sink.note(&format!("job {}: {f}", job.id));
@@ -980,6 +1013,7 @@ fn recover_hook(
             grace,
             stop: None,
             sink,
+            tty: None,
         },
         |_| {},
     );

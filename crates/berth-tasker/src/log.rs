@@ -41,6 +41,14 @@ impl Sink {
         }
     }
 
+    /// Another handle on the log file (None for the terminal).
+    pub fn file(&self) -> Option<File> {
+        match self {
+            Sink::File(f) => f.try_clone().ok(),
+            Sink::Terminal => None,
+        }
+    }
+
     /// Writes one line from berth itself, marked `[berth]`.
     pub fn note(&self, line: &str) {
         self.write_marked("berth", line.as_bytes(), true);

@@ -4,6 +4,7 @@
 
 use crate::lifecycle::{signal_name, supervise, End, HookEnd, Job, Outcome, Stop};
 use crate::log::Sink;
+use crate::terminal::Terminal;
 use berth_sys as sys;
 use berth_sys::spawn::{spawn, Spawn, Stdio};
 use std::os::unix::process::ExitStatusExt;
@@ -32,21 +33,47 @@ pub fn run(job: &Job, grace: Duration, stop: &Stop, on_start: &mut dyn FnMut(u32
             ))
         }
     };
-    let (stdout, stderr) = sink.direct();
     let who = (sys::euid() == 0).then_some(&job.owner);
     if who.is_none() && job.owner.uid != sys::euid() {
         return fail(format!("only root can run a job as {}", job.owner.name));
     }
-    let mut child = match spawn(&Spawn {
+    let (mut terminal, slave) = match &job.interactive {
+        None => (None, None),
+        Some(i) => match Terminal::connect(i, &sys::short_hostname()) {
+            Ok((t, s)) => (Some(t), Some(s)),
+            Err(e) => {
+                sink.note(&format!("job {}: {e}", job.id));
+                return fail(format!("interactive: {e}"));
+            }
+        },
+    };
+    let (stdin, stdout, stderr) = match &slave {
+        Some(t) => (Stdio::Fd(t), Stdio::Fd(t), Stdio::Fd(t)),
+        None => {
+            let (o, e) = sink.direct();
+            (Stdio::Null, o, e)
+        }
+    };
+    let spawned = spawn(&Spawn {
         program: &job.command[0],
         args: &job.command[1..],
         env: &job.env,
         who,
         dir: &job.dir,
-        stdin: Stdio::Null,
+        stdin,
         stdout,
         stderr,
-    }) {
+        terminal: slave.is_some(),
+    });
+    // The relay ends once no process has the terminal open: not while we do.
+    drop(slave);
+    let relay = terminal.take().map(|t| t.relay(sink.file()));
+    let finish = |relay: Option<crate::terminal::Relay>| {
+        if let Some(r) = relay {
+            r.finish(Duration::from_secs(2));
+        }
+    };
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             let why = format!(
@@ -56,6 +83,7 @@ pub fn run(job: &Job, grace: Duration, stop: &Stop, on_start: &mut dyn FnMut(u32
                 job.dir.display()
             );
             sink.note(&why);
+            finish(relay);
             return Outcome {
                 end: End::Exited(if e.kind() == std::io::ErrorKind::NotFound {
                     127
@@ -68,6 +96,7 @@ pub fn run(job: &Job, grace: Duration, stop: &Stop, on_start: &mut dyn FnMut(u32
     };
     on_start(child.pid);
     let end = supervise(child.pid, None, grace, Some(stop), || child.wait());
+    finish(relay);
     let (status, stopped) = match end {
         HookEnd::Exited(s) => (s, false),
         HookEnd::Stopped(s) | HookEnd::TimedOut(s, _) => (s, true),

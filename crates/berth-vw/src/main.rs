@@ -81,8 +81,15 @@ fn run(args: &[OsString], status_path: Option<&std::ffi::OsStr>) -> i32 {
         libc::sigprocmask(libc::SIG_BLOCK, &set, &mut old);
     }
 
-    // SAFETY: the child only calls async-signal-safe functions (setpgid, sigprocmask,
-    // execvp, write, _exit) before exec.
+    // An interactive job: when the terminal on stdin is ours and we are in its foreground,
+    // the command's new group takes the foreground, or it would be stopped (SIGTTIN) as
+    // soon as it read from its terminal. Asked before the fork: the parent's setpgid may
+    // come first. SIGTTOU is blocked for the child's call, as a new group is a background
+    // one until then.
+    // SAFETY: tcgetpgrp and getpgrp only read.
+    let foreground = unsafe { libc::tcgetpgrp(0) == libc::getpgrp() };
+    // SAFETY: the child only calls async-signal-safe functions (setpgid,
+    // tcsetpgrp, sigprocmask, execvp, write, _exit) before exec.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         eprintln!("berth-vw: fork: {}", std::io::Error::last_os_error());
@@ -93,6 +100,13 @@ fn run(args: &[OsString], status_path: Option<&std::ffi::OsStr>) -> i32 {
         // SAFETY: see the fork above.
         unsafe {
             libc::setpgid(0, 0);
+            if foreground {
+                let mut ttou: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut ttou);
+                libc::sigaddset(&mut ttou, libc::SIGTTOU);
+                libc::sigprocmask(libc::SIG_BLOCK, &ttou, std::ptr::null_mut());
+                libc::tcsetpgrp(0, libc::getpid());
+            }
             libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
             libc::execvp(argv_ptrs[0], argv_ptrs.as_ptr());
             let err = *libc::__errno_location();

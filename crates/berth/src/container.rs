@@ -441,6 +441,7 @@ fn try_cmd(
         slot: 0,
         request,
         log: log.map(LogTarget::File).unwrap_or(LogTarget::Terminal),
+        interactive: None,
     };
     eprintln!(
         "[berth] job {}: container {} as {} in {}",

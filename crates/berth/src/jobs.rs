@@ -43,6 +43,10 @@ pub struct Run {
     /// Wait for the job(s) and exit with the job's status.
     #[arg(short = 'w')]
     wait: bool,
+    /// Interactive: the job's terminal is this one (its standard input, output and
+    /// error); waits and exits with the job's status.
+    #[arg(short = 'I')]
+    interactive: bool,
     /// Print the answer as JSON.
     #[arg(long)]
     json: bool,
@@ -102,6 +106,10 @@ pub fn run(r: Run) -> Result<i32> {
         .as_ref()
         .map(|l| dir.join(l).to_string_lossy().into_owned());
     let env = environment();
+    if r.interactive && (r.array.is_some() || r.file.is_some()) {
+        bail!("-I runs one job on this terminal: not with --array or -f");
+    }
+    let listening = r.interactive.then(crate::interactive::listen).transpose()?;
     let job = |command: Vec<String>| Submit {
         command,
         dir: dir_s.clone(),
@@ -110,6 +118,7 @@ pub fn run(r: Run) -> Result<i32> {
         name: r.name.clone(),
         log: log.clone(),
         priority: r.priority,
+        interactive: listening.as_ref().map(|l| l.interactive.clone()),
     };
     let req = match (&r.file, r.command.is_empty()) {
         (Some(_), false) => bail!("give either -f FILE or a command after --, not both"),
@@ -141,6 +150,24 @@ pub fn run(r: Run) -> Result<i32> {
     let sub: Submitted = client.call("POST", "/v1/jobs", Some(&body))?;
     for w in &sub.warnings {
         eprintln!("berth run: warning: {w}");
+    }
+    if let Some(l) = listening {
+        let v = l.attach(&client, sub.ids[0])?;
+        if v.state != State::Done {
+            eprintln!(
+                "berth run: job {} {}{}",
+                v.id,
+                v.state.as_str(),
+                v.reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            );
+        }
+        if r.json {
+            println!("{}", serde_json::to_string_pretty(&[&v])?);
+        }
+        return Ok(exit_of(std::slice::from_ref(&v)));
     }
     if r.json && !r.wait {
         println!("{}", serde_json::to_string_pretty(&sub)?);

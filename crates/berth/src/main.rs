@@ -2,6 +2,7 @@
 
 mod client;
 mod container;
+mod interactive;
 mod jobs;
 mod swd;
 mod tasker;

@@ -899,3 +899,103 @@ fn a_tasker_definition_berth_cannot_honour_stops_the_start_with_its_line() {
         "{err}"
     );
 }
+
+/// `berth run -I ARGS` as nobody, its standard input fed by `feed` (bytes after pauses).
+fn interactive(
+    fx: &Fixture,
+    args: &[&str],
+    feed: &'static [(u64, &'static [u8])],
+) -> std::process::Output {
+    let mut c = fx.berth(&[&["run", "-I"], args].concat());
+    c.uid(NOBODY)
+        .gid(NOBODY)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        for (ms, bytes) in feed {
+            std::thread::sleep(Duration::from_millis(*ms));
+            if input.write_all(bytes).is_err() {
+                return;
+            }
+        }
+        // and keep stdin open until the job is over
+        std::thread::sleep(Duration::from_secs(60));
+    });
+    wait_output(child, T)
+}
+
+#[test]
+fn an_interactive_job_has_the_submitters_terminal() {
+    need_root!();
+    let fx = Fixture::new();
+    let _up = Up::start(&fx, &["--slots", "2"]);
+    let out = interactive(
+        &fx,
+        &[
+            "--",
+            "sh",
+            "-c",
+            "tty; read x; echo got $x as $(id -u); exit 3",
+        ],
+        &[(300, b"hello\n")],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let so = stdout(&out);
+    assert!(so.contains("/dev/pts/"), "{so}");
+    assert!(so.contains("got hello as 65534"), "{so}");
+    // The output is in its log too.
+    let log = fx.read_work("berth-1.log");
+    assert!(log.contains("got hello as 65534\n"), "{log}");
+    // ^C reaches the job as SIGINT, through its terminal.
+    let out = interactive(
+        &fx,
+        &[
+            "--",
+            "sh",
+            "-c",
+            "echo ready; sleep 100; echo not interrupted",
+        ],
+        &[(500, b"\x03")],
+    );
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    assert!(!stdout(&out).contains("not interrupted"), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("killed by signal 2 (SIGINT)"),
+        "{}",
+        text(&out)
+    );
+    // Not with an array.
+    let out = interactive(&fx, &["--array", "2", "--", "true"], &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("-I runs one job"), "{}", text(&out));
+}
+
+#[test]
+fn an_interactive_container_job_gets_the_terminal_in_its_container() {
+    need_root!();
+    let fx = Fixture::new();
+    fx.install_examples(&["bwrap"]);
+    let _up = Up::start(&fx, &["--slots", "2"]);
+    let out = interactive(
+        &fx,
+        &[
+            "-r",
+            "Container:bwrap",
+            "--",
+            "sh",
+            "-c",
+            "test -t 0 && echo a terminal; read x; echo got $x; exit 5",
+        ],
+        &[(500, b"hi there\n")],
+    );
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    let so = stdout(&out);
+    assert!(
+        so.contains("a terminal") && so.contains("got hi there"),
+        "{so}"
+    );
+}

@@ -1,0 +1,156 @@
+//! The terminal of an interactive job (`berth run -I`): a pseudo-terminal on the tasker,
+//! relayed over TCP to the `berth run` that waits for it.
+//!
+//! The tasker connects to the submitting host (to 127.0.0.1 first when that is its own),
+//! sends `berth-terminal TOKEN` and a newline, and from then on the connection carries
+//! the terminal's bytes both ways, unencrypted. The job's output also goes to its log.
+
+use berth_proto::Interactive;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::Duration;
+
+/// The tasker's end of an interactive job's terminal.
+pub struct Terminal {
+    sock: TcpStream,
+    master: File,
+}
+
+impl Terminal {
+    /// Reaches the `berth run -I` that waits for the job, and makes the job's
+    /// pseudo-terminal; the slave that comes with it is the job's standard input, output
+    /// and error, to be closed here once the job has it.
+    pub fn connect(i: &Interactive, own_host: &str) -> io::Result<(Terminal, OwnedFd)> {
+        let mut tried = Vec::new();
+        let mut hosts = vec![i.host.as_str()];
+        if i.host == own_host {
+            hosts.insert(0, "127.0.0.1");
+        }
+        let mut sock = None;
+        'hosts: for h in hosts {
+            let addrs = match (h, i.port).to_socket_addrs() {
+                Ok(a) => a,
+                Err(e) => {
+                    tried.push(format!("{h}: {e}"));
+                    continue;
+                }
+            };
+            for a in addrs {
+                match TcpStream::connect_timeout(&a, Duration::from_secs(10)) {
+                    Ok(s) => {
+                        sock = Some(s);
+                        break 'hosts;
+                    }
+                    Err(e) => tried.push(format!("{a}: {e}")),
+                }
+            }
+        }
+        let Some(mut sock) = sock else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                format!(
+                    "cannot reach the terminal of `berth run -I` at {}:{} ({}); has it been stopped?",
+                    i.host,
+                    i.port,
+                    tried.join("; ")
+                ),
+            ));
+        };
+        sock.set_nodelay(true)?;
+        sock.write_all(format!("berth-terminal {}\n", i.token).as_bytes())?;
+        let (master, slave) = berth_sys::pty::openpty(i.rows.max(1), i.cols.max(1))?;
+        Ok((
+            Terminal {
+                sock,
+                master: File::from(master),
+            },
+            slave,
+        ))
+    }
+
+    /// Relays until the job's side of the terminal is closed by every process that had
+    /// it; the job's output also goes to `log`.
+    pub fn relay(self, log: Option<File>) -> Relay {
+        let Terminal { sock, master } = self;
+        let (done_tx, done) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            relay(sock, master, log);
+            let _ = done_tx.send(());
+        });
+        Relay { done }
+    }
+}
+
+/// A running relay.
+pub struct Relay {
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+impl Relay {
+    /// Waits up to `limit` for the relay to pass on the last of the job's output.
+    pub fn finish(self, limit: Duration) {
+        let _ = self.done.recv_timeout(limit);
+    }
+}
+
+fn relay(mut sock: TcpStream, mut master: File, mut log: Option<File>) {
+    let mut buf = [0u8; 16 * 1024];
+    let mut from_user = true;
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: master.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: if from_user { sock.as_raw_fd() } else { -1 },
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: poll on two pollfds of ours, for as long as the call lasts.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if r < 0 {
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            break;
+        }
+        if fds[0].revents != 0 {
+            match master.read(&mut buf) {
+                // EIO once no process has the slave open any more: the job is over.
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let _ = sock.write_all(&buf[..n]);
+                    if let Some(l) = log.as_mut() {
+                        // The terminal's line ends are \r\n; the log's are \n.
+                        let text: Vec<u8> = buf[..n]
+                            .iter()
+                            .enumerate()
+                            .filter(|&(k, &b)| !(b == b'\r' && buf[..n].get(k + 1) == Some(&b'\n')))
+                            .map(|(_, &b)| b)
+                            .collect();
+                        let _ = l.write_all(&text);
+                    }
+                }
+            }
+        }
+        if fds[1].revents != 0 {
+            match sock.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    // The user's input ended: an end-of-file character, as a terminal
+                    // would give it.
+                    from_user = false;
+                    let _ = master.write_all(&[4]);
+                }
+                Ok(n) => {
+                    let _ = master.write_all(&buf[..n]);
+                }
+            }
+        }
+    }
+    let _ = sock.shutdown(std::net::Shutdown::Write);
+}

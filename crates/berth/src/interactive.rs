@@ -1,0 +1,178 @@
+//! `berth run -I`: the job's terminal is this one. berth run listens on a TCP port of its
+//! own, says where in the submission with a one-time token, and relays between this
+//! terminal (in raw mode, so that ^C and the like reach the job) and the tasker that
+//! connects with the token. Then it waits for the job's end and exits with its status.
+
+use crate::client::Client;
+use anyhow::{Context, Result};
+use berth_proto::{Interactive, JobView};
+use std::io::{IsTerminal, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+/// A listener waiting for the tasker of one interactive job.
+pub struct Listening {
+    listener: TcpListener,
+    /// What goes in the submission.
+    pub interactive: Interactive,
+}
+
+/// Opens the port the tasker will connect to.
+pub fn listen() -> Result<Listening> {
+    let listener =
+        TcpListener::bind("0.0.0.0:0").context("listening for the interactive job's tasker")?;
+    let port = listener.local_addr()?.port();
+    let mut raw = [0u8; 32];
+    berth_sys::random_bytes(&mut raw).context("making the terminal's token")?;
+    let (rows, cols) = berth_sys::pty::window_size(&std::io::stdin())
+        .or_else(|| berth_sys::pty::window_size(&std::io::stdout()))
+        .unwrap_or((24, 80));
+    Ok(Listening {
+        listener,
+        interactive: Interactive {
+            host: berth_sys::short_hostname(),
+            port,
+            token: hex::encode(raw),
+            rows,
+            cols,
+        },
+    })
+}
+
+impl Listening {
+    /// Waits for job `id`'s tasker (saying so on a terminal), relays the terminal until
+    /// the job is over, and returns the job as it ended.
+    pub fn attach(self, client: &Client, id: u64) -> Result<JobView> {
+        let tty = std::io::stderr().is_terminal();
+        let sock = match self.accept(client, id, tty)? {
+            Ok(s) => s,
+            Err(v) => return Ok(v), // ended without ever starting
+        };
+        relay(sock)?;
+        loop {
+            let v: JobView = client.call("GET", &format!("/v1/jobs/{id}/wait?timeout=5"), None)?;
+            if v.state.is_final() {
+                return Ok(v);
+            }
+        }
+    }
+
+    /// The tasker's connection, once it has shown the token; or the job, if it ended
+    /// first.
+    fn accept(
+        &self,
+        client: &Client,
+        id: u64,
+        tty: bool,
+    ) -> Result<std::result::Result<TcpStream, JobView>> {
+        self.listener.set_nonblocking(true)?;
+        let want = format!("berth-terminal {}", self.interactive.token);
+        let mut said = false;
+        let mut next_check = Instant::now() + Duration::from_millis(500);
+        loop {
+            match self.listener.accept() {
+                Ok((s, _)) => {
+                    s.set_nonblocking(false)?;
+                    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                    if first_line(&s).is_some_and(|l| constant_eq(&l, want.as_bytes())) {
+                        s.set_read_timeout(None)?;
+                        s.set_nodelay(true)?;
+                        if said {
+                            eprint!("\r\x1b[K");
+                        }
+                        return Ok(Ok(s));
+                    }
+                    // Not the tasker: forget it, keep waiting.
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(e).context("waiting for the tasker to connect"),
+            }
+            if Instant::now() >= next_check {
+                next_check = Instant::now() + Duration::from_secs(1);
+                let v: JobView = client.call("GET", &format!("/v1/jobs/{id}"), None)?;
+                if v.state.is_final() {
+                    if said {
+                        eprintln!();
+                    }
+                    return Ok(Err(v));
+                }
+                if tty && !said {
+                    eprint!(
+                        "berth run: job {id} is {}{}; its terminal connects here when it starts",
+                        v.state.as_str(),
+                        v.why_waiting
+                            .as_deref()
+                            .map(|w| format!(" ({w})"))
+                            .unwrap_or_default()
+                    );
+                    said = true;
+                }
+            }
+        }
+    }
+}
+
+/// The first line a connection sends, read a byte at a time so that nothing after it
+/// (the job's first output) is taken with it; None past 256 bytes or 10 s.
+fn first_line(mut s: &TcpStream) -> Option<Vec<u8>> {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while line.len() < 256 {
+        match s.read(&mut b) {
+            Ok(1) if b[0] == b'\n' => return Some(line),
+            Ok(1) => line.push(b[0]),
+            _ => return None,
+        }
+    }
+    None
+}
+
+fn constant_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
+/// This terminal to the job and back, until the tasker closes the connection (the job
+/// and everything it started are gone).
+fn relay(sock: TcpStream) -> Result<()> {
+    let stdin = std::io::stdin();
+    let raw = if stdin.is_terminal() {
+        Some(berth_sys::pty::RawMode::enable(&stdin).context("putting the terminal in raw mode")?)
+    } else {
+        None
+    };
+    let mut to_job = sock.try_clone()?;
+    // The keys: a thread of their own, left behind blocked in read when the job ends.
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let mut input = std::io::stdin().lock();
+        loop {
+            match input.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    let _ = to_job.shutdown(Shutdown::Write);
+                    return;
+                }
+                Ok(n) => {
+                    if to_job.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let mut from_job = sock;
+    let mut out = std::io::stdout().lock();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match from_job.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                out.write_all(&buf[..n])?;
+                out.flush()?;
+            }
+        }
+    }
+    drop(raw);
+    Ok(())
+}
