@@ -978,24 +978,28 @@ fn an_interactive_job_has_the_submitters_terminal() {
 fn an_interactive_container_job_gets_the_terminal_in_its_container() {
     need_root!();
     let fx = Fixture::new();
-    fx.install_examples(&["bwrap"]);
-    let _up = Up::start(&fx, &["--slots", "2"]);
-    let out = interactive(
-        &fx,
-        &[
-            "-r",
-            "Container:bwrap",
-            "--",
-            "sh",
-            "-c",
-            "test -t 0 && echo a terminal; read x; echo got $x; exit 5",
-        ],
-        &[(500, b"hi there\n")],
-    );
-    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
-    let so = stdout(&out);
-    assert!(
-        so.contains("a terminal") && so.contains("got hi there"),
-        "{so}"
-    );
+    fx.install_examples(&["bwrap", "docker", "podman-split"]);
+    let _up = Up::start(&fx, &["--slots", "2", "--project", "t-it"]);
+    for name in ["bwrap", "docker", "podman-split"] {
+        let res = format!("Container:{name}");
+        let out = interactive(
+            &fx,
+            &[
+                "-r",
+                &res,
+                "--",
+                "sh",
+                "-c",
+                "test -t 0 && echo a terminal; read x; echo got $x; exit 5",
+            ],
+            &[(1500, b"hi there\n")],
+        );
+        assert_eq!(out.status.code(), Some(5), "{name}: {}", text(&out));
+        let so = stdout(&out);
+        assert!(
+            so.contains("a terminal") && so.contains("got hi there"),
+            "{name}: {so}"
+        );
+    }
+    assert!(podman_containers("t-it").is_empty());
 }

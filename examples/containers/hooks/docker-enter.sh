@@ -39,6 +39,10 @@ fi
 if [ -n "${VOV_CONTAINER_TMP:-}" ]; then
     set -- "$@" --tmpfs "/tmp:rw,nosuid,nodev,size=${VOV_CONTAINER_TMP}m"
 fi
+# An interactive job (berth run -I): the hook's standard input is the job's terminal.
+if [ -t 0 ]; then
+    set -- "$@" --interactive --tty
+fi
 set -- "$@" "$IMAGE"
 i=0
 while [ "$i" -lt "$n" ]; do
@@ -49,7 +53,10 @@ done
 # The engine runs in the background so that a stop reaches the container by its name:
 # `run` passes signals on only once its own signal proxy is up, and a stop can come
 # sooner. Whatever happens, the container is removed on the way out.
-"$ENGINE" "$@" &
+# (A command in the background reads /dev/null unless told otherwise: fd 3 keeps the
+# hook's standard input, the terminal of an interactive job, for it.)
+exec 3<&0
+"$ENGINE" "$@" <&3 &
 engine=$!
 stop() {
     "$ENGINE" kill --signal TERM "$name" >/dev/null 2>&1 || kill -TERM "$engine" 2>/dev/null

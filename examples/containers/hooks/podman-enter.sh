@@ -17,5 +17,11 @@ fi
 
 name="$VOV_PROJECT_NAME-$HOST-$VOV_CONTAINER_NAME-$VOV_JOBSLOT"
 jobdir=${VOV_CONTAINER_JOB_RUNDIR:-$PWD}
-exec podman exec --user "$BERTH_JOB_UID:$BERTH_JOB_GID" \
+# An interactive job (berth run -I): the hook's standard input is the job's terminal.
+tty=
+if [ -t 0 ]; then
+    tty="--interactive --tty"
+fi
+# shellcheck disable=SC2086 # $tty is zero or two words
+exec podman exec $tty --user "$BERTH_JOB_UID:$BERTH_JOB_GID" \
     --env-file "$VOV_CONTAINER_ENV_FILE" --workdir "$jobdir" "$name" "$@"
