@@ -45,11 +45,14 @@ def setup(root):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=25)
+    ap.add_argument("--berth", help="a berth binary to measure instead of this checkout's (not built)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("container_overhead.py: run as root (hooks run as root, jobs as nobody)")
-    sh("cargo", "build", "--release", "-q", "-p", "berth", cwd=REPO)
-    berth = os.path.join(REPO, "target/release/berth")
+    berth = args.berth
+    if not berth:
+        sh("cargo", "build", "--release", "-q", "-p", "berth", cwd=REPO)
+        berth = os.path.join(REPO, "target/release/berth")
     root = tempfile.mkdtemp(prefix="berth-bench-")
     os.chmod(root, 0o755)
     try:

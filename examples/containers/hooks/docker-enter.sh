@@ -52,13 +52,16 @@ while [ "$i" -lt "$n" ]; do
 done
 # The engine runs in the background so that a stop reaches the container by its name:
 # `run` passes signals on only once its own signal proxy is up, and a stop can come
-# sooner. Whatever happens, the container is removed on the way out.
+# sooner. A container that `--rm` may not have removed (a stop, a failure) is removed on
+# the way out; after a clean exit there is none, and no second engine call is paid for.
 # (A command in the background reads /dev/null unless told otherwise: fd 3 keeps the
 # hook's standard input, the terminal of an interactive job, for it.)
 exec 3<&0
 "$ENGINE" "$@" <&3 &
 engine=$!
+stopped=0
 stop() {
+    stopped=1
     "$ENGINE" kill --signal TERM "$name" >/dev/null 2>&1 || kill -TERM "$engine" 2>/dev/null
 }
 trap stop TERM INT HUP
@@ -69,5 +72,7 @@ while kill -0 "$engine" 2>/dev/null; do
     status=0
     wait "$engine" || status=$?
 done
-"$ENGINE" rm --force "$name" >/dev/null 2>&1 || true
+if [ "$status" -ne 0 ] || [ "$stopped" -eq 1 ]; then
+    "$ENGINE" rm --force "$name" >/dev/null 2>&1 || true
+fi
 exit "$status"
