@@ -243,7 +243,10 @@ pub fn spawn(s: &Spawn<'_>) -> io::Result<Child> {
         err: 0,
         step: Step::Exec,
     };
-    let mut stack = vec![0u8; STACK];
+    // The child's stack: on this thread's own, which is idle until the child has exec'd.
+    // Not zeroed, and allocated nowhere: a heap block here cost page faults and
+    // mprotect calls on every start.
+    let mut stack = std::mem::MaybeUninit::<[u8; STACK]>::uninit();
 
     // Block every signal for the clone, so that no handler of ours runs in the child
     // while it shares our memory; the child sets its own mask before it execs.
@@ -258,7 +261,7 @@ pub fn spawn(s: &Spawn<'_>) -> io::Result<Child> {
     // thread resumes only once the child has exec'd or exited); the top is 16-aligned.
     // `child` reads `prep` and writes only `prep.err`, and makes only raw system calls.
     let pid = unsafe {
-        let top = stack.as_mut_ptr().add(STACK);
+        let top = stack.as_mut_ptr().cast::<u8>().add(STACK);
         let top = top.sub(top as usize % 16);
         libc::clone(
             child,
@@ -270,7 +273,6 @@ pub fn spawn(s: &Spawn<'_>) -> io::Result<Child> {
     let clone_err = io::Error::last_os_error();
     // SAFETY: restores this thread's mask saved above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
-    drop(stack);
     if pid < 0 {
         return Err(clone_err);
     }

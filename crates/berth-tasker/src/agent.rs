@@ -1,6 +1,6 @@
 //! A tasker's agent: what it offers, and the jobs the server hands it, each run on a
-//! thread of its own in its slot, through the container life cycle when the job asks for
-//! `Container:NAME`.
+//! thread of its own (kept in a pool for the next job) in its slot, through the container
+//! life cycle when the job asks for `Container:NAME`.
 
 use crate::lifecycle::{self, End, Host, Job, Outcome, Stop};
 use crate::log::LogTarget;
@@ -38,7 +38,14 @@ pub struct Agent {
     /// The plain-jobs record, one 64-byte line per slot.
     plain: Mutex<Option<std::fs::File>>,
     report: Report,
+    /// The jobs' threads.
+    pool: crate::pool::Pool,
+    /// Job owners looked up lately, with when.
+    identities: Mutex<HashMap<u32, (berth_sys::Identity, std::time::Instant)>>,
 }
+
+/// How long a looked-up job owner is used for.
+const IDENTITY_TTL: Duration = Duration::from_secs(10);
 
 /// The host's own resources (SPEC §7).
 pub fn host_resources(name: &str, slots: u32) -> String {
@@ -87,6 +94,8 @@ impl Agent {
             only: Mutex::new(None),
             plain: Mutex::new(None),
             report,
+            pool: crate::pool::Pool::default(),
+            identities: Mutex::new(HashMap::new()),
         })
     }
 
@@ -346,7 +355,7 @@ impl Agent {
             .expect("lock")
             .insert(job, (slot, stop.clone()));
         let me = self.clone();
-        std::thread::spawn(move || {
+        self.pool.run(move || {
             let end = end_of(job, f(&me, &stop));
             // Kept until acknowledged, and before it leaves the running list.
             me.unacked.lock().expect("lock").insert(job, end.clone());
@@ -380,8 +389,27 @@ impl Agent {
         self.running.lock().expect("lock").len()
     }
 
+    /// The user `uid`, from the system's user database at most `IDENTITY_TTL` ago: a
+    /// lookup reads /etc/passwd and /etc/group (or asks NSS), and a user's jobs come in
+    /// thousands. A change of a user's groups reaches their jobs within that time.
+    fn owner(&self, uid: u32) -> Result<berth_sys::Identity, berth_sys::IdentityError> {
+        let now = std::time::Instant::now();
+        if let Some((who, at)) = self.identities.lock().expect("lock").get(&uid) {
+            if now.duration_since(*at) < IDENTITY_TTL {
+                return Ok(who.clone());
+            }
+        }
+        let who = berth_sys::identity_by_uid(uid)?;
+        let mut cache = self.identities.lock().expect("lock");
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        cache.insert(uid, (who.clone(), now));
+        Ok(who)
+    }
+
     fn run(&self, a: Assignment, stop: &Stop) -> Outcome {
-        let owner = match berth_sys::identity_by_uid(a.uid) {
+        let owner = match self.owner(a.uid) {
             Ok(o) => o,
             Err(e) => return failed(format!("the job's owner: {e}")),
         };

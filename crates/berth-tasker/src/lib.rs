@@ -6,6 +6,7 @@ pub mod definitions;
 pub mod lifecycle;
 pub mod log;
 pub mod plain;
+pub mod pool;
 pub mod record;
 pub mod terminal;
 
