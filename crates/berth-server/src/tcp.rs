@@ -126,7 +126,8 @@ impl TaskerLink for TcpLink {
 /// 128 random bits, in hex.
 pub fn nonce() -> String {
     let mut raw = [0u8; 16];
-    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut raw));
+    // A nonce of zeros would let a recorded handshake be replayed: no fallback.
+    berth_sys::random_bytes(&mut raw).expect("getrandom(2) failed: no random bytes for a nonce");
     hex::encode(raw)
 }
 

@@ -472,9 +472,11 @@ impl Agent {
 }
 
 fn incarnation() -> String {
-    use std::io::Read;
     let mut raw = [0u8; 12];
-    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut raw));
+    // Two processes with one incarnation could make the server run a job twice: no
+    // fallback to a fixed value.
+    berth_sys::random_bytes(&mut raw)
+        .expect("getrandom(2) failed: no random bytes for the tasker's incarnation");
     raw.iter().map(|b| format!("{b:02x}")).collect()
 }
 
