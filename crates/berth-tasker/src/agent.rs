@@ -79,13 +79,14 @@ impl Agent {
         containers_dir: PathBuf,
         slots: u32,
         extra: String,
+        grace: Duration,
         report: Report,
     ) -> Arc<Agent> {
         Arc::new(Agent {
             name: name.to_string(),
             host,
             containers_dir,
-            grace: Duration::from_secs(10),
+            grace,
             slots,
             extra,
             running: Mutex::new(HashMap::new()),

@@ -41,6 +41,10 @@ pub struct AgentOpts {
     /// `berth container check` here), `none`, or a comma-separated list of names.
     #[arg(long, value_name = "auto|none|NAMES", default_value = "auto")]
     pub containers: String,
+    /// Between SIGTERM and SIGKILL when a job without a container is stopped (container
+    /// jobs take their configuration's containerKillGrace).
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub kill_grace: u64,
 }
 
 /// The options of `berth up`.
@@ -360,6 +364,7 @@ pub fn make_agent(
         swd::containers(swd),
         slots,
         o.resources.clone().unwrap_or_default(),
+        Duration::from_secs(o.kill_grace),
         report,
     );
     agent.end_leftovers(&mut |line| eprintln!("berth tasker {name}: {line}"));

@@ -1003,3 +1003,44 @@ fn an_interactive_container_job_gets_the_terminal_in_its_container() {
     }
     assert!(podman_containers("t-it").is_empty());
 }
+
+#[test]
+fn a_stopped_job_that_ignores_sigterm_is_killed_after_the_grace() {
+    need_root!();
+    let fx = Fixture::new();
+    let _up = Up::start(&fx, &["--slots", "2", "--kill-grace", "1"]);
+    let out = as_nobody(
+        &fx,
+        &[
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo ignored TERM' TERM; touch started; while :; do sleep 0.1; done",
+        ],
+    );
+    let job = stdout(&out).trim().to_string();
+    wait_until("the job to start", T, || fx.work.join("started").exists());
+    let out = fx.run(&["stop", &job], T);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = fx.run(&["wait", "--timeout", "30", &job], T);
+    assert!(
+        stdout(&out).contains(&format!("{job} Failed: stopped by request")),
+        "{}",
+        text(&out)
+    );
+    let log = fx.read_work(&format!("berth-{job}.log"));
+    assert!(log.contains("ignored TERM"), "{log}");
+    let out = fx.run(&["info", "--json", &job], T);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // SIGKILL, after SIGTERM was ignored for the grace.
+    assert_eq!(v["exit_code"], 137, "{v}");
+    let left = Command::new("pgrep")
+        .args(["-u", "nobody", "-f", "ignored TERM"])
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&left).trim().is_empty(),
+        "the job's group was not ended"
+    );
+}
