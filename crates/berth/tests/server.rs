@@ -1044,3 +1044,27 @@ fn a_stopped_job_that_ignores_sigterm_is_killed_after_the_grace() {
         "the job's group was not ended"
     );
 }
+
+#[test]
+fn killing_an_interactive_berth_run_stops_its_job() {
+    need_root!();
+    let fx = Fixture::new();
+    let _up = Up::start(&fx, &["--slots", "2"]);
+    let mut c = fx.berth(&["run", "-I", "--", "sh", "-c", "touch started; sleep 200"]);
+    c.uid(NOBODY)
+        .gid(NOBODY)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = c.spawn().unwrap();
+    wait_until("the job to start", T, || fx.work.join("started").exists());
+    signal(&child, libc::SIGTERM);
+    let out = wait_output(child, T);
+    // The job's own status: its shell was ended by the stop's SIGTERM.
+    assert_eq!(out.status.code(), Some(143), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("Failed: stopped by request"),
+        "{}",
+        text(&out)
+    );
+}
