@@ -1068,3 +1068,43 @@ fn killing_an_interactive_berth_run_stops_its_job() {
         text(&out)
     );
 }
+
+#[test]
+fn a_killed_berth_up_takes_its_container_job_over_when_started_again() {
+    need_root!();
+    let fx = Fixture::new();
+    fx.install_examples(&["docker"]);
+    let args = ["--slots", "2", "--project", "t-upkill"];
+    let mut up = Up::start(&fx, &args);
+    let out = as_nobody(
+        &fx,
+        &[
+            "run",
+            "-r",
+            "Container:docker",
+            "--",
+            "sh",
+            "-c",
+            "touch started; while [ ! -e go ]; do sleep 0.1; done; echo finished",
+        ],
+    );
+    let job = stdout(&out).trim().to_string();
+    wait_until("the job to start", T, || fx.work.join("started").exists());
+    up.kill9();
+    drop(up);
+    let _up = Up::start(&fx, &args);
+    std::fs::write(fx.work.join("go"), "").unwrap();
+    let out = fx.run(&["wait", "--timeout", "60", &job], Duration::from_secs(90));
+    assert!(
+        stdout(&out).contains(&format!("{job} Done")),
+        "{}\n{}",
+        text(&out),
+        fx.read_work(&format!("berth-{job}.log"))
+    );
+    assert!(fx
+        .read_work(&format!("berth-{job}.log"))
+        .contains("finished"));
+    wait_until("the container to be removed", T, || {
+        podman_containers("t-upkill").is_empty()
+    });
+}
