@@ -386,6 +386,30 @@ fn next_try_id(state: &Path) -> Result<String> {
     Ok(n.to_string())
 }
 
+/// The first slot no other `try` on this state directory holds, with the lock that holds
+/// it (released when the try ends, however it ends): two `try`s of one configuration at
+/// once get different VOV_JOBSLOTs, and so different container names.
+fn free_try_slot(state: &Path) -> Result<(u32, std::fs::File)> {
+    let dir = state.join("try-slots");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for slot in 0..1024u32 {
+        let path = dir.join(format!("{slot}.lock"));
+        let f = std::fs::File::options()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        if berth_sys::flock_exclusive(&f, false)
+            .with_context(|| format!("locking {}", path.display()))?
+        {
+            return Ok((slot, f));
+        }
+    }
+    bail!("1024 tries run at once on {}", state.display())
+}
+
 #[allow(clippy::too_many_arguments)]
 fn try_cmd(
     common: &Common,
@@ -432,13 +456,14 @@ fn try_cmd(
             env.push((k.into(), v.into()));
         }
     }
+    let (slot, _slot_lock) = free_try_slot(&host.state_dir)?;
     let job = Job {
         id: next_try_id(&host.state_dir)?,
         owner,
         dir,
         env,
         command,
-        slot: 0,
+        slot,
         request,
         log: log.map(LogTarget::File).unwrap_or(LogTarget::Terminal),
         interactive: None,

@@ -821,3 +821,42 @@ fn the_wrapper_is_not_installed_where_a_user_could_replace_it() {
         text(&out)
     );
 }
+
+#[test]
+fn tries_at_once_get_slots_of_their_own() {
+    need_root!();
+    let fx = Fixture::new();
+    let e = fx.hook(
+        "enter.sh",
+        &format!(
+            "#!/bin/sh\ntouch {w}/in.$VOV_JOBSLOT\nwhile [ ! -e {w}/in.0 ] || [ ! -e {w}/in.1 ]; do sleep 0.05; done\necho slot=$VOV_JOBSLOT\nexec \"$@\"\n",
+            w = fx.work.display()
+        ),
+    );
+    fx.cfg(
+        "c1",
+        &format!("containerHook enter user {e} SIG({e})\n", e = e.display()),
+    );
+    let start = || {
+        fx.berth(&["container", "try", "--user", "nobody", "c1", "--", "true"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Both wait in their enter hook until the other is there too: they run at once.
+    let (a, b) = (start(), start());
+    let (a, b) = (wait_output(a, T), wait_output(b, T));
+    assert!(
+        a.status.success() && b.status.success(),
+        "{}\n{}",
+        text(&a),
+        text(&b)
+    );
+    let mut slots = vec![stdout(&a), stdout(&b)];
+    slots.sort();
+    assert_eq!(slots, ["slot=0\n", "slot=1\n"]);
+    // Once they are done, slot 0 is free again.
+    let c = wait_output(start(), T);
+    assert_eq!(stdout(&c), "slot=0\n", "{}", text(&c));
+}
