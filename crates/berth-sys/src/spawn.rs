@@ -429,6 +429,27 @@ mod tests {
         ]
     }
 
+    /// Runs `program ARGS` as `who` in /, and returns it ended, with its standard output.
+    fn output(program: &str, args: &[&str], who: Option<&Identity>) -> (Child, ExitStatus, String) {
+        let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+        let mut c = spawn(&Spawn {
+            program: program.as_ref(),
+            args: &args,
+            env: &env(),
+            who,
+            dir: Path::new("/"),
+            stdin: Stdio::Null,
+            stdout: Stdio::Piped,
+            stderr: Stdio::Null,
+            terminal: false,
+        })
+        .unwrap();
+        let mut o = String::new();
+        c.stdout.take().unwrap().read_to_string(&mut o).unwrap();
+        let status = c.wait().unwrap();
+        (c, status, o)
+    }
+
     #[test]
     fn runs_with_the_given_environment_directory_and_pipes() {
         let mut c = spawn(&Spawn {
@@ -488,25 +509,11 @@ mod tests {
     fn the_child_leads_its_own_group_with_no_signal_blocked_or_ignored() {
         let _blocked = crate::block_signals(&[libc::SIGTERM, libc::SIGUSR1]);
         // grep itself, not a shell: a shell blocks every signal while it waits.
-        let mut c = spawn(&Spawn {
-            program: "grep".as_ref(),
-            args: &[
-                "-E".into(),
-                "^(Pid|NSpgid|SigBlk|SigIgn):".into(),
-                "/proc/self/status".into(),
-            ],
-            env: &env(),
-            who: None,
-            dir: Path::new("/"),
-            stdin: Stdio::Null,
-            stdout: Stdio::Piped,
-            stderr: Stdio::Null,
-            terminal: false,
-        })
-        .unwrap();
-        let mut o = String::new();
-        c.stdout.take().unwrap().read_to_string(&mut o).unwrap();
-        c.wait().unwrap();
+        let (c, _, o) = output(
+            "grep",
+            &["-E", "^(Pid|NSpgid|SigBlk|SigIgn):", "/proc/self/status"],
+            None,
+        );
         let field = |k: &str| {
             o.lines()
                 .find_map(|l| l.strip_prefix(k))
@@ -531,24 +538,12 @@ mod tests {
             return;
         }
         let nobody = crate::identity_by_name("nobody").unwrap();
-        let mut c = spawn(&Spawn {
-            program: "/bin/sh".as_ref(),
-            args: &[
-                "-c".into(),
-                "id -u; id -g; id -G; grep ^CapEff /proc/$$/status".into(),
-            ],
-            env: &env(),
-            who: Some(&nobody),
-            dir: Path::new("/"),
-            stdin: Stdio::Null,
-            stdout: Stdio::Piped,
-            stderr: Stdio::Null,
-            terminal: false,
-        })
-        .unwrap();
-        let mut o = String::new();
-        c.stdout.take().unwrap().read_to_string(&mut o).unwrap();
-        assert!(c.wait().unwrap().success());
+        let (_, status, o) = output(
+            "/bin/sh",
+            &["-c", "id -u; id -g; id -G; grep ^CapEff /proc/$$/status"],
+            Some(&nobody),
+        );
+        assert!(status.success());
         let groups: Vec<String> = nobody.groups.iter().map(|g| g.to_string()).collect();
         assert_eq!(
             o,

@@ -175,15 +175,7 @@ pub fn run(r: Run) -> Result<i32> {
         }
         let v = l.attach(&client, sub.ids[0])?;
         if v.state != State::Done {
-            eprintln!(
-                "berth run: job {} {}{}",
-                v.id,
-                v.state.as_str(),
-                v.reason
-                    .as_deref()
-                    .map(|r| format!(": {r}"))
-                    .unwrap_or_default()
-            );
+            eprintln!("berth run: job {}", ended(&v));
         }
         if r.json {
             println!("{}", serde_json::to_string_pretty(&[&v])?);
@@ -217,6 +209,19 @@ pub fn run(r: Run) -> Result<i32> {
         println!("{}", serde_json::to_string_pretty(&views)?);
     }
     Ok(exit_of(&views))
+}
+
+/// `ID STATE[: REASON]`.
+fn ended(v: &JobView) -> String {
+    format!(
+        "{} {}{}",
+        v.id,
+        v.state.as_str(),
+        v.reason
+            .as_deref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default()
+    )
 }
 
 fn exit_of(views: &[JobView]) -> i32 {
@@ -310,15 +315,7 @@ pub fn wait(w: Wait) -> Result<i32> {
         println!("{}", serde_json::to_string_pretty(&views)?);
     } else {
         for v in &views {
-            println!(
-                "{} {}{}",
-                v.id,
-                v.state.as_str(),
-                v.reason
-                    .as_deref()
-                    .map(|r| format!(": {r}"))
-                    .unwrap_or_default()
-            );
+            println!("{}", ended(v));
         }
     }
     Ok(exit_of(&views))
