@@ -75,23 +75,32 @@ impl Terminal {
     pub fn relay(self, log: Option<File>) -> Relay {
         let Terminal { sock, master } = self;
         let (done_tx, done) = std::sync::mpsc::channel();
+        let sock2 = sock.try_clone().ok();
         std::thread::spawn(move || {
             relay(sock, master, log);
             let _ = done_tx.send(());
         });
-        Relay { done }
+        Relay { done, sock: sock2 }
     }
 }
 
 /// A running relay.
 pub struct Relay {
     done: std::sync::mpsc::Receiver<()>,
+    sock: Option<TcpStream>,
 }
 
 impl Relay {
-    /// Waits up to `limit` for the relay to pass on the last of the job's output.
+    /// Waits up to `limit` for the relay to pass on the last of the job's output. (When
+    /// the job, the terminal's session leader, ends, the kernel hangs the terminal up for
+    /// whatever it left behind, so the relay ends; should it not, the connection is closed
+    /// anyway, so that `berth run -I` never waits for a leftover.)
     pub fn finish(self, limit: Duration) {
-        let _ = self.done.recv_timeout(limit);
+        if self.done.recv_timeout(limit).is_err() {
+            if let Some(s) = &self.sock {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        }
     }
 }
 

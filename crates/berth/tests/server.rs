@@ -1108,3 +1108,21 @@ fn a_killed_berth_up_takes_its_container_job_over_when_started_again() {
         podman_containers("t-upkill").is_empty()
     });
 }
+
+#[test]
+fn an_interactive_job_ends_even_if_something_it_left_holds_the_terminal() {
+    need_root!();
+    let fx = Fixture::new();
+    let _up = Up::start(&fx, &["--slots", "2"]);
+    // setsid puts the sleep out of the job's group: it outlives the job, terminal open.
+    let out = interactive(
+        &fx,
+        &["--", "sh", "-c", "setsid sleep 30 & echo left; exit 4"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(stdout(&out).contains("left"), "{}", text(&out));
+    let _ = Command::new("pkill")
+        .args(["-u", "nobody", "-f", "^sleep 30$"])
+        .status();
+}
