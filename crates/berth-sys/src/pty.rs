@@ -47,6 +47,22 @@ pub fn window_size(fd: &impl AsRawFd) -> Option<(u16, u16)> {
     (r == 0 && ws.ws_row > 0 && ws.ws_col > 0).then_some((ws.ws_row, ws.ws_col))
 }
 
+/// Sets the size of the terminal on `fd`; the kernel tells its foreground group
+/// (SIGWINCH).
+pub fn set_window_size(fd: &impl AsRawFd, rows: u16, cols: u16) -> io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize from a local.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The terminal on a descriptor in raw mode (no echo, no line editing, no signals from
 /// keys: ^C goes to the job), until dropped.
 pub struct RawMode {
@@ -90,6 +106,8 @@ mod tests {
         let (m, s) = openpty(33, 111).unwrap();
         assert_eq!(window_size(&s), Some((33, 111)));
         assert_eq!(window_size(&m), Some((33, 111)));
+        set_window_size(&m, 40, 120).unwrap();
+        assert_eq!(window_size(&s), Some((40, 120)));
         let null = std::fs::File::open("/dev/null").unwrap();
         assert_eq!(window_size(&null), None);
         let raw = RawMode::enable(&s).unwrap();

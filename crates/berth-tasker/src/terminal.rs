@@ -3,7 +3,9 @@
 //!
 //! The tasker connects to the submitting host (to 127.0.0.1 first when that is its own),
 //! sends `berth-terminal TOKEN` and a newline, and from then on the connection carries
-//! the terminal's bytes both ways, unencrypted. The job's output also goes to its log.
+//! the terminal's bytes both ways, unencrypted. The job's output comes back as it is (and
+//! also goes to its log). The user's side is escaped: `FF FF` is a byte FF, and `FF 01`
+//! followed by rows and columns (two bytes each, big-endian) is a new window size.
 
 use berth_proto::Interactive;
 use std::fs::File;
@@ -107,6 +109,7 @@ impl Relay {
 fn relay(mut sock: TcpStream, mut master: File, mut log: Option<File>) {
     let mut buf = [0u8; 16 * 1024];
     let mut from_user = true;
+    let mut input = Input::default();
     loop {
         let mut fds = [
             libc::pollfd {
@@ -156,10 +159,108 @@ fn relay(mut sock: TcpStream, mut master: File, mut log: Option<File>) {
                     let _ = master.write_all(&[4]);
                 }
                 Ok(n) => {
-                    let _ = master.write_all(&buf[..n]);
+                    let (keys, sizes) = input.feed(&buf[..n]);
+                    for (rows, cols) in sizes {
+                        let _ = berth_sys::pty::set_window_size(&master, rows, cols);
+                    }
+                    let _ = master.write_all(&keys);
                 }
             }
         }
     }
     let _ = sock.shutdown(std::net::Shutdown::Write);
+}
+
+/// The user's side of the stream, unescaped; a message may span reads.
+#[derive(Debug, Default)]
+pub struct Input {
+    /// The bytes of an escape read so far (FF, then up to five more).
+    pending: Vec<u8>,
+}
+
+/// Marks an escape in the user's stream.
+pub const ESCAPE: u8 = 0xFF;
+/// After ESCAPE: a new window size follows.
+pub const RESIZE: u8 = 0x01;
+
+impl Input {
+    /// The keys in `data`, and the window sizes it announces, in order of arrival within
+    /// their kinds.
+    pub fn feed(&mut self, data: &[u8]) -> (Vec<u8>, Vec<(u16, u16)>) {
+        let mut keys = Vec::with_capacity(data.len());
+        let mut sizes = Vec::new();
+        for &b in data {
+            if self.pending.is_empty() {
+                if b == ESCAPE {
+                    self.pending.push(b);
+                } else {
+                    keys.push(b);
+                }
+                continue;
+            }
+            self.pending.push(b);
+            match self.pending[1] {
+                ESCAPE => {
+                    keys.push(ESCAPE);
+                    self.pending.clear();
+                }
+                RESIZE if self.pending.len() == 6 => {
+                    let p = &self.pending;
+                    sizes.push((
+                        u16::from_be_bytes([p[2], p[3]]),
+                        u16::from_be_bytes([p[4], p[5]]),
+                    ));
+                    self.pending.clear();
+                }
+                RESIZE => {}
+                // Not a message this tasker knows: dropped, as a terminal drops a bad
+                // escape sequence.
+                _ => self.pending.clear(),
+            }
+        }
+        (keys, sizes)
+    }
+}
+
+/// The user's keys, escaped for the stream.
+pub fn escape_keys(keys: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(keys.len() + 8);
+    for &b in keys {
+        out.push(b);
+        if b == ESCAPE {
+            out.push(ESCAPE);
+        }
+    }
+    out
+}
+
+/// A window-size message for the stream.
+pub fn resize_message(rows: u16, cols: u16) -> [u8; 6] {
+    let (r, c) = (rows.to_be_bytes(), cols.to_be_bytes());
+    [ESCAPE, RESIZE, r[0], r[1], c[0], c[1]]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_sizes_come_through_however_the_stream_is_cut() {
+        let mut stream = escape_keys(b"ab\xffc");
+        stream.extend(resize_message(40, 300));
+        stream.extend(escape_keys(b"\xff\xff"));
+        stream.extend([ESCAPE, 0x7e, b'z']); // an unknown message is dropped
+        for cut in 1..stream.len() {
+            let mut input = Input::default();
+            let mut keys = Vec::new();
+            let mut sizes = Vec::new();
+            for chunk in stream.chunks(cut) {
+                let (k, s) = input.feed(chunk);
+                keys.extend(k);
+                sizes.extend(s);
+            }
+            assert_eq!(keys, b"ab\xffc\xff\xffz", "cut {cut}");
+            assert_eq!(sizes, [(40, 300)], "cut {cut}");
+        }
+    }
 }

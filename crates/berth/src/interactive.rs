@@ -6,8 +6,10 @@
 use crate::client::Client;
 use anyhow::{Context, Result};
 use berth_proto::{Interactive, JobView};
+use berth_tasker::terminal::{escape_keys, resize_message};
 use std::io::{IsTerminal, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A listener waiting for the tasker of one interactive job.
@@ -15,6 +17,9 @@ pub struct Listening {
     listener: TcpListener,
     /// What goes in the submission.
     pub interactive: Interactive,
+    /// The connection to the tasker, once there is one: the keys and the window sizes
+    /// are written to it whole, one writer at a time.
+    to_job: Arc<Mutex<Option<TcpStream>>>,
 }
 
 /// Opens the port the tasker will connect to.
@@ -36,10 +41,37 @@ pub fn listen() -> Result<Listening> {
             rows,
             cols,
         },
+        to_job: Arc::new(Mutex::new(None)),
     })
 }
 
 impl Listening {
+    /// Takes the blocked signals on a thread of their own: SIGWINCH sends the terminal's
+    /// new size to the job; the others stop job `id`, whose end then comes back as any
+    /// job's (the relay ends, the wait returns).
+    pub fn on_signals(&self, signals: berth_sys::SignalWaiter, stopper: Client, id: u64) {
+        let to_job = self.to_job.clone();
+        std::thread::spawn(move || loop {
+            let sig = signals.wait();
+            if sig == libc::SIGWINCH {
+                if let Some((rows, cols)) = berth_sys::pty::window_size(&std::io::stdin()) {
+                    if let Some(s) = to_job.lock().expect("lock").as_mut() {
+                        let _ = s.write_all(&resize_message(rows, cols));
+                    }
+                }
+                continue;
+            }
+            if let Err(e) =
+                stopper.call::<serde_json::Value>("POST", &format!("/v1/jobs/{id}/stop"), None)
+            {
+                eprintln!(
+                    "\r\nberth run: {}: cannot stop job {id}: {e}\r",
+                    berth_tasker::lifecycle::signal_name(sig)
+                );
+            }
+        });
+    }
+
     /// Waits for job `id`'s tasker (saying so on a terminal), relays the terminal until
     /// the job is over, and returns the job as it ended.
     pub fn attach(self, client: &Client, id: u64) -> Result<JobView> {
@@ -48,7 +80,8 @@ impl Listening {
             Ok(s) => s,
             Err(v) => return Ok(v), // ended without ever starting
         };
-        relay(sock)?;
+        *self.to_job.lock().expect("lock") = Some(sock.try_clone()?);
+        relay(sock, self.to_job.clone())?;
         loop {
             let v: JobView = client.call("GET", &format!("/v1/jobs/{id}/wait?timeout=5"), None)?;
             if v.state.is_final() {
@@ -135,29 +168,27 @@ fn constant_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// This terminal to the job and back, until the tasker closes the connection (the job
 /// and everything it started are gone).
-fn relay(sock: TcpStream) -> Result<()> {
+fn relay(sock: TcpStream, to_job: Arc<Mutex<Option<TcpStream>>>) -> Result<()> {
     let stdin = std::io::stdin();
     let raw = if stdin.is_terminal() {
         Some(berth_sys::pty::RawMode::enable(&stdin).context("putting the terminal in raw mode")?)
     } else {
         None
     };
-    let mut to_job = sock.try_clone()?;
     // The keys: a thread of their own, left behind blocked in read when the job ends.
     std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
         let mut input = std::io::stdin().lock();
         loop {
-            match input.read(&mut buf) {
-                Ok(0) | Err(_) => {
-                    let _ = to_job.shutdown(Shutdown::Write);
-                    return;
-                }
-                Ok(n) => {
-                    if to_job.write_all(&buf[..n]).is_err() {
-                        return;
-                    }
-                }
+            let n = input.read(&mut buf).unwrap_or(0);
+            let mut w = to_job.lock().expect("lock");
+            let Some(s) = w.as_mut() else { return };
+            if n == 0 {
+                let _ = s.shutdown(Shutdown::Write);
+                return;
+            }
+            if s.write_all(&escape_keys(&buf[..n])).is_err() {
+                return;
             }
         }
     });

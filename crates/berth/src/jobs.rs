@@ -110,10 +110,13 @@ pub fn run(r: Run) -> Result<i32> {
         bail!("-I runs one job on this terminal: not with --array or -f");
     }
     // Blocked before any thread exists, so that every thread inherits the mask: a Ctrl-C
-    // (before the job has the terminal) or a kill of this berth run stops the job.
-    let signals = r
-        .interactive
-        .then(|| berth_sys::block_signals(&berth_sys::STOP_SIGNALS));
+    // (before the job has the terminal) or a kill of this berth run stops the job; a
+    // SIGWINCH sends the terminal's new size.
+    let signals = r.interactive.then(|| {
+        let mut sigs = berth_sys::STOP_SIGNALS.to_vec();
+        sigs.push(libc::SIGWINCH);
+        berth_sys::block_signals(&sigs)
+    });
     let listening = r.interactive.then(crate::interactive::listen).transpose()?;
     let job = |command: Vec<String>| Submit {
         command,
@@ -158,20 +161,7 @@ pub fn run(r: Run) -> Result<i32> {
     }
     if let Some(l) = listening {
         if let Some(signals) = signals {
-            let id = sub.ids[0];
-            let stopper = r.conn.client();
-            std::thread::spawn(move || loop {
-                let sig = signals.wait();
-                // Its end comes back as any job's: the relay ends, the wait returns.
-                if let Err(e) =
-                    stopper.call::<serde_json::Value>("POST", &format!("/v1/jobs/{id}/stop"), None)
-                {
-                    eprintln!(
-                        "\r\nberth run: {}: cannot stop job {id}: {e}\r",
-                        berth_tasker::lifecycle::signal_name(sig)
-                    );
-                }
-            });
+            l.on_signals(signals, r.conn.client(), sub.ids[0]);
         }
         let v = l.attach(&client, sub.ids[0])?;
         if v.state != State::Done {

@@ -1126,3 +1126,55 @@ fn an_interactive_job_ends_even_if_something_it_left_holds_the_terminal() {
         .args(["-u", "nobody", "-f", "^sleep 30$"])
         .status();
 }
+
+#[test]
+fn an_interactive_job_follows_the_size_of_the_users_terminal() {
+    need_root!();
+    let fx = Fixture::new();
+    let _up = Up::start(&fx, &["--slots", "2"]);
+    // berth run's own terminal: a pseudo-terminal of 30 by 100 that the test types into.
+    let (master, slave) = berth_sys::pty::openpty(30, 100).unwrap();
+    let mut c = fx.berth(&[
+        "run",
+        "-I",
+        "--",
+        "sh",
+        "-c",
+        "trap 'stty size' WINCH; stty size; while :; do sleep 0.1; done",
+    ]);
+    c.uid(NOBODY)
+        .gid(NOBODY)
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave));
+    let child = c.spawn().unwrap();
+    let screen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut keyboard = std::fs::File::from(master.try_clone().unwrap());
+    {
+        let screen = screen.clone();
+        let mut m = std::fs::File::from(master.try_clone().unwrap());
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = m.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                screen
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+    }
+    let shows = |what: &str| screen.lock().unwrap().contains(what);
+    wait_until("the job's first size", T, || shows("30 100"));
+    // The user's window grows: the terminal says so to berth run, which passes it on.
+    berth_sys::pty::set_window_size(&master, 40, 120).unwrap();
+    signal(&child, libc::SIGWINCH);
+    wait_until("the job to see the new size", T, || shows("40 120"));
+    use std::io::Write;
+    keyboard.write_all(b"\x03").unwrap();
+    let status = wait_status(child, T);
+    assert_eq!(status.code(), Some(130), "{}", screen.lock().unwrap());
+}
