@@ -869,6 +869,17 @@ mod tests {
                 })
                 .collect()
         }
+        fn stops(&self) -> Vec<u64> {
+            self.0
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|m| match m {
+                    ToTasker::Stop(j) => Some(*j),
+                    _ => None,
+                })
+                .collect()
+        }
         fn acks(&self) -> Vec<u64> {
             self.0
                 .lock()
@@ -952,6 +963,16 @@ mod tests {
         }
     }
 
+    /// An end with exit status 0.
+    fn done(job: u64) -> JobEnd {
+        JobEnd {
+            job,
+            exit_code: Some(0),
+            failure: None,
+            hook_failures: vec![],
+        }
+    }
+
     fn state(h: &Handle, id: u64) -> JobView {
         h.ask(|r| Event::Info(id, r)).unwrap()
     }
@@ -964,12 +985,7 @@ mod tests {
         hello(&h, &link, "a", vec![], vec![]);
         let id = submit(&h);
         until("the run", || link.runs() == [id]);
-        let end = JobEnd {
-            job: id,
-            exit_code: Some(0),
-            failure: None,
-            hook_failures: vec![],
-        };
+        let end = done(id);
         h.send(Event::Tasker("t1".into(), FromTasker::Ended(end.clone())));
         until("the ack", || link.acks() == [id]);
         assert_eq!(state(&h, id).state, State::Done);
@@ -1032,31 +1048,10 @@ mod tests {
         // there: that is stopped.
         let second = Fake::default();
         hello(&h, &second, "b", vec![(j1, 0), (999, 1)], vec![]);
-        until("the stop of 999", || {
-            second
-                .0
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|m| matches!(m, ToTasker::Stop(999)))
-        });
+        until("the stop of 999", || second.stops() == [999]);
         assert_eq!(state(&h, j1).state, State::Running);
-        assert!(!second
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|m| matches!(m, ToTasker::Stop(j) if *j == j1)));
         // Its end, when it comes, is the job's.
-        h.send(Event::Tasker(
-            "t1".into(),
-            FromTasker::Ended(JobEnd {
-                job: j1,
-                exit_code: Some(0),
-                failure: None,
-                hook_failures: vec![],
-            }),
-        ));
+        h.send(Event::Tasker("t1".into(), FromTasker::Ended(done(j1))));
         until("the ack", || second.acks() == [j1]);
         assert_eq!(state(&h, j1).state, State::Done);
         h.send(Event::Shutdown);

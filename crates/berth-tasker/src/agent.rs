@@ -160,19 +160,21 @@ impl Agent {
         n
     }
 
-    fn class_table(&self) -> PathBuf {
+    /// A file of the SWD (the parent of its containers directory).
+    fn swd_file(&self, name: &str) -> PathBuf {
         self.containers_dir
             .parent()
             .unwrap_or(&self.containers_dir)
-            .join("taskerClass.table")
+            .join(name)
+    }
+
+    fn class_table(&self) -> PathBuf {
+        self.swd_file("taskerClass.table")
     }
 
     /// `SWD/taskers.tcl`, the tasker definitions.
-    pub fn definitions_file(&self) -> PathBuf {
-        self.containers_dir
-            .parent()
-            .unwrap_or(&self.containers_dir)
-            .join("taskers.tcl")
+    fn definitions_file(&self) -> PathBuf {
+        self.swd_file(crate::definitions::FILE)
     }
 
     /// Watches SWD/taskerClass.table, SWD/taskers.tcl and the containers directory, and

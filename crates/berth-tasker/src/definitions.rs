@@ -29,6 +29,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+/// The file's name in the SWD.
+pub const FILE: &str = "taskers.tcl";
+
 /// What the definitions say of one tasker.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Definition {

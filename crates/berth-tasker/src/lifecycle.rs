@@ -101,6 +101,19 @@ pub enum End {
     NotRun,
 }
 
+impl End {
+    /// Why a job whose command ended so failed; None when it is Done (or never ran, which
+    /// the caller says better). A stop's reason wins.
+    pub(crate) fn failure(self, stopped: bool) -> Option<String> {
+        match self {
+            _ if stopped => Some("stopped by request".to_string()),
+            End::Exited(0) | End::NotRun => None,
+            End::Exited(c) => Some(format!("exit status {c}")),
+            End::Signaled(s) => Some(format!("killed by signal {s} ({})", signal_name(s))),
+        }
+    }
+}
+
 /// What became of a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
@@ -712,13 +725,7 @@ fn run_with_sink(host: &Host, job: &Job, cfg: &Config, stop: &Stop, sink: &Arc<S
         match report {
             Report::Ended(e) => {
                 outcome.end = e;
-                outcome.failure = match e {
-                    _ if stopped => Some("stopped by request".to_string()),
-                    End::Exited(0) => None,
-                    End::Exited(c) => Some(format!("exit status {c}")),
-                    End::Signaled(s) => Some(format!("killed by signal {s} ({})", signal_name(s))),
-                    End::NotRun => None,
-                };
+                outcome.failure = e.failure(stopped);
             }
             Report::Started | Report::None => {
                 outcome.end = hook_end;
@@ -926,12 +933,7 @@ pub fn resume(host: &Host, a: Adopted, stop: &Stop) -> Outcome {
     let mut outcome = match report {
         Report::Ended(e) => Outcome {
             end: e,
-            failure: match e {
-                _ if stopped => Some("stopped by request".to_string()),
-                End::Exited(0) | End::NotRun => None,
-                End::Exited(c) => Some(format!("exit status {c}")),
-                End::Signaled(s) => Some(format!("killed by signal {s} ({})", signal_name(s))),
-            },
+            failure: e.failure(stopped),
             after_failures: Vec::new(),
         },
         Report::Started | Report::None => Outcome::refused(if stopped {

@@ -2,7 +2,7 @@
 //! environment, output to its log; stopped with SIGTERM to its process group, then SIGKILL
 //! after the grace period.
 
-use crate::lifecycle::{signal_name, supervise, End, HookEnd, Job, Outcome, Stop};
+use crate::lifecycle::{supervise, End, HookEnd, Job, Outcome, Stop};
 use crate::log::Sink;
 use crate::terminal::Terminal;
 use berth_sys as sys;
@@ -108,11 +108,8 @@ pub fn run(job: &Job, grace: Duration, stop: &Stop, on_start: &mut dyn FnMut(u32
         _ => End::NotRun,
     };
     let failure = match end {
-        _ if stopped => Some("stopped by request".to_string()),
-        End::Exited(0) => None,
-        End::Exited(c) => Some(format!("exit status {c}")),
-        End::Signaled(s) => Some(format!("killed by signal {s} ({})", signal_name(s))),
-        End::NotRun => Some("ended without a status".into()),
+        End::NotRun if !stopped => Some("ended without a status".into()),
+        _ => end.failure(stopped),
     };
     Outcome {
         end,

@@ -363,20 +363,27 @@ fn recover_try(host: &Host) -> usize {
     done.len()
 }
 
-/// A job id for `try`: the next number of a counter under the try state directory.
-fn next_try_id(state: &Path) -> Result<String> {
-    use std::io::{Read, Seek};
-    std::fs::create_dir_all(state)?;
-    let path = state.join("seq");
-    let mut f = std::fs::File::options()
+/// Opens (making it, mode 0600) and flocks a file of the try state directory, waiting for
+/// the lock or not; says whether it holds it.
+fn locked(path: &Path, wait: bool) -> Result<(std::fs::File, bool)> {
+    let f = std::fs::File::options()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .mode(0o600)
-        .open(&path)
+        .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
-    berth_sys::flock_exclusive(&f, true).with_context(|| format!("locking {}", path.display()))?;
+    let held = berth_sys::flock_exclusive(&f, wait)
+        .with_context(|| format!("locking {}", path.display()))?;
+    Ok((f, held))
+}
+
+/// A job id for `try`: the next number of a counter under the try state directory.
+fn next_try_id(state: &Path) -> Result<String> {
+    use std::io::{Read, Seek};
+    std::fs::create_dir_all(state)?;
+    let (mut f, _) = locked(&state.join("seq"), true)?;
     let mut s = String::new();
     f.read_to_string(&mut s)?;
     let n = s.trim().parse::<u64>().unwrap_or(0) + 1;
@@ -393,17 +400,7 @@ fn free_try_slot(state: &Path) -> Result<(u32, std::fs::File)> {
     let dir = state.join("try-slots");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     for slot in 0..1024u32 {
-        let path = dir.join(format!("{slot}.lock"));
-        let f = std::fs::File::options()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        if berth_sys::flock_exclusive(&f, false)
-            .with_context(|| format!("locking {}", path.display()))?
-        {
+        if let (f, true) = locked(&dir.join(format!("{slot}.lock")), false)? {
             return Ok((slot, f));
         }
     }

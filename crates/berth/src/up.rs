@@ -326,7 +326,7 @@ pub fn make_agent(
     if !recovered.is_empty() {
         eprintln!("berth tasker {name}: finished the cleanup and teardown of {} container job(s) left by an earlier run", recovered.len());
     }
-    let definitions = swd.join("taskers.tcl");
+    let definitions = swd.join(berth_tasker::definitions::FILE);
     let definition = berth_tasker::definitions::read(&definitions, &name).map_err(|errors| {
         anyhow::anyhow!(
             "{}\n(fix SWD/taskers.tcl, or move it away, and start the tasker again)",
