@@ -2,7 +2,7 @@
 """Throughput and latency of `berth up`, measured with the real binaries.
 
     sudo python3 bench/scheduler.py [--array N] [--separate N] [--latency N] [--slots N]
-                                    [--dir DIR] [--no-wait]
+                                    [--dir DIR] [--no-wait] [--hq PATH | --no-hq]
 
 Builds berth in release mode, starts `berth up --slots 16 -r CORES/16` in a fresh SWD
 (16 jobs at a time: a job asks for CORES/1 unless it says otherwise, and this machine has
@@ -14,7 +14,10 @@ file written):
   - N jobs submitted by one `berth run` process each, 8 at a time, until all are Done;
   - submit -> start and submit -> Done of one job, median of N, back to back and with a
     0.5 s pause before each.
-It prints figures and asserts nothing.
+Then HyperQueue's real `hq` binary (../shared/peers/hq, or --hq) in the same run, side by
+side: one server and one worker of 16 cpus, the same array with --stdout/--stderr none, and
+one-job latency by the client's clock (`hq submit --wait`).
+It prints figures and asserts nothing. Every file it makes is under a temporary directory.
 
 On ext4 without a journal (this machine's root filesystem), creating a file costs a scan
 over every inode of its group deleted in the last minutes (`recently_deleted` in the
@@ -45,6 +48,62 @@ def wait_for_deletions_to_age(skip):
     print(f"waiting {AGE - ago:.0f} s for the previous run's deleted inodes to age out "
           f"(see the top of this script; --no-wait skips)", flush=True)
     time.sleep(AGE - ago)
+
+
+class HyperQueue:
+    """HyperQueue's real binary: a server and a worker of `cpus` cpus, all under `root`."""
+
+    def __init__(self, hq, root, cpus):
+        self.hq = hq
+        self.root = root
+        self.sdir = os.path.join(root, "server")
+        self.work = os.path.join(root, "work")
+        os.makedirs(self.work)
+        self.procs = [subprocess.Popen([hq, "server", "start", "--server-dir", self.sdir],
+                                       cwd=self.work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+        deadline = time.time() + 30
+        while self.cmd(["server", "info"]).returncode != 0:
+            if time.time() > deadline:
+                sys.exit("scheduler.py: hq server did not start")
+            time.sleep(0.1)
+        self.procs.append(subprocess.Popen(
+            [hq, "worker", "start", "--cpus", str(cpus), "--server-dir", self.sdir,
+             "--work-dir", os.path.join(root, "worker")],
+            cwd=self.work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        deadline = time.time() + 30
+        while "RUNNING" not in self.cmd(["worker", "list"]).stdout:
+            if time.time() > deadline:
+                sys.exit("scheduler.py: hq worker did not join")
+            time.sleep(0.1)
+
+    def cmd(self, args, **kw):
+        return subprocess.run([self.hq, "--server-dir", self.sdir] + args, cwd=self.work,
+                              capture_output=True, text=True, **kw)
+
+    def array(self, n):
+        t = time.perf_counter()
+        r = self.cmd(["submit", "--array", f"1-{n}", "--stdout", "none", "--stderr", "none", "--wait",
+                      "--", "true"], timeout=600)
+        if r.returncode != 0:
+            sys.exit(f"scheduler.py: hq submit failed: {r.stderr.strip()}")
+        return n / (time.perf_counter() - t)
+
+    def latency(self, n, pause):
+        lat = []
+        for _ in range(n):
+            time.sleep(pause)
+            t = time.perf_counter()
+            self.cmd(["submit", "--stdout", "none", "--stderr", "none", "--wait", "--", "true"], timeout=60)
+            lat.append((time.perf_counter() - t) * 1000)
+        return statistics.median(lat)
+
+    def stop(self):
+        self.cmd(["server", "stop"], timeout=30)
+        for p in self.procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
 
 
 class Berth:
@@ -99,6 +158,9 @@ def main():
     ap.add_argument("--slots", type=int, default=16)
     ap.add_argument("--dir", default="/var/tmp", help="where the SWDs and job directories go")
     ap.add_argument("--no-wait", action="store_true")
+    ap.add_argument("--hq", default=os.path.join(os.path.dirname(REPO), "shared/peers/hq"),
+                    help="HyperQueue's hq binary, measured side by side")
+    ap.add_argument("--no-hq", action="store_true")
     a = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("scheduler.py: run as root (jobs run as nobody)")
@@ -150,6 +212,20 @@ def main():
                   f"(durability costs {100 * (1 - r / r2):.0f} %)")
         finally:
             b.stop()
+
+        if a.no_hq or not os.access(a.hq, os.X_OK):
+            print(f"hyperqueue: not measured ({'--no-hq' if a.no_hq else a.hq + ' not found'})")
+        else:
+            h = HyperQueue(a.hq, os.path.join(root, "hq"), a.slots)
+            try:
+                rh = h.array(a.array)
+                print(f"hyperqueue, same run: array of {a.array}, worker of {a.slots} cpus: {rh:8.0f} tasks/s "
+                      f"(berth {r / rh:.2f} times that)")
+                for pause in (0.0, 0.5):
+                    print(f"hyperqueue, one job, pause {pause} s: submit->finished median "
+                          f"{h.latency(a.latency, pause):.1f} ms (client clock, `hq submit --wait`, n={a.latency})")
+            finally:
+                h.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
         with open(STAMP, "w"):
