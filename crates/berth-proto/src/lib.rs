@@ -199,13 +199,17 @@ pub struct Assignment {
     /// Where its terminal is, for an interactive job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interactive: Option<Interactive>,
+    /// The container configuration the server matched on this tasker: the job runs in
+    /// exactly this one, or, when None, in none.
+    #[serde(default)]
+    pub container: Option<String>,
 }
 
 /// What the server tells a tasker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ToTasker {
-    /// Run this job.
-    Run(Assignment),
+    /// Run this job (boxed: the other messages are a few bytes).
+    Run(Box<Assignment>),
     /// Stop this job (SIGTERM, grace, SIGKILL; cleanup and teardown still run).
     Stop(u64),
     /// These jobs' ends are recorded: forget them.

@@ -81,6 +81,28 @@ pub enum ParseError {
         /// 1-based column.
         col: usize,
     },
+    /// Longer than [`MAX_LEN`].
+    #[error(
+        "resource request of {len} bytes: longer than the {max} accepted; ask for fewer resources"
+    )]
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Parentheses and negations nested deeper than [`MAX_DEPTH`].
+    #[error(
+        "resource request {input:?}: nested deeper than {max} levels at column {col}; write it with fewer parentheses or negations"
+    )]
+    TooDeep {
+        /// The whole request.
+        input: String,
+        /// The limit.
+        max: usize,
+        /// 1-based column.
+        col: usize,
+    },
     /// An operator with nothing on one side.
     #[error("resource request {input:?}: {op:?} at column {col} has nothing after it")]
     Dangling {
@@ -92,6 +114,30 @@ pub enum ParseError {
         col: usize,
     },
 }
+
+/// The prefix of the resource a tasker offers for each container configuration it runs.
+pub const CONTAINER: &str = "Container:";
+
+/// A request that would run one job in two containers at once.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the request needs both Container:{0} and Container:{1}; a job runs in one container (to let either do, write Container:{0} | Container:{1})")]
+pub struct TwoContainers(pub String, pub String);
+
+/// Where a request may run: see [`Expr::containers`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Containers {
+    /// The configurations it may run in.
+    pub names: std::collections::BTreeSet<String>,
+    /// Whether an alternative needs no container.
+    pub bare: bool,
+}
+
+/// The longest request accepted, in bytes: far above any real one (a request names a few
+/// resources), and small enough that a hostile one costs the server nothing.
+pub const MAX_LEN: usize = 8192;
+
+/// The deepest nesting of parentheses and negations accepted.
+pub const MAX_DEPTH: usize = 32;
 
 #[derive(Debug, Clone, PartialEq)]
 enum Tok {
@@ -196,6 +242,11 @@ struct Parser<'a> {
     input: &'a str,
     toks: Vec<(Tok, usize)>,
     pos: usize,
+    /// The column just past the end, counted once (counting it per term made parsing
+    /// quadratic in the request's length).
+    end_col: usize,
+    /// How deep the parser is in parentheses and negations.
+    depth: usize,
 }
 
 impl Parser<'_> {
@@ -207,7 +258,21 @@ impl Parser<'_> {
         self.toks
             .get(self.pos)
             .map(|(_, c)| *c)
-            .unwrap_or(self.input.chars().count() + 1)
+            .unwrap_or(self.end_col)
+    }
+
+    /// Goes one level deeper, or refuses past [`MAX_DEPTH`]: the parser recurses, and a
+    /// hostile request must not overflow the server's stack.
+    fn deeper(&mut self, col: usize) -> Result<(), ParseError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(ParseError::TooDeep {
+                input: self.input.to_string(),
+                max: MAX_DEPTH,
+                col,
+            });
+        }
+        Ok(())
     }
 
     // `a (b c)` is `a b c` and `a | (b | c)` is `a | b | c`: both operators are
@@ -253,11 +318,16 @@ impl Parser<'_> {
         match self.toks.get(self.pos).cloned() {
             Some((Tok::Not, _)) => {
                 self.pos += 1;
-                Ok(Expr::Not(Box::new(self.unary()?)))
+                self.deeper(col)?;
+                let e = Expr::Not(Box::new(self.unary()?));
+                self.depth -= 1;
+                Ok(e)
             }
             Some((Tok::Open, _)) => {
                 self.pos += 1;
+                self.deeper(col)?;
                 let inner = self.or()?;
+                self.depth -= 1;
                 if self.peek() != Some(&Tok::Close) {
                     return Err(ParseError::Unbalanced {
                         input: self.input.to_string(),
@@ -317,7 +387,16 @@ fn tok_text(t: &Tok) -> &'static str {
 }
 
 /// Parses a resource request such as `CORES/2 RAM/4000 (Container:c1 | Container:c2)`.
+///
+/// Takes time linear in the request's length, and refuses one longer than [`MAX_LEN`] or
+/// nested deeper than [`MAX_DEPTH`].
 pub fn parse(input: &str) -> Result<Expr, ParseError> {
+    if input.len() > MAX_LEN {
+        return Err(ParseError::TooLong {
+            len: input.len(),
+            max: MAX_LEN,
+        });
+    }
     let toks = tokenize(input)?;
     if toks.is_empty() {
         return Err(ParseError::Empty);
@@ -326,6 +405,8 @@ pub fn parse(input: &str) -> Result<Expr, ParseError> {
         input,
         toks,
         pos: 0,
+        end_col: input.chars().count() + 1,
+        depth: 0,
     };
     let e = p.or()?;
     if let Some((_, col)) = p.toks.get(p.pos) {
@@ -358,6 +439,52 @@ impl Expr {
                 Kind::Attribute => 1,
                 Kind::AtLeast(n) | Kind::Consumes(n) => n,
             })
+    }
+
+    /// The container configurations the job may run in (`Container:NAME` terms not under
+    /// `!`), several when alternatives name several, and whether an alternative needs
+    /// none. An alternative that needs two at once is an error: a job runs in one.
+    pub fn containers(&self) -> Result<Containers, TwoContainers> {
+        use std::collections::BTreeSet;
+        // The possible containers of each alternative: None for one that needs none.
+        fn alts(e: &Expr) -> Result<BTreeSet<Option<&str>>, TwoContainers> {
+            Ok(match e {
+                Expr::Term(t) => BTreeSet::from([t.name.strip_prefix(CONTAINER)]),
+                Expr::Not(_) => BTreeSet::from([None]),
+                Expr::Or(v) => {
+                    let mut out = BTreeSet::new();
+                    for x in v {
+                        out.extend(alts(x)?);
+                    }
+                    out
+                }
+                Expr::And(v) => {
+                    let mut acc = BTreeSet::from([None]);
+                    for x in v {
+                        let mine = alts(x)?;
+                        let mut next = BTreeSet::new();
+                        for a in &acc {
+                            for b in &mine {
+                                next.insert(match (a, b) {
+                                    (None, x) | (x, None) => *x,
+                                    (Some(a), Some(b)) if a == b => Some(*a),
+                                    (Some(a), Some(b)) => {
+                                        return Err(TwoContainers(a.to_string(), b.to_string()))
+                                    }
+                                });
+                            }
+                        }
+                        acc = next;
+                    }
+                    acc
+                }
+            })
+        }
+        let all = alts(self)?;
+        Ok(Containers {
+            bare: all.contains(&None),
+            names: all.into_iter().flatten().map(str::to_string).collect(),
+        })
     }
 
     /// Every term the expression mentions, wherever it stands.
@@ -539,5 +666,90 @@ mod tests {
                 proptest::prop_assert_eq!(parse(&e.to_string()).unwrap(), e);
             }
         }
+
+        /// Deep and long requests of every shape: an error or an expression, never a
+        /// panic or a stack overflow (the test runs on a thread of the smallest stack the
+        /// server gives a connection).
+        #[test]
+        fn deep_and_long_requests_are_refused_or_parsed(
+            unit in "[a!(|)& ]{1,4}",
+            n in 1usize..20_000,
+            tail in "[a-z()!|]{0,8}",
+        ) {
+            let s = unit.repeat(n) + &tail;
+            let r = std::thread::Builder::new()
+                .stack_size(256 * 1024)
+                .spawn(move || parse(&s).map(|e| e.to_string()))
+                .unwrap()
+                .join();
+            proptest::prop_assert!(r.is_ok(), "the parser panicked or overflowed");
+        }
+    }
+
+    #[test]
+    fn containers_table() {
+        // The names, and "" where an alternative needs none.
+        let cases: &[(&str, Result<&[&str], &str>)] = &[
+            ("CORES/2", Ok(&[""])),
+            ("Container:a", Ok(&["a"])),
+            ("Container:a Container:a", Ok(&["a"])),
+            ("Container:a | Container:b", Ok(&["a", "b"])),
+            ("(Container:nope | Container:c1) GPU/1", Ok(&["c1", "nope"])),
+            ("!Container:a", Ok(&[""])),
+            ("Container:a | GPU", Ok(&["", "a"])),
+            (
+                "Container:a Container:b",
+                Err("the request needs both Container:a and Container:b"),
+            ),
+            (
+                "(Container:a | X) (Container:b | Y)",
+                Err("the request needs both Container:a and Container:b"),
+            ),
+            ("(Container:a | X) !Container:b", Ok(&["", "a"])),
+        ];
+        for (input, want) in cases {
+            let got = parse(input).unwrap().containers();
+            match (want, got) {
+                (Ok(w), Ok(g)) => {
+                    let mut names: Vec<String> = g.bare.then(String::new).into_iter().collect();
+                    names.extend(g.names);
+                    assert_eq!(names, *w, "{input}")
+                }
+                (Err(w), Err(g)) => assert!(g.to_string().starts_with(w), "{input}: {g}"),
+                (w, g) => panic!("{input}: wanted {w:?}, got {g:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn nesting_and_length_are_bounded_with_a_clear_error() {
+        let deep = "(".repeat(4000) + "a" + &")".repeat(4000);
+        let e = parse(&deep).unwrap_err().to_string();
+        assert!(
+            e.contains("nested deeper than 32 levels at column 33"),
+            "{e}"
+        );
+        let nots = "!".repeat(50_000) + "a";
+        assert!(matches!(parse(&nots), Err(ParseError::TooLong { .. })));
+        let nots = "!".repeat(8000) + "a";
+        assert!(matches!(parse(&nots), Err(ParseError::TooDeep { .. })));
+        let ok = "(".repeat(32) + "a" + &")".repeat(32);
+        assert_eq!(parse(&ok).unwrap().to_string(), "a");
+        let long = "a ".repeat(5000);
+        assert_eq!(
+            parse(&long).unwrap_err().to_string(),
+            "resource request of 10000 bytes: longer than the 8192 accepted; ask for fewer resources"
+        );
+    }
+
+    /// The longest requests accepted, of the most terms, parse (the column of the end is
+    /// counted once per request, not once per term as before, which made a request of
+    /// 500 KB take 10 s; the length limit bounds what is left).
+    #[test]
+    fn the_longest_requests_of_the_most_terms_parse() {
+        let long = "a ".repeat(MAX_LEN / 2 - 1);
+        assert!(parse(&long).is_ok());
+        let many_ors = "a|".repeat(MAX_LEN / 2 - 1) + "a";
+        assert!(parse(&many_ors).is_ok());
     }
 }

@@ -5,7 +5,7 @@
 //! (and consumes 1 of a consumable), `name#N` needs at least N (compared with the tasker's
 //! quantity, nothing consumed), `name/N` consumes N while the job runs.
 
-use crate::{Expr, Kind, Term};
+use crate::{Expr, Kind, Term, CONTAINER};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -89,6 +89,11 @@ impl Offer {
         }
     }
 
+    /// Takes `name` out of the offer.
+    pub fn remove(&mut self, name: &str) {
+        self.items.remove(name);
+    }
+
     /// What the tasker has of `name`.
     pub fn get(&self, name: &str) -> Option<Have> {
         self.items.get(name).copied()
@@ -116,11 +121,18 @@ impl fmt::Display for Offer {
     }
 }
 
-/// What a job takes from a tasker's pools while it runs: name → amount.
+/// What a job takes from a tasker's pools while it runs: name → amount; and the
+/// container configuration the match chose (`Container:NAME` satisfied, not under `!`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Take(pub BTreeMap<String, u64>);
+pub struct Take(pub BTreeMap<String, u64>, pub Option<String>);
 
 impl Take {
+    /// The configuration the job runs in on this tasker, if the match went through a
+    /// `Container:NAME` term: the job runs in exactly that one.
+    pub fn container(&self) -> Option<&str> {
+        self.1.as_deref()
+    }
+
     fn add(&mut self, name: &str, n: u64) {
         if n > 0 {
             *self.0.entry(name.to_string()).or_insert(0) += n;
@@ -246,6 +258,11 @@ fn term(t: &Term, l: &Ledger, take: &mut Take, negated: bool) -> bool {
         Kind::AtLeast(n) => (n, false),
         Kind::Consumes(n) => (n, true),
     };
+    if !negated {
+        if let Some(c) = t.name.strip_prefix(CONTAINER) {
+            take.1 = Some(c.to_string());
+        }
+    }
     match have {
         Have::Attribute => true,
         Have::Count(c) => c >= need,
@@ -375,9 +392,19 @@ mod tests {
         ];
         for (req, want) in cases {
             let got = l.fits(&parse(req).unwrap());
-            let want = want.map(|v| Take(v.into_iter().map(|(k, n)| (k.to_string(), n)).collect()));
-            assert_eq!(got, want, "{req}");
+            let want: Option<BTreeMap<String, u64>> =
+                want.map(|v| v.into_iter().map(|(k, n)| (k.to_string(), n)).collect());
+            assert_eq!(got.map(|t| t.0), want, "{req}");
         }
+        // The container a match went through, never one under `!`.
+        let container = |req: &str| l.fits(&parse(req).unwrap()).map(|t| t.1);
+        assert_eq!(container("Container:c1"), Some(Some("c1".into())));
+        assert_eq!(
+            container("Container:c2 | Container:c1"),
+            Some(Some("c1".into()))
+        );
+        assert_eq!(container("!Container:c2"), Some(None));
+        assert_eq!(container("CORES/9 Container:c1 | GPU"), Some(None));
     }
 
     #[test]

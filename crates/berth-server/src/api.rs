@@ -12,25 +12,28 @@
 
 use crate::daemon::{Caller, Event, Handle};
 use crate::http::{read_request, write_response, Request};
+use crate::policy::Policy;
 use berth_proto::{ApiError, State, SubmitRequest};
 use berth_store::Filter;
 use std::io::BufReader;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::Duration;
 
-/// Serves the API until the listener fails. `admins` are the uids that may act on others'
-/// jobs (root always may).
-pub fn serve(listener: UnixListener, handle: Handle, admins: Vec<u32>) {
+/// Serves the API until the listener fails, under `policy` (who is an administrator, what
+/// a submission may ask).
+pub fn serve(listener: UnixListener, handle: Handle, policy: Policy) {
+    let policy = Arc::new(policy);
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };
         let handle = handle.clone();
-        let admins = admins.clone();
-        std::thread::spawn(move || connection(conn, handle, &admins));
+        let policy = policy.clone();
+        std::thread::spawn(move || connection(conn, handle, &policy));
     }
 }
 
-fn connection(conn: UnixStream, handle: Handle, admins: &[u32]) {
+fn connection(conn: UnixStream, handle: Handle, policy: &Policy) {
     let Ok(cred) = berth_sys::peer_cred(&conn) else {
         return;
     };
@@ -41,7 +44,7 @@ fn connection(conn: UnixStream, handle: Handle, admins: &[u32]) {
         uid: cred.uid,
         gid: cred.gid,
         user,
-        admin: cred.uid == 0 || admins.contains(&cred.uid),
+        admin: policy.is_admin(cred.uid),
     };
     let Ok(write) = conn.try_clone() else { return };
     let mut write = write;
@@ -55,7 +58,7 @@ fn connection(conn: UnixStream, handle: Handle, admins: &[u32]) {
                 return;
             }
         };
-        let (status, body) = route(&req, &caller, &handle);
+        let (status, body) = route(&req, &caller, &handle, policy);
         if write_response(&mut write, status, &body).is_err() || req.close {
             return;
         }
@@ -85,11 +88,14 @@ fn json<T: serde::Serialize>(r: Result<T, String>) -> (u16, Vec<u8>) {
     }
 }
 
-fn route(req: &Request, caller: &Caller, h: &Handle) -> (u16, Vec<u8>) {
+fn route(req: &Request, caller: &Caller, h: &Handle, policy: &Policy) -> (u16, Vec<u8>) {
     let parts: Vec<&str> = req.path.trim_matches('/').split('/').collect();
     match (req.method.as_str(), parts.as_slice()) {
         ("POST", ["v1", "jobs"]) => match serde_json::from_slice::<SubmitRequest>(&req.body) {
-            Ok(s) => json(h.ask(|r| Event::Submit(caller.clone(), s, r))),
+            Ok(s) => match policy.check(&s, caller.uid) {
+                Ok(()) => json(h.ask(|r| Event::Submit(caller.clone(), s, r))),
+                Err(e) => (400, error_body(&e)),
+            },
             Err(e) => (
                 400,
                 error_body(&format!("the submission is not valid JSON: {e}")),

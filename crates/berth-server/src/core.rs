@@ -53,6 +53,9 @@ pub struct Dispatch {
     pub tasker: String,
     /// The slot (`VOV_JOBSLOT`).
     pub slot: u32,
+    /// The container configuration the match went through: the job runs in exactly this
+    /// one (a request may name several as alternatives), or bare when None.
+    pub container: Option<String>,
 }
 
 /// What stopping a job means.
@@ -255,6 +258,7 @@ impl Core {
                 continue; // this class waits for the rest of the pass
             };
             resume.insert(c, at);
+            let container = take.container().map(str::to_string);
             let t = self.taskers.get_mut(&tasker).expect("found above");
             t.ledger.take(&take);
             t.slots[slot as usize] = Some(key.1);
@@ -272,6 +276,7 @@ impl Core {
                 job: key.1,
                 tasker,
                 slot,
+                container,
             });
             if let Some(next) = self.classes[c].queue.first() {
                 heads.push(Reverse((*next, c)));
@@ -355,7 +360,8 @@ mod tests {
             Dispatch {
                 job: 3,
                 tasker: "a".into(),
-                slot: 0
+                slot: 0,
+                container: None,
             }
         );
         assert_eq!(
@@ -363,7 +369,8 @@ mod tests {
             Dispatch {
                 job: 1,
                 tasker: "a".into(),
-                slot: 1
+                slot: 1,
+                container: None,
             }
         );
         assert_eq!(d[2].tasker, "b");
@@ -372,11 +379,40 @@ mod tests {
             Dispatch {
                 job: 4,
                 tasker: "b".into(),
-                slot: 1
+                slot: 1,
+                container: None,
             }
         );
         assert!(c.schedule().is_empty());
         assert_eq!(c.counts(), (0, 4));
+    }
+
+    #[test]
+    fn a_job_that_may_run_in_a_container_is_dispatched_with_the_one_matched() {
+        let mut c = core_with(&[
+            ("a", "CORES/4 SLOTS/4 Container:c2 GPU/1", 4),
+            ("b", "CORES/4 SLOTS/4", 4),
+        ]);
+        c.enqueue(1, 0, Some("Container:c1 | Container:c2"))
+            .unwrap();
+        c.enqueue(2, 0, Some("(Container:nope | Container:c2) GPU/1"))
+            .unwrap();
+        c.enqueue(3, 0, Some("Container:c1 | CORES/3")).unwrap();
+        c.enqueue(4, 0, Some("!Container:c2")).unwrap();
+        let d = c.schedule();
+        let got: Vec<(u64, &str, Option<&str>)> = d
+            .iter()
+            .map(|d| (d.job, d.tasker.as_str(), d.container.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, "a", Some("c2")),
+                (2, "a", Some("c2")),
+                (3, "b", None),
+                (4, "b", None)
+            ]
+        );
     }
 
     #[test]
@@ -395,7 +431,8 @@ mod tests {
             [Dispatch {
                 job: 2,
                 tasker: "a".into(),
-                slot: 0
+                slot: 0,
+                container: None,
             }]
         );
         assert_eq!(c.taskers()["a"].ledger.free("CORES"), Some(0));
@@ -456,7 +493,8 @@ mod tests {
             [Dispatch {
                 job: 7,
                 tasker: "a".into(),
-                slot: 0
+                slot: 0,
+                container: None,
             }]
         );
     }
@@ -475,7 +513,8 @@ mod tests {
             [Dispatch {
                 job: 4,
                 tasker: "a".into(),
-                slot: 1
+                slot: 1,
+                container: None,
             }]
         );
     }

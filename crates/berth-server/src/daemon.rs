@@ -128,6 +128,8 @@ pub struct Server {
     pending_links: HashMap<String, Box<dyn TaskerLink>>,
     waiters: HashMap<u64, Vec<(u64, Reply<JobView>)>>,
     unfinished: HashMap<u64, Meta>,
+    /// How many unfinished jobs each user has, for [`Server::max_unfinished_per_user`].
+    per_uid: HashMap<u32, u64>,
     /// Jobs recorded as Running, and where.
     running_on: HashMap<u64, String>,
     /// Which run (incarnation) of its tasker each running job's start was sent to.
@@ -136,6 +138,8 @@ pub struct Server {
     away: HashMap<String, Instant>,
     /// How long a tasker may be away before its jobs are lost.
     pub tasker_grace: Duration,
+    /// The most unfinished jobs one user may have; a submission past it is refused.
+    pub max_unfinished_per_user: u64,
 }
 
 fn now_ms() -> u64 {
@@ -166,7 +170,9 @@ impl Server {
         let mut unfinished = HashMap::new();
         let mut running_on = HashMap::new();
         let mut sent_to = HashMap::new();
+        let mut per_uid: HashMap<u32, u64> = HashMap::new();
         for j in store.unfinished()? {
+            *per_uid.entry(j.uid).or_default() += 1;
             unfinished.insert(
                 j.id,
                 Meta {
@@ -198,6 +204,8 @@ impl Server {
                 sent_to,
                 away: HashMap::new(),
                 tasker_grace: Duration::from_secs(30),
+                per_uid,
+                max_unfinished_per_user: crate::policy::DEFAULT_MAX_UNFINISHED_PER_USER,
             },
             Handle(tx),
         ))
@@ -239,16 +247,28 @@ impl Server {
         let mut lost: Vec<u64> = Vec::new();
         let mut stopped: Vec<u64> = Vec::new();
         let mut stop_answers: Vec<(Reply<String>, Result<String, String>)> = Vec::new();
+        let mut submitting: HashMap<u32, u64> = HashMap::new();
 
         // 1. What changes, decided in memory.
         for e in batch {
             match e {
-                Event::Submit(c, r, reply) => match validate(&r) {
-                    Ok(()) => submits.push((c, r, reply)),
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
+                Event::Submit(c, r, reply) => {
+                    // The rest of the policy was checked on the connection's thread.
+                    let n = crate::policy::Policy::size(&r);
+                    let has = self.per_uid.get(&c.uid).copied().unwrap_or(0)
+                        + submitting.get(&c.uid).copied().unwrap_or(0);
+                    if has + n > self.max_unfinished_per_user {
+                        let _ = reply.send(Err(format!(
+                            "user {} has {has} unfinished jobs, and {n} more would pass the limit \
+                             of {} per user (set by the administrator: --max-unfinished-per-user); \
+                             wait for some to end",
+                            c.user, self.max_unfinished_per_user
+                        )));
+                    } else {
+                        *submitting.entry(c.uid).or_default() += n;
+                        submits.push((c, r, reply));
                     }
-                },
+                }
                 Event::Connect(name, link) => {
                     self.pending_links.insert(name, link);
                 }
@@ -472,14 +492,27 @@ impl Server {
         finals.extend(&lost);
         finals.extend(&stopped);
         for id in &finals {
-            self.unfinished.remove(id);
+            if let Some(m) = self.unfinished.remove(id) {
+                if let Some(n) = self.per_uid.get_mut(&m.uid) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.per_uid.remove(&m.uid);
+                    }
+                }
+            }
             self.running_on.remove(id);
             self.sent_to.remove(id);
         }
         for (reply, mut sub, queued) in accepted {
             let mut classes: Vec<Option<String>> = Vec::new();
             for (id, pri, req, uid) in queued {
-                self.unfinished.insert(id, Meta { uid, priority: pri });
+                if self
+                    .unfinished
+                    .insert(id, Meta { uid, priority: pri })
+                    .is_none()
+                {
+                    *self.per_uid.entry(uid).or_default() += 1;
+                }
                 let _ = self.core.enqueue(id, pri, req.as_deref());
                 if !classes.contains(&req) {
                     classes.push(req);
@@ -780,11 +813,12 @@ impl Server {
                 self.sent_to.insert(d.job, tk.incarnation.clone());
             }
             a.slot = d.slot;
+            a.container = d.container.clone();
             let resources = a.resources.clone();
             let sent = self
                 .taskers
                 .get(&d.tasker)
-                .is_some_and(|tk| tk.link.send(ToTasker::Run(a)));
+                .is_some_and(|tk| tk.link.send(ToTasker::Run(Box::new(a))));
             if !sent {
                 failed.push((d, resources));
             }
@@ -804,40 +838,6 @@ impl Server {
             }
         }
     }
-}
-
-fn validate(req: &SubmitRequest) -> Result<(), String> {
-    if req.jobs.is_empty() {
-        return Err("no job in the submission".into());
-    }
-    if req.jobs.iter().any(|j| j.interactive.is_some())
-        && (req.array.is_some() || req.jobs.len() > 1)
-    {
-        return Err("an interactive job (-I) is a single job: not an array, not -f".into());
-    }
-    if let Some((a, z)) = req.array {
-        if req.jobs.len() != 1 {
-            return Err("an array repeats one job; give exactly one".into());
-        }
-        if a > z {
-            return Err(format!(
-                "--array {a}-{z}: the first index is above the last"
-            ));
-        }
-        if z - a >= 10_000_000 {
-            return Err(format!("--array {a}-{z}: more than 10,000,000 jobs"));
-        }
-    }
-    for j in &req.jobs {
-        if j.command.is_empty() {
-            return Err("a job has an empty command line".into());
-        }
-        if !j.dir.starts_with('/') {
-            return Err(format!("the job directory {:?} is not absolute", j.dir));
-        }
-        Core::parse_request(j.resources.as_deref()).map_err(|e| e.to_string())?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

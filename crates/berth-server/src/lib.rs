@@ -5,4 +5,5 @@ pub mod api;
 pub mod core;
 pub mod daemon;
 pub mod http;
+pub mod policy;
 pub mod tcp;

@@ -330,6 +330,7 @@ impl Store {
             resources,
             log,
             interactive,
+            container: None,
         }))
     }
 

@@ -1,6 +1,8 @@
 //! Starting a job or hook process: as its owner, in its directory, with its environment
-//! and descriptors, in a new process group, with every signal at its default and none
-//! blocked.
+//! and descriptors, in a session of its own with no controlling terminal (so it cannot
+//! reach the terminal of whoever started berth, e.g. with `TIOCSTI`), with every signal at
+//! its default and none blocked; optionally executing an opened descriptor, so that what
+//! runs is the very file that was checked.
 //!
 //! `std::process::Command` forks when a child must change its identity, and a fork of a
 //! tasker with many threads and a large address space costs more than the job it starts:
@@ -52,16 +54,19 @@ pub struct Spawn<'a> {
     pub stdout: Stdio<'a>,
     /// Standard error.
     pub stderr: Stdio<'a>,
-    /// Make the child the leader of a new session whose controlling terminal is its
-    /// standard input (an interactive job on a pseudo-terminal), instead of only the
-    /// leader of a new process group.
+    /// Make the child's standard input (a pseudo-terminal of the job's own) the
+    /// controlling terminal of its new session. Without it the session has none.
     pub terminal: bool,
+    /// Execute this opened file (`execveat(fd, "", AT_EMPTY_PATH)`) instead of looking
+    /// `program` up, which is then only `argv[0]`. A script's interpreter finds it as
+    /// `/dev/fd/3`: the descriptor is the child's 3, left open across exec for that.
+    pub exec_fd: Option<RawFd>,
 }
 
-/// A started child, leader of its own process group.
+/// A started child, leader of its own session and process group.
 #[derive(Debug)]
 pub struct Child {
-    /// Its pid, also its process group id.
+    /// Its pid, also its process group and session id.
     pub pid: u32,
     /// The reading end of its standard output, when piped.
     pub stdout: Option<std::fs::File>,
@@ -138,6 +143,10 @@ struct Prepared {
     ids: Option<(Vec<libc::gid_t>, libc::gid_t, libc::uid_t)>,
     dir: CString,
     terminal: bool,
+    /// The file to execute, at 3 or above; -1 to execute by path.
+    exec_fd: RawFd,
+    /// An empty path for `execveat`.
+    empty: CString,
     /// Written by the child when it fails before or at exec: the errno.
     err: libc::c_int,
     /// And the step that failed.
@@ -159,7 +168,10 @@ const STACK: usize = 64 * 1024;
 /// Starts the child. Returns once it runs the program, or with the error that kept it
 /// from doing so (the child is reaped then).
 pub fn spawn(s: &Spawn<'_>) -> io::Result<Child> {
-    let candidates = candidates(s.program, s.env)?;
+    let candidates = match s.exec_fd {
+        Some(_) => Vec::new(),
+        None => candidates(s.program, s.env)?,
+    };
     let argv_c: Vec<CString> = std::iter::once(s.program.as_bytes())
         .chain(s.args.iter().map(|a| a.as_bytes()))
         .map(|a| cstring(a, "an argument"))
@@ -224,6 +236,22 @@ pub fn spawn(s: &Spawn<'_>) -> io::Result<Child> {
         };
     }
 
+    // The file to execute, at 3 or above for the same reason (the child moves it to 3).
+    let exec_fd = match s.exec_fd {
+        None => -1,
+        Some(fd) if fd >= 3 => fd,
+        Some(fd) => {
+            // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor, which we then own.
+            let d = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+            if d < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: d is new and ours.
+            keep.push(unsafe { OwnedFd::from_raw_fd(d) });
+            d
+        }
+    };
+
     let mut prep = Prepared {
         argv: argv_c
             .iter()
@@ -240,6 +268,8 @@ pub fn spawn(s: &Spawn<'_>) -> io::Result<Child> {
         ids: s.who.map(|w| (w.groups.clone(), w.gid, w.uid)),
         dir,
         terminal: s.terminal,
+        exec_fd,
+        empty: CString::default(),
         err: 0,
         step: Step::Exec,
     };
@@ -288,7 +318,7 @@ pub fn spawn(s: &Spawn<'_>) -> io::Result<Child> {
         let os = io::Error::from_raw_os_error(err);
         let what = match step {
             Step::Exec => return Err(os),
-            Step::Group => "cannot make a process group (or session)".to_string(),
+            Step::Group => "cannot make a session".to_string(),
             Step::Descriptors => "cannot set up standard input and output".to_string(),
             Step::Identity => match s.who {
                 Some(w) => format!("cannot become {} (uid {})", w.name, w.uid),
@@ -354,12 +384,10 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
                 );
             }
         }
-        let group = if (*p).terminal {
-            libc::syscall(libc::SYS_setsid)
-        } else {
-            libc::syscall(libc::SYS_setpgid, 0, 0)
-        };
-        if group < 0 {
+        // A session of its own, always: in the tasker's session a job could open
+        // /dev/tty, the terminal berth up was started from, and push input into root's
+        // shell with TIOCSTI. A new session has no controlling terminal.
+        if libc::syscall(libc::SYS_setsid) < 0 {
             fail(p, Step::Group, errno());
         }
         for (target, &fd) in (*p).fds.iter().enumerate() {
@@ -390,6 +418,19 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
         }
         // Descriptors leaked by a library (without close-on-exec) do not reach the child.
         libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 4u32);
+        // The checked file at 3, open across exec: a script's interpreter reads it from
+        // /dev/fd/3 (the kernel names it so).
+        let exec_fd = (*p).exec_fd;
+        if exec_fd >= 0 {
+            let r = if exec_fd == 3 {
+                libc::syscall(libc::SYS_fcntl, 3, libc::F_SETFD, 0)
+            } else {
+                libc::syscall(libc::SYS_dup2, exec_fd, 3)
+            };
+            if r < 0 {
+                fail(p, Step::Descriptors, errno());
+            }
+        }
         // The mask last: none blocked, or a stop's SIGTERM would never reach the child.
         let empty: u64 = 0;
         libc::syscall(
@@ -399,6 +440,17 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
             std::ptr::null_mut::<u64>(),
             8usize,
         );
+        if exec_fd >= 0 {
+            libc::syscall(
+                libc::SYS_execveat,
+                3,
+                (*p).empty.as_ptr(),
+                (*p).argv.as_ptr(),
+                (*p).envp.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            );
+            fail(p, Step::Exec, errno());
+        }
         let mut seen = libc::ENOENT;
         for c in &(*p).candidates {
             libc::syscall(
@@ -442,6 +494,7 @@ mod tests {
             stdout: Stdio::Piped,
             stderr: Stdio::Null,
             terminal: false,
+            exec_fd: None,
         })
         .unwrap();
         let mut o = String::new();
@@ -462,6 +515,7 @@ mod tests {
             stdout: Stdio::Piped,
             stderr: Stdio::Piped,
             terminal: false,
+            exec_fd: None,
         })
         .unwrap();
         let (mut o, mut e) = (String::new(), String::new());
@@ -485,6 +539,7 @@ mod tests {
                 stdout: Stdio::Null,
                 stderr: Stdio::Null,
                 terminal: false,
+                exec_fd: None,
             })
         };
         assert_eq!(
@@ -511,7 +566,11 @@ mod tests {
         // grep itself, not a shell: a shell blocks every signal while it waits.
         let (c, _, o) = output(
             "grep",
-            &["-E", "^(Pid|NSpgid|SigBlk|SigIgn):", "/proc/self/status"],
+            &[
+                "-E",
+                "^(Pid|NSpgid|NSsid|SigBlk|SigIgn):",
+                "/proc/self/status",
+            ],
             None,
         );
         let field = |k: &str| {
@@ -529,14 +588,64 @@ mod tests {
             c.pid.to_string(),
             "the child leads its group: {o}"
         );
+        assert_eq!(
+            field("NSsid:"),
+            c.pid.to_string(),
+            "the child leads its session: {o}"
+        );
     }
 
     #[test]
+    fn the_child_has_no_controlling_terminal() {
+        // /dev/tty of a process without a controlling terminal fails with ENXIO, whether
+        // or not the test itself runs on a terminal.
+        let (_, status, o) = output(
+            "/bin/sh",
+            &[
+                "-c",
+                "if (: </dev/tty) 2>/dev/null; then echo tty; else echo none; fi",
+            ],
+            None,
+        );
+        assert!(status.success());
+        assert_eq!(o, "none\n");
+    }
+
+    #[test]
+    fn executes_the_opened_file_not_the_path() {
+        let d = tempfile::tempdir().unwrap();
+        let script = d.path().join("hook.sh");
+        std::fs::write(&script, "#!/bin/sh\necho checked \"$0\" \"$@\"\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let f = std::fs::File::open(&script).unwrap();
+        // The path now names another program: what runs is still the opened file.
+        std::fs::remove_file(&script).unwrap();
+        std::fs::write(&script, "#!/bin/sh\necho swapped\n").unwrap();
+        let args: Vec<OsString> = vec!["a b".into()];
+        let mut c = spawn(&Spawn {
+            program: script.as_os_str(),
+            args: &args,
+            env: &env(),
+            who: None,
+            dir: Path::new("/"),
+            stdin: Stdio::Null,
+            stdout: Stdio::Piped,
+            stderr: Stdio::Null,
+            terminal: false,
+            exec_fd: Some(f.as_raw_fd()),
+        })
+        .unwrap();
+        let mut o = String::new();
+        c.stdout.take().unwrap().read_to_string(&mut o).unwrap();
+        assert!(c.wait().unwrap().success());
+        assert_eq!(o, "checked /dev/fd/3 a b\n");
+    }
+
+    #[test]
+    #[ignore = "needs root: .ci/run runs it with --include-ignored"]
     fn runs_as_the_given_user_with_its_groups_only() {
-        if crate::euid() != 0 {
-            eprintln!("skipped: needs root");
-            return;
-        }
+        assert_eq!(crate::euid(), 0, "run as root");
         let nobody = crate::identity_by_name("nobody").unwrap();
         let (_, status, o) = output(
             "/bin/sh",

@@ -243,9 +243,9 @@ impl Agent {
 
     /// The hello that (re)introduces this tasker: its resources now, and its running jobs.
     pub fn hello(&self) -> FromTasker {
-        let (ok, refused) = self.containers();
+        let (ok, mut refused) = self.containers();
         let mut res = host_resources(&self.name, self.slots);
-        for c in ok {
+        for c in &ok {
             res += &format!(" Container:{c}");
         }
         // SWD/taskers.tcl, SWD/taskerClass.table, then -r: later terms replace earlier
@@ -285,6 +285,30 @@ impl Agent {
         if !self.extra.trim().is_empty() {
             res += " ";
             res += &self.extra;
+        }
+        // Container:NAME is offered only for a configuration that passes every check here,
+        // whatever -r, taskers.tcl or the class table say: a job matched to it would
+        // otherwise fail, or, with an older server, run bare.
+        if let Ok(mut offer) = berth_resources::Offer::parse(&res) {
+            let named: Vec<String> = offer
+                .iter()
+                .filter_map(|(k, _)| k.strip_prefix(berth_resources::CONTAINER))
+                .filter(|c| !ok.iter().any(|o| o == c))
+                .map(str::to_string)
+                .collect();
+            for c in named {
+                offer.remove(&format!("{}{c}", berth_resources::CONTAINER));
+                if !refused.iter().any(|(n, _)| *n == c) {
+                    refused.push((
+                        c.clone(),
+                        format!(
+                            "named in this tasker's resources, but there is no configuration {}",
+                            self.containers_dir.join(format!("{c}.cfg")).display()
+                        ),
+                    ));
+                }
+            }
+            res = offer.to_string();
         }
         // Ends first, then what runs: a job that ends in between is in one list or both,
         // never in neither.
@@ -329,6 +353,7 @@ impl Agent {
                 }
             }
             ToTasker::Run(a) => {
+                let a = *a;
                 let stop = match Stop::new() {
                     Ok(s) => s,
                     Err(e) => {
@@ -425,15 +450,33 @@ impl Agent {
             Ok(r) => r,
             Err(e) => return failed(e.to_string()),
         };
-        let containers: Vec<String> = request
-            .as_ref()
-            .map(|r| {
-                r.required_terms()
-                    .into_iter()
-                    .filter_map(|t| t.name.strip_prefix("Container:").map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
+        // The configuration the server matched here, and only that: a request may name
+        // several as alternatives. A request that may run in one but came without a match
+        // (from an older server) is refused rather than run bare.
+        let possible = match request.as_ref().map(|r| r.containers()).transpose() {
+            Ok(Some(p)) => p,
+            Ok(None) => berth_resources::Containers {
+                bare: true,
+                ..Default::default()
+            },
+            Err(e) => return failed(e.to_string()),
+        };
+        let containers: Vec<String> = match &a.container {
+            Some(c) if possible.names.contains(c) => vec![c.clone()],
+            Some(c) => {
+                return failed(format!(
+                    "the server matched Container:{c}, which the request does not name"
+                ))
+            }
+            None if possible.bare => Vec::new(),
+            None => {
+                return failed(
+                    "the job may run only in a container, but the server matched none; \
+                     it is not run bare"
+                        .to_string(),
+                )
+            }
+        };
         let job = Job {
             id: a.job.to_string(),
             owner,

@@ -14,6 +14,7 @@ use berth_sys::spawn::{spawn, Spawn, Stdio};
 use berth_sys::{self as sys, EventFd, Identity, Woke};
 use std::ffi::{OsStr, OsString};
 use std::io::{self, Read};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
@@ -230,7 +231,7 @@ fn run_hook(r: &HookRun<'_>, on_start: impl FnOnce(u32)) -> HookEnd {
         }
     };
     let mut child = match spawn(&Spawn {
-        program: r.hook.exec_path.as_os_str(),
+        program: r.hook.hook.path.as_os_str(),
         args: r.args,
         env: r.env,
         who,
@@ -239,6 +240,8 @@ fn run_hook(r: &HookRun<'_>, on_start: impl FnOnce(u32)) -> HookEnd {
         stdout,
         stderr,
         terminal: r.tty.is_some(),
+        // The very file that was checked and hashed, not the path looked up again.
+        exec_fd: Some(r.hook.file.as_raw_fd()),
     }) {
         Ok(c) => c,
         Err(e) => {

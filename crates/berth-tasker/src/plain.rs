@@ -64,6 +64,7 @@ pub fn run(job: &Job, grace: Duration, stop: &Stop, on_start: &mut dyn FnMut(u32
         stdout,
         stderr,
         terminal: slave.is_some(),
+        exec_fd: None,
     });
     // The relay ends once no process has the terminal open: not while we do.
     drop(slave);

@@ -64,6 +64,46 @@ pub struct Up {
     /// that a crash of the host may lose the last of them.
     #[arg(long, hide = true)]
     no_fsync: bool,
+    #[command(flatten)]
+    policy: PolicyArgs,
+}
+
+/// Who may do what, and the limits that keep one user from stalling the others.
+#[derive(clap::Args, Clone)]
+pub struct PolicyArgs {
+    /// Administrators besides root and the server's own user: login names or uids,
+    /// comma-separated. They may stop others' jobs and set a priority above 0.
+    #[arg(long, value_name = "USERS", value_delimiter = ',')]
+    admins: Vec<String>,
+    /// The most jobs one submission may make (an array, or the lines of -f).
+    #[arg(long, value_name = "N", default_value_t = berth_server::policy::DEFAULT_MAX_JOBS_PER_SUBMISSION)]
+    max_jobs_per_submission: u64,
+    /// The most unfinished (queued or running) jobs one user may have.
+    #[arg(long, value_name = "N", default_value_t = berth_server::policy::DEFAULT_MAX_UNFINISHED_PER_USER)]
+    max_unfinished_per_user: u64,
+}
+
+impl PolicyArgs {
+    fn policy(&self, swd: &Path) -> Result<berth_server::policy::Policy> {
+        let mut admins = vec![berth_sys::euid()];
+        for a in &self.admins {
+            let uid = match a.parse::<u32>() {
+                Ok(uid) => uid,
+                Err(_) => {
+                    berth_sys::identity_by_name(a)
+                        .with_context(|| format!("--admins: {a}"))?
+                        .uid
+                }
+            };
+            admins.push(uid);
+        }
+        Ok(berth_server::policy::Policy {
+            admins,
+            containers: Some(swd::containers(swd)),
+            max_jobs_per_submission: self.max_jobs_per_submission,
+            max_unfinished_per_user: self.max_unfinished_per_user,
+        })
+    }
 }
 
 /// The options of `berth server`.
@@ -82,6 +122,8 @@ pub struct ServerArgs {
     /// that a crash of the host may lose the last of them.
     #[arg(long, hide = true)]
     no_fsync: bool,
+    #[command(flatten)]
+    policy: PolicyArgs,
 }
 
 struct LocalLink(Arc<Agent>);
@@ -152,7 +194,7 @@ const EXAMPLES: &[(&str, &str)] = &[
 /// binary: hooks in SWD/hooks, image tree in SWD/rootfs, podman settings in
 /// SWD/containers.conf.
 fn install_examples(swd: &Path) -> Result<()> {
-    let src = tempfile_dir()?;
+    let src = scripts_dir(swd)?;
     for (name, text) in EXAMPLES {
         let p = src.join(name);
         std::fs::create_dir_all(p.parent().unwrap_or(&src))?;
@@ -208,11 +250,22 @@ fn install_examples(swd: &Path) -> Result<()> {
     Ok(())
 }
 
-fn tempfile_dir() -> Result<PathBuf> {
-    let d = std::env::temp_dir().join(format!("berth-examples.{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d)?;
-    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))?;
+/// A new directory for the example scripts, which run as root: under the SWD (root's,
+/// checked by `start_server`'s caller), made here and now with mode 0700, never one that
+/// already existed. A predictable name in $TMPDIR would let any user plant the scripts.
+fn scripts_dir(swd: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let d = swd.join(".examples.tmp");
+    // Left by an earlier run that was killed; the SWD is root's, so only root made it.
+    match std::fs::remove_dir_all(&d) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => bail!("removing {}: {e}", d.display()),
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&d)
+        .with_context(|| format!("creating {}", d.display()))?;
     Ok(d)
 }
 
@@ -229,6 +282,38 @@ pub struct Running {
     sock: PathBuf,
 }
 
+/// Makes the SWD if need be, and refuses one that another user could change: the server
+/// keeps its database there, and the tasker its records and the wrapper it runs as root.
+fn own_swd(swd: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::create_dir_all(swd).with_context(|| format!("creating {}", swd.display()))?;
+    let me = berth_sys::euid();
+    let meta = std::fs::metadata(swd).with_context(|| format!("reading {}", swd.display()))?;
+    if meta.uid() != me {
+        bail!(
+            "the SWD {} is owned by uid {}, not by this server's uid {me}; whoever owns it \
+             controls what the server and taskers run; choose another --swd, or run: chown {me} {}",
+            swd.display(),
+            meta.uid(),
+            swd.display()
+        );
+    }
+    std::fs::set_permissions(swd, std::fs::Permissions::from_mode(0o755))?;
+    if me == 0 {
+        if let Some(parent) = swd.parent() {
+            berth_container::check::safe_dirs(parent).map_err(|d| {
+                anyhow::anyhow!(
+                    "the SWD {}: {}",
+                    swd.display(),
+                    d.replace("above it", "above the SWD")
+                        .replace("root hooks must live", "the SWD must live")
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// Opens the store, starts the actor and the API on SWD/berth.sock, and, with `listen`,
 /// the TCP listener for taskers.
 fn start_server(
@@ -236,7 +321,9 @@ fn start_server(
     listen: Option<&str>,
     grace: Duration,
     no_fsync: bool,
+    policy: &PolicyArgs,
 ) -> Result<Running> {
+    let policy = policy.policy(swd)?;
     std::fs::create_dir_all(swd::containers(swd))
         .with_context(|| format!("creating {}", swd.display()))?;
     std::fs::set_permissions(swd, std::fs::Permissions::from_mode(0o755))?;
@@ -256,15 +343,15 @@ fn start_server(
     }
     let (mut server, handle) = Server::open(store)?;
     server.tasker_grace = grace;
+    server.max_unfinished_per_user = policy.max_unfinished_per_user;
     let actor = std::thread::spawn(move || server.run());
     let listener =
         UnixListener::bind(&sock).with_context(|| format!("listening on {}", sock.display()))?;
     // Anyone on the host may connect; the kernel tells the server who they are.
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666))?;
-    let admins = vec![berth_sys::euid()];
     {
         let handle = handle.clone();
-        std::thread::spawn(move || berth_server::api::serve(listener, handle, admins));
+        std::thread::spawn(move || berth_server::api::serve(listener, handle, policy));
     }
     if let Some(addr) = listen {
         let secret = berth_server::tcp::cluster_secret(swd).context("the cluster secret")?;
@@ -402,11 +489,13 @@ pub fn make_agent(
 pub fn server(o: ServerArgs) -> Result<i32> {
     let signals = berth_sys::block_signals(&berth_sys::STOP_SIGNALS);
     let swd = std::path::absolute(swd::resolve(o.swd.as_deref()))?;
+    own_swd(&swd)?;
     let running = start_server(
         &swd,
         o.listen.as_deref(),
         Duration::from_secs(o.tasker_grace),
         o.no_fsync,
+        &o.policy,
     )?;
     eprintln!(
         "berth server: serving {} (SWD {}); stop with Ctrl-C",
@@ -427,7 +516,7 @@ pub fn up(o: Up) -> Result<i32> {
     // Blocked before any thread exists: every thread inherits the mask.
     let signals = berth_sys::block_signals(&berth_sys::STOP_SIGNALS);
     let swd = std::path::absolute(swd::resolve(o.agent.swd.as_deref()))?;
-    std::fs::create_dir_all(&swd).with_context(|| format!("creating {}", swd.display()))?;
+    own_swd(&swd)?;
     if o.examples {
         install_examples(&swd)?;
     }
@@ -436,6 +525,7 @@ pub fn up(o: Up) -> Result<i32> {
         o.listen.as_deref(),
         Duration::from_secs(30),
         o.no_fsync,
+        &o.policy,
     )?;
     let handle = running.handle.clone();
     let report_handle = handle.clone();

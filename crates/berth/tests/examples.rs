@@ -59,6 +59,7 @@ fn check_limits(fx: &Fixture, out: &std::process::Output, ram_mb: u64, tmp_mb: u
 }
 
 #[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
 fn docker_runs_the_job_in_a_container_with_its_limits() {
     need_root!();
     let fx = Fixture::new();
@@ -94,6 +95,7 @@ fn docker_runs_the_job_in_a_container_with_its_limits() {
 }
 
 #[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
 fn docker_wrapper_is_pid_1_reaps_orphans_and_forwards_signals() {
     need_root!();
     let fx = Fixture::new();
@@ -152,6 +154,7 @@ fn docker_wrapper_is_pid_1_reaps_orphans_and_forwards_signals() {
 }
 
 #[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
 fn podman_split_runs_setup_enter_cleanup_teardown() {
     need_root!();
     let fx = Fixture::new();
@@ -179,6 +182,7 @@ fn podman_split_runs_setup_enter_cleanup_teardown() {
 }
 
 #[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
 fn podman_split_stop_ends_the_command_inside() {
     need_root!();
     let fx = Fixture::new();
@@ -225,6 +229,7 @@ fn podman_split_stop_ends_the_command_inside() {
 }
 
 #[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
 fn podman_split_failing_setup_still_tears_down() {
     need_root!();
     let fx = Fixture::new();
@@ -264,6 +269,7 @@ fn podman_split_failing_setup_still_tears_down() {
 }
 
 #[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
 fn podman_split_is_recovered_after_the_runner_is_killed() {
     need_root!();
     let fx = Fixture::new();
@@ -304,6 +310,7 @@ fn podman_split_is_recovered_after_the_runner_is_killed() {
 }
 
 #[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
 fn docker_is_recovered_after_the_runner_is_killed() {
     need_root!();
     let fx = Fixture::new();
@@ -343,6 +350,7 @@ fn docker_is_recovered_after_the_runner_is_killed() {
 }
 
 #[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
 fn bwrap_runs_the_job_unprivileged() {
     need_root!();
     let fx = Fixture::new();
@@ -388,6 +396,7 @@ fn bwrap_runs_the_job_unprivileged() {
 }
 
 #[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
 fn bwrap_stop_ends_the_job() {
     need_root!();
     let fx = Fixture::new();

@@ -52,6 +52,7 @@ fn four_hooks(fx: &Fixture, privilege: &str, extra: &str) {
 }
 
 #[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
 fn user_hooks_run_as_the_owner_with_the_exact_variables() {
     need_root!();
     let fx = Fixture::new();
@@ -136,6 +137,7 @@ fn user_hooks_run_as_the_owner_with_the_exact_variables() {
 }
 
 #[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
 fn root_hooks_run_as_root_with_a_clean_environment() {
     need_root!();
     let fx = Fixture::new();
@@ -200,6 +202,7 @@ fn root_hooks_run_as_root_with_a_clean_environment() {
 }
 
 #[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
 fn the_env_file_holds_the_jobs_environment() {
     need_root!();
     let fx = Fixture::new();
@@ -242,6 +245,7 @@ fn the_env_file_holds_the_jobs_environment() {
 }
 
 #[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
 fn hooks_run_in_the_run_dir_when_set() {
     need_root!();
     let fx = Fixture::new();
@@ -269,6 +273,7 @@ fn hooks_run_in_the_run_dir_when_set() {
 }
 
 #[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
 fn exit_status_is_the_commands() {
     need_root!();
     let fx = Fixture::new();
@@ -310,6 +315,7 @@ fn exit_status_is_the_commands() {
 }
 
 #[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
 fn without_the_wrapper_the_status_is_the_enter_hooks() {
     need_root!();
     let fx = Fixture::new();
@@ -342,6 +348,7 @@ fn without_the_wrapper_the_status_is_the_enter_hooks() {
 }
 
 #[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
 fn a_failing_setup_still_runs_cleanup_and_teardown() {
     need_root!();
     let fx = Fixture::new();
@@ -403,6 +410,7 @@ fn a_failing_setup_still_runs_cleanup_and_teardown() {
 }
 
 #[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
 fn a_failing_teardown_is_recorded_but_keeps_the_status() {
     need_root!();
     let fx = Fixture::new();
@@ -433,6 +441,7 @@ fn a_failing_teardown_is_recorded_but_keeps_the_status() {
 }
 
 #[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
 fn a_setup_past_its_timeout_is_killed_and_teardown_runs() {
     need_root!();
     let fx = Fixture::new();
@@ -469,6 +478,7 @@ fn a_setup_past_its_timeout_is_killed_and_teardown_runs() {
 }
 
 #[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
 fn stop_sends_sigterm_then_sigkill_to_the_enter_group_and_cleans_up() {
     need_root!();
     let fx = Fixture::new();
@@ -518,6 +528,7 @@ fn stop_sends_sigterm_then_sigkill_to_the_enter_group_and_cleans_up() {
 }
 
 #[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
 fn a_refused_hook_runs_no_hook_at_all() {
     need_root!();
     let fx = Fixture::new();
@@ -581,6 +592,7 @@ fn a_refused_hook_runs_no_hook_at_all() {
 }
 
 #[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
 fn a_job_never_runs_as_root() {
     need_root!();
     let fx = Fixture::new();
@@ -604,6 +616,7 @@ fn a_job_never_runs_as_root() {
 }
 
 #[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
 fn the_log_file_gets_every_line_and_is_opened_as_the_owner() {
     need_root!();
     let fx = Fixture::new();
@@ -665,6 +678,7 @@ fn the_log_file_gets_every_line_and_is_opened_as_the_owner() {
 }
 
 #[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
 fn a_killed_try_is_recovered_by_the_next() {
     need_root!();
     let fx = Fixture::new();
@@ -760,6 +774,7 @@ fn a_killed_try_is_recovered_by_the_next() {
 }
 
 #[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
 fn try_without_root_runs_user_hooks_as_the_caller() {
     need_root!();
     // Run berth itself as nobody: user hooks run as nobody, root hooks are refused.
@@ -796,6 +811,7 @@ fn try_without_root_runs_user_hooks_as_the_caller() {
 }
 
 #[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
 fn the_wrapper_is_not_installed_where_a_user_could_replace_it() {
     need_root!();
     let fx = Fixture::new();
@@ -823,6 +839,7 @@ fn the_wrapper_is_not_installed_where_a_user_could_replace_it() {
 }
 
 #[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
 fn tries_at_once_get_slots_of_their_own() {
     need_root!();
     let fx = Fixture::new();

@@ -35,6 +35,11 @@ for entry in "$ROOTFS"/*; do
 done
 set -- "$@" --bind "$jobdir" "$jobdir" --ro-bind "$vwdir" "$vwdir" --chdir "$jobdir" \
     --unshare-pid --unshare-ipc --unshare-uts --die-with-parent
+# A session of its own, so that the job cannot push input into a terminal with TIOCSTI
+# (berth already starts the hook without one); an interactive job keeps its own terminal.
+if [ ! -t 0 ]; then
+    set -- "$@" --new-session
+fi
 i=0
 while [ "$i" -lt "$n" ]; do
     set -- "$@" "$1"

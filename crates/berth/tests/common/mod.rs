@@ -6,6 +6,7 @@
 
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -26,15 +27,16 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Tests that need root (hooks as root, jobs as nobody) say so and pass trivially when
-/// run without it; CI runs them as root.
+/// Tests that need root (hooks as root, jobs as nobody) are `#[ignore]`d, so that they
+/// never pass without checking anything; `.ci/run` runs them as root with
+/// `--include-ignored`, and run without root they fail saying so.
 #[macro_export]
 macro_rules! need_root {
     () => {
-        if !common::is_root() {
-            eprintln!("skipped: this test needs root (it runs hooks as root and jobs as nobody)");
-            return;
-        }
+        assert!(
+            common::is_root(),
+            "this test needs root (it runs hooks as root and jobs as nobody)"
+        );
     };
 }
 
@@ -297,4 +299,119 @@ pub fn podman_containers(prefix: &str) -> Vec<String> {
         .filter(|n| n.starts_with(prefix))
         .map(str::to_string)
         .collect()
+}
+
+pub const T: Duration = Duration::from_secs(60);
+
+/// A running `berth up`, stopped (and checked to be still alive) when dropped.
+pub struct Up {
+    child: Option<Child>,
+    swd: std::path::PathBuf,
+}
+
+impl Up {
+    pub fn start(fx: &Fixture, extra: &[&str]) -> Up {
+        let child = Command::new(berth())
+            .arg("up")
+            .arg("--swd")
+            .arg(&fx.swd)
+            .args(extra)
+            .env("CONTAINERS_CONF", containers_conf())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let sock = fx.swd.join("berth.sock");
+        wait_until("the server's socket", T, || {
+            std::os::unix::net::UnixStream::connect(&sock).is_ok()
+        });
+        // The socket answers before the embedded tasker has said hello.
+        let swd = fx.swd.clone();
+        wait_until("the embedded tasker", T, || {
+            let out = Command::new(berth())
+                .args(["taskers", "--json"])
+                .env("BERTH_SWD", &swd)
+                .output()
+                .unwrap();
+            stdout(&out).contains("\"slots\"")
+        });
+        Up {
+            child: Some(child),
+            swd: fx.swd.clone(),
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        let mut c = self.child.take().unwrap();
+        signal(&c, libc::SIGKILL);
+        let _ = c.wait();
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let alive = c.try_wait().unwrap().is_none();
+            signal(&c, libc::SIGTERM);
+            let _ = wait_status(c, T);
+            if !std::thread::panicking() {
+                assert!(
+                    alive,
+                    "berth up (SWD {}) died during the test",
+                    self.swd.display()
+                );
+            }
+        }
+    }
+}
+
+/// A second unprivileged user, `berth-test`, made once for every test that needs one
+/// (with `useradd`); its uid.
+pub fn test_user() -> u32 {
+    static MADE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *MADE.get_or_init(|| {
+        let id = || {
+            Command::new("id")
+                .args(["-u", "berth-test"])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        };
+        if let Some(uid) = id() {
+            return uid;
+        }
+        // Another test binary may make it at the same time: its failure is fine if the
+        // user exists afterwards.
+        let _ = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                "/usr/sbin/nologin",
+                "berth-test",
+            ])
+            .output();
+        id().expect("useradd berth-test failed")
+    })
+}
+
+/// `berth ARGS` as user `uid` (its group the same number) in the job directory.
+pub fn as_user(fx: &Fixture, uid: u32, args: &[&str]) -> std::process::Output {
+    let mut c = fx.berth(args);
+    c.uid(uid).gid(uid).env("HOME", "/nonexistent");
+    output_within(&mut c, T)
+}
+
+/// `berth ARGS` as nobody in the job directory.
+pub fn as_nobody(fx: &Fixture, args: &[&str]) -> std::process::Output {
+    let mut c = fx.berth(args);
+    c.uid(NOBODY)
+        .gid(NOBODY)
+        .env("HOME", "/nonexistent")
+        .env("USER", "nobody");
+    output_within(&mut c, T)
 }

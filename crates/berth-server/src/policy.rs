@@ -1,0 +1,240 @@
+//! What a submission must satisfy before it is accepted (SPEC §8, §9): checked on the
+//! connection's thread, before the server's one actor sees it, so that a hostile
+//! submission costs only its own connection.
+
+use crate::core::Core;
+use berth_proto::SubmitRequest;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// The limits and rights an administrator sets (`berth up` / `berth server` options).
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// The uids that may act on others' jobs and set a priority above 0 (root always may).
+    pub admins: Vec<u32>,
+    /// The configurations (`SWD/containers`), for their `containerLimit` MAX.
+    pub containers: Option<PathBuf>,
+    /// The most jobs one submission may make (an array's size, or the lines of `-f`).
+    pub max_jobs_per_submission: u64,
+    /// The most unfinished (queued or running) jobs one user may have.
+    pub max_unfinished_per_user: u64,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            admins: Vec::new(),
+            containers: None,
+            max_jobs_per_submission: DEFAULT_MAX_JOBS_PER_SUBMISSION,
+            max_unfinished_per_user: DEFAULT_MAX_UNFINISHED_PER_USER,
+        }
+    }
+}
+
+/// The default of [`Policy::max_jobs_per_submission`].
+pub const DEFAULT_MAX_JOBS_PER_SUBMISSION: u64 = 100_000;
+/// The default of [`Policy::max_unfinished_per_user`].
+pub const DEFAULT_MAX_UNFINISHED_PER_USER: u64 = 1_000_000;
+
+impl Policy {
+    /// Whether `uid` is an administrator.
+    pub fn is_admin(&self, uid: u32) -> bool {
+        uid == 0 || self.admins.contains(&uid)
+    }
+
+    /// How many jobs a submission makes.
+    pub fn size(req: &SubmitRequest) -> u64 {
+        match req.array {
+            Some((a, z)) if a <= z => u64::from(z - a) + 1,
+            Some(_) => 0,
+            None => req.jobs.len() as u64,
+        }
+    }
+
+    /// Checks a submission from `uid`; the error is the reason, for the submitter.
+    pub fn check(&self, req: &SubmitRequest, uid: u32) -> Result<(), String> {
+        if uid == 0 {
+            return Err(
+                "a job never runs as root: submit it as the user it should run as \
+                 (e.g. sudo -u USER berth run ...)"
+                    .into(),
+            );
+        }
+        if req.jobs.is_empty() {
+            return Err("no job in the submission".into());
+        }
+        if req.jobs.iter().any(|j| j.interactive.is_some())
+            && (req.array.is_some() || req.jobs.len() > 1)
+        {
+            return Err("an interactive job (-I) is a single job: not an array, not -f".into());
+        }
+        if let Some((a, z)) = req.array {
+            if req.jobs.len() != 1 {
+                return Err("an array repeats one job; give exactly one".into());
+            }
+            if a > z {
+                return Err(format!(
+                    "--array {a}-{z}: the first index is above the last"
+                ));
+            }
+        }
+        let n = Policy::size(req);
+        if n > self.max_jobs_per_submission {
+            return Err(format!(
+                "the submission makes {n} jobs, above the limit of {} jobs per submission \
+                 (set by the administrator: --max-jobs-per-submission); submit fewer at a time",
+                self.max_jobs_per_submission
+            ));
+        }
+        let admin = self.is_admin(uid);
+        // A request's verdict is the same for every job that makes it: checked once.
+        let mut seen: HashMap<Option<&str>, ()> = HashMap::new();
+        for j in &req.jobs {
+            if j.command.is_empty() {
+                return Err("a job has an empty command line".into());
+            }
+            if !j.dir.starts_with('/') {
+                return Err(format!("the job directory {:?} is not absolute", j.dir));
+            }
+            if j.priority > 0 && !admin {
+                return Err(format!(
+                    "priority {}: only an administrator may set a priority above 0; \
+                     submit with priority 0 or below",
+                    j.priority
+                ));
+            }
+            if seen.insert(j.resources.as_deref(), ()).is_none() {
+                self.check_request(j.resources.as_deref())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A request parses, asks for at most one container at a time, and not above the
+    /// `containerLimit` MAX of any configuration it may run in.
+    fn check_request(&self, text: Option<&str>) -> Result<(), String> {
+        let request = Core::parse_request(text).map_err(|e| e.to_string())?;
+        let containers = request.containers().map_err(|e| e.to_string())?;
+        let Some(dir) = &self.containers else {
+            return Ok(());
+        };
+        for name in &containers.names {
+            // A configuration the server does not have is not refused here: a tasker may
+            // have it, and `no tasker can ever satisfy` says so otherwise.
+            if let Ok(cfg) = berth_container::check::load(dir, name) {
+                berth_container::plan::limits(&cfg, Some(&request)).map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_proto::Submit;
+
+    fn job(resources: Option<&str>, priority: i32) -> Submit {
+        Submit {
+            command: vec!["true".into()],
+            dir: "/tmp".into(),
+            env: Vec::new(),
+            resources: resources.map(str::to_string),
+            name: None,
+            log: None,
+            priority,
+            interactive: None,
+        }
+    }
+
+    #[test]
+    fn refusals_table() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("c1.cfg"),
+            "containerHook enter user /bin/true sha256:0000000000000000000000000000000000000000000000000000000000000000\ncontainerLimit CORES 1 4\ncontainerLimit RAM 100 1000\n",
+        )
+        .unwrap();
+        let p = Policy {
+            admins: vec![1000],
+            containers: Some(d.path().to_path_buf()),
+            max_jobs_per_submission: 10,
+            ..Policy::default()
+        };
+        let one = |r: Option<&str>, pri: i32| SubmitRequest {
+            jobs: vec![job(r, pri)],
+            array: None,
+        };
+        let cases: Vec<(&str, SubmitRequest, u32, Result<(), &str>)> = vec![
+            ("plain", one(None, 0), 65534, Ok(())),
+            ("root", one(None, 0), 0, Err("a job never runs as root")),
+            (
+                "within MAX",
+                one(Some("Container:c1 CORES/4 RAM/1000"), 0),
+                65534,
+                Ok(()),
+            ),
+            (
+                "above MAX",
+                one(Some("Container:c1 CORES/5"), 0),
+                65534,
+                Err("container c1: the job asks for CORES 5 but"),
+            ),
+            (
+                "above MAX in one alternative",
+                one(Some("(Container:c1 | Container:other) RAM/2000"), 0),
+                65534,
+                Err("container c1: the job asks for RAM 2000"),
+            ),
+            (
+                "two containers",
+                one(Some("Container:c1 Container:c2"), 0),
+                65534,
+                Err("the request needs both Container:c1 and Container:c2"),
+            ),
+            (
+                "either container",
+                one(Some("Container:c1 | Container:c2"), 0),
+                65534,
+                Ok(()),
+            ),
+            (
+                "a configuration the server lacks",
+                one(Some("Container:zz CORES/99"), 0),
+                65534,
+                Ok(()),
+            ),
+            (
+                "priority above 0",
+                one(None, 1),
+                65534,
+                Err("priority 1: only an administrator may set a priority above 0"),
+            ),
+            ("priority of an administrator", one(None, 5), 1000, Ok(())),
+            ("priority below 0", one(None, -5), 65534, Ok(())),
+            (
+                "too many jobs",
+                SubmitRequest {
+                    jobs: vec![job(None, 0)],
+                    array: Some((1, 11)),
+                },
+                65534,
+                Err("the submission makes 11 jobs, above the limit of 10 jobs per submission"),
+            ),
+            (
+                "a bad request",
+                one(Some("(a"), 0),
+                65534,
+                Err("unbalanced parenthesis"),
+            ),
+        ];
+        for (what, req, uid, want) in cases {
+            let got = p.check(&req, uid);
+            match (want, got) {
+                (Ok(()), Ok(())) => {}
+                (Err(w), Err(g)) => assert!(g.contains(w), "{what}: {g}"),
+                (w, g) => panic!("{what}: wanted {w:?}, got {g:?}"),
+            }
+        }
+    }
+}

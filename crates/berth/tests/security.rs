@@ -1,0 +1,358 @@
+//! The trust boundary, attacked for real (SPEC §3, §5, §9): as `nobody` against the real
+//! binaries, with real terminals, symbolic links, FIFOs and connections. Each test performs
+//! an attack that worked against an earlier berth and shows that it no longer does.
+
+mod common;
+
+use common::*;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// A job's state, reason and exit status, from `berth info --json`.
+fn info(fx: &Fixture, id: &str) -> serde_json::Value {
+    let out = fx.run(&["info", "--json", id], T);
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A job that tries to reach the terminal `berth up` was started from, and to type a
+/// command into it with TIOCSTI, cannot: every job starts in a session of its own with no
+/// controlling terminal, so root's shell never reads what a job pushed.
+#[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
+fn a_job_cannot_type_into_the_terminal_berth_up_runs_on() {
+    need_root!();
+    let fx = Fixture::new();
+    let pidfile = fx.root.join("up.pid");
+    // berth up on a pseudo-terminal, as in root's shell; when it has stopped, the shell
+    // reads whatever the terminal holds, as root's shell would.
+    let shell = format!(
+        "{} up --swd {} --slots 2 & echo $! > {}; wait; IFS= read -r -t 3 l; echo \"after:[$l]\"",
+        berth().display(),
+        fx.swd.display(),
+        pidfile.display()
+    );
+    let mut script = Command::new("script")
+        .args(["-qfec", &shell, "/dev/null"])
+        .env("CONTAINERS_CONF", containers_conf())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sock = fx.swd.join("berth.sock");
+    wait_until("berth up on a terminal", T, || {
+        std::os::unix::net::UnixStream::connect(&sock).is_ok() && pidfile.exists()
+    });
+    let attack = "open(T, '+<', '/dev/tty') or do { print \"no terminal: $!\\n\"; exit 0 }; \
+                  ioctl(T, 0x5412, $_) or print \"TIOCSTI: $!\\n\" for split //, \"echo INJECTED-BY-JOB\\n\"; \
+                  print \"typed into the terminal\\n\"";
+    let out = as_nobody(&fx, &["run", "-w", "--", "perl", "-e", attack]);
+    assert!(out.status.success(), "{}", text(&out));
+    let log = fx.read_work("berth-1.log");
+    assert!(
+        log.starts_with("no terminal: "),
+        "the job opened the terminal of berth up: {log}"
+    );
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kill with a pid read from the file the shell wrote.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let stdin = script.stdin.take();
+    let out = wait_output(script, T);
+    drop(stdin);
+    let outer = text(&out);
+    assert!(
+        outer.contains("after:[]") && !outer.contains("INJECTED-BY-JOB"),
+        "the terminal received input from the job:\n{outer}"
+    );
+}
+
+/// A root hook whose configured path passes through a directory or link that a user can
+/// change is refused, by `berth container check`, by `try` and per job; and a hook whose
+/// path a user flips between the checked program and another, 200 times over, never runs
+/// the other: what runs is the very file that was checked.
+#[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
+fn a_hook_swapped_between_check_and_exec_never_runs() {
+    need_root!();
+    let fx = Fixture::new();
+    // A directory of nobody's, holding the checked hook, another program, and the link
+    // the configurations name, which nobody flips between the two.
+    let theirs = fx.root.join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    let marks = fx.root.join("marks");
+    std::fs::create_dir(&marks).unwrap();
+    chmod(&marks, 0o777);
+    write_exec(&theirs.join("good.sh"), "#!/bin/sh\nexec \"$@\"\n");
+    write_exec(
+        &theirs.join("evil.sh"),
+        &format!(
+            "#!/bin/sh\nid -u >> {}/evil-ran\nexec \"$@\"\n",
+            marks.display()
+        ),
+    );
+    std::os::unix::fs::symlink("good.sh", theirs.join("enter")).unwrap();
+    for p in ["", "good.sh", "evil.sh", "enter"] {
+        std::os::unix::fs::lchown(theirs.join(p), Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let good = theirs.join("good.sh");
+    let link = theirs.join("enter");
+    // The same hook as root: refused, whatever the link points at.
+    fx.cfg(
+        "asroot",
+        &format!(
+            "containerHook enter root {} SIG({})\n",
+            link.display(),
+            good.display()
+        ),
+    );
+    let out = fx.run(&["container", "check", "asroot"], T);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        stdout(&out).contains(&format!(
+            "directory {} on its path is owned by uid {NOBODY}",
+            theirs.display()
+        )),
+        "{}",
+        text(&out)
+    );
+    let out = fx.run(
+        &[
+            "container",
+            "try",
+            "--user",
+            "nobody",
+            "asroot",
+            "--",
+            "true",
+        ],
+        T,
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("on its path is owned by uid"),
+        "{}",
+        text(&out)
+    );
+
+    // As a user hook (which nobody may own), over 200 jobs while nobody flips the link.
+    fx.cfg(
+        "asuser",
+        &format!(
+            "containerHook enter user {} SIG({})\n",
+            link.display(),
+            good.display()
+        ),
+    );
+    let _up = Up::start(&fx, &["--slots", "4", "--containers", "asuser"]);
+    // Atomic replacements, thousands a second.
+    let flipper = Command::new("perl")
+        .arg("-e")
+        .arg(
+            "chdir $ARGV[0] or die; while (1) { symlink 'evil.sh', 'e.new'; rename 'e.new', 'enter'; \
+             symlink 'good.sh', 'g.new'; rename 'g.new', 'enter' }",
+        )
+        .arg(&theirs)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = as_nobody(
+        &fx,
+        &[
+            "run",
+            "--array",
+            "200",
+            "-r",
+            "Container:asuser",
+            "--",
+            "true",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let ids = stdout(&out).trim().to_string();
+    let out = fx.run(
+        &["wait", "--timeout", "120", &ids],
+        Duration::from_secs(150),
+    );
+    signal(&flipper, libc::SIGKILL);
+    let _ = wait_status(flipper, T);
+    let (mut done, mut mismatch) = (0, 0);
+    for id in 1..=200 {
+        let v = info(&fx, &id.to_string());
+        match v["state"].as_str() {
+            Some("Done") => done += 1,
+            Some("Failed") => {
+                let reason = v["reason"].as_str().unwrap_or_default();
+                assert!(
+                    reason.contains("signature mismatch"),
+                    "job {id}: {reason} ({})",
+                    text(&out)
+                );
+                mismatch += 1;
+            }
+            s => panic!("job {id} is {s:?}"),
+        }
+    }
+    let evil = std::fs::read_to_string(marks.join("evil-ran")).unwrap_or_default();
+    assert!(
+        evil.is_empty(),
+        "the swapped-in program ran {} times ({done} jobs done, {mismatch} refused)",
+        evil.lines().count()
+    );
+    eprintln!("{done} jobs ran the checked hook, {mismatch} were refused, 0 ran another");
+    assert!(
+        done > 0 && mismatch > 0,
+        "the attack was not exercised: {done} done, {mismatch} refused"
+    );
+}
+
+/// `berth up --examples` runs its install scripts from a directory only root can have
+/// made: a user who plants scripts in every directory it used to use in $TMPDIR gets
+/// nothing run.
+#[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
+fn up_examples_runs_no_script_a_user_planted() {
+    need_root!();
+    let fx = Fixture::new();
+    let tmp = fx.root.join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    chmod(&tmp, 0o1777);
+    let marks = fx.root.join("marks");
+    std::fs::create_dir(&marks).unwrap();
+    chmod(&marks, 0o777);
+    // nobody pre-creates berth-examples.PID for the next few thousand pids, each with
+    // its own install.sh and make-image.sh.
+    let next: u32 = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let plant = format!(
+        "i={}; while [ $i -lt {} ]; do d={}/berth-examples.$i; mkdir -p $d && \
+         for s in install.sh make-image.sh; do printf '#!/bin/sh\\nid -u > {}/planted-ran\\n' > $d/$s; \
+         chmod 755 $d/$s; done; i=$((i+1)); done",
+        next + 1,
+        next + 3000,
+        tmp.display(),
+        marks.display()
+    );
+    let st = Command::new("sh")
+        .args(["-c", &plant])
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut up = fx.berth(&["up", "--examples", "--swd", fx.swd.to_str().unwrap()]);
+    up.env("TMPDIR", &tmp)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = up.spawn().unwrap();
+    let sock = fx.swd.join("berth.sock");
+    let mut child = Some(child);
+    wait_until("berth up --examples", Duration::from_secs(180), || {
+        let c = child.as_mut().unwrap();
+        std::os::unix::net::UnixStream::connect(&sock).is_ok() || c.try_wait().unwrap().is_some()
+    });
+    let c = child.take().unwrap();
+    signal(&c, libc::SIGTERM);
+    let out = wait_output(c, T);
+    assert!(
+        !marks.join("planted-ran").exists(),
+        "a script planted by nobody ran as uid {}",
+        std::fs::read_to_string(marks.join("planted-ran")).unwrap_or_default()
+    );
+    assert!(
+        fx.swd.join("containers/docker.cfg").exists(),
+        "the examples were not installed: {}",
+        text(&out)
+    );
+}
+
+/// A job that may run in a container runs in exactly the one its tasker matched, never
+/// bare; and a tasker told to offer a configuration it does not have, or one its
+/// `--containers` excludes, does not offer it.
+#[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
+fn a_job_with_containers_as_alternatives_runs_in_the_one_matched_never_bare() {
+    need_root!();
+    let fx = Fixture::new();
+    let marks = fx.root.join("marks");
+    std::fs::create_dir(&marks).unwrap();
+    chmod(&marks, 0o777);
+    for c in ["c1", "c2"] {
+        let enter = fx.hook(
+            &format!("{c}-enter.sh"),
+            &format!(
+                "#!/bin/sh\necho \"$VOV_CONTAINER_NAME $VOV_JOBID\" >> {}/ran\nexec \"$@\"\n",
+                marks.display()
+            ),
+        );
+        fx.cfg(
+            c,
+            &format!(
+                "containerHook enter user {} SIG({})\n",
+                enter.display(),
+                enter.display()
+            ),
+        );
+    }
+    let _up = Up::start(
+        &fx,
+        &[
+            "--slots",
+            "2",
+            "--containers",
+            "c2",
+            "-r",
+            "Container:ghost Container:c1 GPU/1",
+        ],
+    );
+    let out = fx.run(&["taskers", "--json"], T);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let offered = v[0]["resources"].as_str().unwrap().to_string();
+    assert!(offered.contains("Container:c2"), "{offered}");
+    assert!(
+        !offered.contains("Container:ghost") && !offered.contains("Container:c1"),
+        "{offered}"
+    );
+    let out = fx.run(&["containers"], T);
+    assert!(
+        stdout(&out).contains("ghost") && stdout(&out).contains("there is no configuration"),
+        "{}",
+        text(&out)
+    );
+    for r in [
+        "Container:c1 | Container:c2",
+        "(Container:nope | Container:c2) GPU/1",
+    ] {
+        let out = as_nobody(&fx, &["run", "-w", "-r", r, "--", "true"]);
+        assert!(out.status.success(), "{r}: {}", text(&out));
+    }
+    let ran = std::fs::read_to_string(marks.join("ran")).unwrap_or_default();
+    assert_eq!(ran, "c2 1\nc2 2\n", "each ran in the container matched");
+    for r in ["Container:ghost", "Container:c1"] {
+        let out = as_nobody(&fx, &["run", "-r", r, "--", "true"]);
+        assert!(
+            stderr(&out).contains("no tasker can ever satisfy"),
+            "{r}: {}",
+            text(&out)
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let out = fx.run(&["list", "--json", "--state", "Queued"], T);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2, "{}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string(marks.join("ran")).unwrap_or_default(),
+        "c2 1\nc2 2\n"
+    );
+}
