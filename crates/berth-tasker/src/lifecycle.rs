@@ -394,18 +394,26 @@ fn env_file_text(env: &[(OsString, OsString)]) -> (Vec<u8>, Vec<String>) {
     (out, skipped)
 }
 
-/// Reads the wrapper's report, as the job's owner, and removes it.
-fn read_status(owner: &Identity, path: &Path) -> Option<String> {
+/// Reads the wrapper's report, as the job's owner, and removes it. A report that is not a
+/// regular file (the job can replace it: it lies in the job's directory) is an error,
+/// and is never opened in a way that could block.
+fn read_status(owner: &Identity, path: &Path) -> Result<Option<String>, String> {
     sys::as_user(owner, || {
-        let f = std::fs::File::options()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-            .ok()?;
+        let mut o = std::fs::File::options();
+        o.read(true);
+        let f = match crate::log::open_regular(&mut o, path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                let _ = std::fs::remove_file(path);
+                return Err(format!("the wrapper's status file {e}"));
+            }
+            Err(_) => return Ok(None),
+        };
         let mut text = String::new();
-        f.take(4096).read_to_string(&mut text).ok()?;
+        let _ = f.take(4096).read_to_string(&mut text);
         let _ = std::fs::remove_file(path);
-        Some(text)
+        Ok(Some(text))
     })
 }
 
@@ -415,6 +423,15 @@ enum Report {
     None,
     Started,
     Ended(End),
+    /// The report was replaced by something that is not a regular file.
+    Refused(String),
+}
+
+fn report_of(read: Result<Option<String>, String>) -> Report {
+    match read {
+        Ok(text) => parse_report(text.as_deref()),
+        Err(why) => Report::Refused(why),
+    }
 }
 
 fn parse_report(text: Option<&str>) -> Report {
@@ -520,10 +537,7 @@ pub fn run(host: &Host, job: &Job, cfg: &Config, stop: &Stop) -> Outcome {
     let sink = match Sink::open(&job.log, &job.owner) {
         Ok(s) => Arc::new(s),
         Err(e) => {
-            return Outcome::refused(format!(
-                "cannot open the log {:?} as {}: {e}",
-                job.log, job.owner.name
-            ))
+            return Outcome::refused(format!("cannot open the log as {}: {e}", job.owner.name))
         }
     };
     let out = run_with_sink(host, job, cfg, stop, &sink);
@@ -715,7 +729,7 @@ fn run_with_sink(host: &Host, job: &Job, cfg: &Config, stop: &Stop, sink: &Arc<S
                 end
             }
         };
-        let report = parse_report(read_status(&job.owner, &prepared.status_file).as_deref());
+        let report = report_of(read_status(&job.owner, &prepared.status_file));
         let stopped = matches!(end, HookEnd::Stopped(_));
         let hook_end = match end.status() {
             Some(s) => match (s.code(), s.signal()) {
@@ -729,6 +743,10 @@ fn run_with_sink(host: &Host, job: &Job, cfg: &Config, stop: &Stop, sink: &Arc<S
             Report::Ended(e) => {
                 outcome.end = e;
                 outcome.failure = e.failure(stopped);
+            }
+            Report::Refused(why) => {
+                outcome.end = hook_end;
+                outcome.failure = Some(why);
             }
             Report::Started | Report::None => {
                 outcome.end = hook_end;
@@ -932,13 +950,14 @@ pub fn resume(host: &Host, a: Adopted, stop: &Stop) -> Outcome {
     // Not our child: its status is gone with it, but the wrapper's report is not.
     sys::kill_group(a.enter.pid, libc::SIGKILL);
     let status_file = status_path(&rec.job_dir, &rec.job_id);
-    let report = parse_report(read_status(&rec.owner, &status_file).as_deref());
+    let report = report_of(read_status(&rec.owner, &status_file));
     let mut outcome = match report {
         Report::Ended(e) => Outcome {
             end: e,
             failure: e.failure(stopped),
             after_failures: Vec::new(),
         },
+        Report::Refused(why) => Outcome::refused(why),
         Report::Started | Report::None => Outcome::refused(if stopped {
             "stopped by request (the wrapper did not report the command's status)".to_string()
         } else {

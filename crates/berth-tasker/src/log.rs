@@ -19,6 +19,15 @@ pub enum LogTarget {
     Terminal,
 }
 
+impl std::fmt::Display for LogTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LogTarget::File(p) => write!(f, "{}", p.display()),
+            LogTarget::Terminal => write!(f, "(the terminal)"),
+        }
+    }
+}
+
 /// An open job log.
 #[derive(Debug)]
 pub enum Sink {
@@ -82,12 +91,51 @@ impl Sink {
 }
 
 fn open_log(p: &Path) -> io::Result<File> {
-    std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+    let mut o = std::fs::OpenOptions::new();
+    o.append(true).create(true).mode(0o644);
+    open_regular(&mut o, p)
+}
+
+/// Opens a file on a user's behalf: never through a symbolic link at its end, never
+/// blocking (a FIFO would hold the tasker's thread in `open` until someone opened its other
+/// end), and only a regular file; a FIFO, socket or device is refused with what it is.
+pub(crate) fn open_regular(o: &mut std::fs::OpenOptions, p: &Path) -> io::Result<File> {
+    use std::os::unix::fs::FileTypeExt;
+    let f = match o
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(p)
+    {
+        Ok(f) => f,
+        // Opened for writing without blocking, a FIFO with no reader says ENXIO.
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{}: is not a regular file (a FIFO); give a path to a regular file or a new one",
+                p.display()
+            ),
+        )),
+        Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", p.display()))),
+    };
+    let ft = f.metadata()?.file_type();
+    if !ft.is_file() {
+        let what = if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_socket() {
+            "a socket"
+        } else if ft.is_dir() {
+            "a directory"
+        } else {
+            "a device"
+        };
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{}: is not a regular file ({what}); give a path to a regular file or a new one",
+                p.display()
+            ),
+        ));
+    }
+    Ok(f)
 }
 
 /// Copies a hook's output into the log, marking each line. `finish` waits for the copy

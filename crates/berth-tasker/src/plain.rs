@@ -26,12 +26,7 @@ pub fn run(job: &Job, grace: Duration, stop: &Stop, on_start: &mut dyn FnMut(u32
     }
     let sink = match Sink::open(&job.log, &job.owner) {
         Ok(s) => s,
-        Err(e) => {
-            return fail(format!(
-                "cannot open the log {:?} as {}: {e}",
-                job.log, job.owner.name
-            ))
-        }
+        Err(e) => return fail(format!("cannot open the log as {}: {e}", job.owner.name)),
     };
     let who = (sys::euid() == 0).then_some(&job.owner);
     if who.is_none() && job.owner.uid != sys::euid() {

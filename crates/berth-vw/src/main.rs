@@ -42,7 +42,8 @@ fn report(path: Option<&std::ffi::OsStr>, line: &str, truncate: bool) {
         .truncate(truncate)
         .append(!truncate)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
+        // A job may replace the file with a FIFO: never wait for a reader.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(p);
     match f {
         Ok(mut f) => {

@@ -356,3 +356,83 @@ fn a_job_with_containers_as_alternatives_runs_in_the_one_matched_never_bare() {
         "c2 1\nc2 2\n"
     );
 }
+
+/// A FIFO where the tasker expects a file of the user's (the job's log, the wrapper's
+/// status file) never blocks a tasker's thread: the job fails with the reason, its slot
+/// is free for the next job, and its cleanup still runs.
+#[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
+fn a_fifo_for_a_log_or_a_status_file_blocks_nothing() {
+    need_root!();
+    let fx = Fixture::new();
+    let marks = fx.root.join("marks");
+    std::fs::create_dir(&marks).unwrap();
+    chmod(&marks, 0o777);
+    let enter = fx.hook("enter.sh", "#!/bin/sh\nexec \"$@\"\n");
+    let cleanup = fx.hook(
+        "cleanup.sh",
+        &format!(
+            "#!/bin/sh\necho \"cleanup $VOV_JOBID\" >> {}/ran\n",
+            marks.display()
+        ),
+    );
+    fx.cfg(
+        "c1",
+        &format!(
+            "containerHook enter user {e} SIG({e})\ncontainerHook cleanup user {c} SIG({c})\n",
+            e = enter.display(),
+            c = cleanup.display()
+        ),
+    );
+    // One slot: a job that held it would hold every later job.
+    let _up = Up::start(&fx, &["--slots", "1"]);
+    let mk = Command::new("mkfifo")
+        .arg(fx.work.join("fifo.log"))
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .status()
+        .unwrap();
+    assert!(mk.success());
+    let out = as_nobody(&fx, &["run", "-w", "-l", "fifo.log", "--", "true"]);
+    assert!(!out.status.success());
+    let v = info(&fx, "1");
+    assert_eq!(v["state"], "Failed");
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("fifo.log: is not a regular file (a FIFO)"),
+        "{v}"
+    );
+    // The container job's command puts a FIFO where the wrapper reports its status.
+    let out = as_nobody(
+        &fx,
+        &[
+            "run",
+            "-w",
+            "-r",
+            "Container:c1",
+            "--",
+            "sh",
+            "-c",
+            "rm -f \"$BERTH_VW_STATUS\"; mkfifo \"$BERTH_VW_STATUS\"",
+        ],
+    );
+    assert!(!out.status.success());
+    let v = info(&fx, "2");
+    assert_eq!(v["state"], "Failed");
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("the wrapper's status file")
+            && v["reason"].as_str().unwrap().contains("(a FIFO)"),
+        "{v}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(marks.join("ran")).unwrap(),
+        "cleanup 2\n"
+    );
+    let out = as_nobody(&fx, &["run", "-w", "--", "true"]);
+    assert!(out.status.success(), "the slot is free: {}", text(&out));
+}
