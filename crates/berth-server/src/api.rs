@@ -11,32 +11,121 @@
 //! | `GET /v1/taskers` | `[TaskerView]` |
 
 use crate::daemon::{Caller, Event, Handle};
-use crate::http::{read_request, write_response, Request};
+use crate::http::{write_response, Conn, ReadError, Request};
 use crate::policy::Policy;
 use berth_proto::{ApiError, State, SubmitRequest};
 use berth_store::Filter;
-use std::io::BufReader;
+use std::collections::HashMap;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 
-/// Serves the API until the listener fails, under `policy` (who is an administrator, what
-/// a submission may ask).
-pub fn serve(listener: UnixListener, handle: Handle, policy: Policy) {
-    let policy = Arc::new(policy);
-    for conn in listener.incoming() {
-        let Ok(conn) = conn else { continue };
-        let handle = handle.clone();
-        let policy = policy.clone();
-        std::thread::spawn(move || connection(conn, handle, &policy));
+/// The most connections open at once, in all.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// The most connections one user may have open at once.
+pub const MAX_CONNECTIONS_PER_USER: usize = 64;
+/// How long an answer may take to be taken by its client.
+const WRITE_TIME: Duration = Duration::from_secs(30);
+
+/// The connections open now, in all and by uid.
+#[derive(Default)]
+struct Open {
+    all: usize,
+    by_uid: HashMap<u32, usize>,
+}
+
+/// One connection's place in [`Open`], given back when it ends.
+struct Slot<'a> {
+    open: &'a Mutex<Open>,
+    uid: u32,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut o = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        o.all -= 1;
+        if let Some(n) = o.by_uid.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                o.by_uid.remove(&self.uid);
+            }
+        }
     }
 }
 
-fn connection(conn: UnixStream, handle: Handle, policy: &Policy) {
-    let Ok(cred) = berth_sys::peer_cred(&conn) else {
-        return;
-    };
+/// Takes a place for a connection of `uid`, or says which limit it would pass.
+fn take_slot(open: &Mutex<Open>, uid: u32) -> Result<Slot<'_>, String> {
+    let mut o = open.lock().unwrap_or_else(|e| e.into_inner());
+    let mine = o.by_uid.get(&uid).copied().unwrap_or(0);
+    if mine >= MAX_CONNECTIONS_PER_USER {
+        return Err(format!(
+            "uid {uid} has {mine} connections open to the server, the most one user may have; \
+             close some (another berth command may hang)"
+        ));
+    }
+    if o.all >= MAX_CONNECTIONS {
+        return Err(format!(
+            "the server has {} connections open, the most it takes; try again shortly",
+            o.all
+        ));
+    }
+    o.all += 1;
+    *o.by_uid.entry(uid).or_default() += 1;
+    Ok(Slot { open, uid })
+}
+
+/// Serves the API until the listener fails, under `policy` (who is an administrator, what
+/// a submission may ask). Each connection has a thread; their number is bounded in all and
+/// per user, each request's size and time is bounded, and an error of `accept` (such as
+/// running out of descriptors) is waited out rather than retried at once.
+pub fn serve(listener: UnixListener, handle: Handle, policy: Policy) {
+    let policy = Arc::new(policy);
+    let open: &'static Mutex<Open> = Box::leak(Box::default());
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let conn = match listener.accept() {
+            Ok((c, _)) => {
+                backoff = Duration::from_millis(10);
+                c
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                eprintln!("berth server: accepting a connection: {e}; waiting {backoff:?}");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Ok(cred) = berth_sys::peer_cred(&conn) else {
+            continue;
+        };
+        let slot = match take_slot(open, cred.uid) {
+            Ok(s) => s,
+            Err(e) => {
+                let mut conn = conn;
+                let _ = conn.set_write_timeout(Some(Duration::from_millis(200)));
+                let _ = write_response(&mut conn, 429, &error_body(&e));
+                continue;
+            }
+        };
+        let handle = handle.clone();
+        let policy = policy.clone();
+        let spawned = std::thread::Builder::new()
+            .name("berth-api".into())
+            .spawn(move || {
+                let _slot = slot;
+                connection(conn, cred, handle, &policy)
+            });
+        if let Err(e) = spawned {
+            eprintln!("berth server: no thread for a connection: {e}");
+            std::thread::sleep(backoff);
+        }
+    }
+}
+
+fn connection(conn: UnixStream, cred: berth_sys::PeerCred, handle: Handle, policy: &Policy) {
     let user = berth_sys::identity_by_uid(cred.uid)
         .map(|i| i.name)
         .unwrap_or_else(|_| cred.uid.to_string());
@@ -46,15 +135,22 @@ fn connection(conn: UnixStream, handle: Handle, policy: &Policy) {
         user,
         admin: policy.is_admin(cred.uid),
     };
-    let Ok(write) = conn.try_clone() else { return };
-    let mut write = write;
-    let mut read = BufReader::new(conn);
+    let Ok(mut write) = conn.try_clone() else {
+        return;
+    };
+    let _ = write.set_write_timeout(Some(WRITE_TIME));
+    let mut read = Conn::new(conn);
     loop {
-        let req = match read_request(&mut read) {
+        let req = match read.read_request() {
             Ok(Some(r)) => r,
             Ok(None) => return,
+            Err(ReadError::Io(_)) => return,
             Err(e) => {
-                let _ = write_response(&mut write, 400, &error_body(&format!("bad request: {e}")));
+                let _ = write_response(
+                    &mut write,
+                    e.status(),
+                    &error_body(&format!("bad request: {e}")),
+                );
                 return;
             }
         };

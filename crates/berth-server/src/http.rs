@@ -1,12 +1,56 @@
 //! Just enough HTTP/1.1 for berth's API on a Unix socket: requests with a Content-Length
-//! body, keep-alive, JSON answers. Sizes are bounded, so that a bad client costs nothing.
+//! body, keep-alive, JSON answers. The request line and headers are parsed by `httparse`;
+//! every size and every wait is bounded, so that a hostile client costs the server one
+//! bounded buffer and one thread for a bounded time.
 
-use std::io::{self, BufRead, Write};
+use std::io::{self, Read, Write};
+use std::time::{Duration, Instant};
 
-/// The largest header block accepted.
-const MAX_HEAD: usize = 64 * 1024;
-/// The largest body accepted (a submission of many jobs with their environments).
-pub const MAX_BODY: usize = 256 * 1024 * 1024;
+/// The largest request line and header block accepted.
+pub const MAX_HEAD: usize = 16 * 1024;
+/// The largest body accepted (a submission of many jobs with their environments; `berth
+/// run -f` sends larger files in several submissions).
+pub const MAX_BODY: usize = 16 * 1024 * 1024;
+/// The most headers a request may have.
+const MAX_HEADERS: usize = 32;
+/// How long a request may take to arrive, from its first byte to its last.
+pub const REQUEST_TIME: Duration = Duration::from_secs(30);
+/// How long a connection may stay idle between requests.
+pub const IDLE_TIME: Duration = Duration::from_secs(120);
+
+/// Why a request was not read; each maps to the status the client is told.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The connection failed, or timed out.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// Not HTTP/1.1 as this server speaks it (400).
+    #[error("{0}")]
+    Bad(String),
+    /// The request line and headers are larger than [`MAX_HEAD`] (431).
+    #[error("the request's headers pass {MAX_HEAD} bytes")]
+    HeadTooLarge,
+    /// The body is declared larger than [`MAX_BODY`] (413); nothing of it was read.
+    #[error(
+        "a body of {0} bytes is larger than the {MAX_BODY} accepted; submit fewer jobs at a time"
+    )]
+    BodyTooLarge(u64),
+    /// The request did not arrive within [`REQUEST_TIME`] (408).
+    #[error("the request did not arrive within {} s", REQUEST_TIME.as_secs())]
+    TooSlow,
+}
+
+impl ReadError {
+    /// The status to answer with.
+    pub fn status(&self) -> u16 {
+        match self {
+            ReadError::Io(_) | ReadError::Bad(_) => 400,
+            ReadError::HeadTooLarge => 431,
+            ReadError::BodyTooLarge(_) => 413,
+            ReadError::TooSlow => 408,
+        }
+    }
+}
 
 /// One request.
 #[derive(Debug)]
@@ -31,10 +75,6 @@ impl Request {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
-}
-
-fn bad(msg: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg.to_string())
 }
 
 /// Percent-decodes a query component (`+` is a blank).
@@ -74,70 +114,162 @@ pub fn encode(s: &str) -> String {
     out
 }
 
-/// Reads one request; Ok(None) at a clean end of the connection.
-pub fn read_request(r: &mut impl BufRead) -> io::Result<Option<Request>> {
-    let mut line = String::new();
-    let mut head = 0;
-    if r.read_line(&mut line)? == 0 {
-        return Ok(None);
+/// A connection's reading side: its bytes not yet consumed, kept between requests.
+pub struct Conn<R> {
+    inner: R,
+    buf: Vec<u8>,
+}
+
+/// What a stream needs so that reads can be bounded in time.
+pub trait Timed: Read {
+    /// Sets how long the next read may wait (None: for ever).
+    fn set_timeout(&self, t: Option<Duration>) -> io::Result<()>;
+}
+
+impl Timed for std::os::unix::net::UnixStream {
+    fn set_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        self.set_read_timeout(t)
     }
-    head += line.len();
-    let mut parts = line.trim_end().splitn(3, ' ');
-    let method = parts.next().unwrap_or("").to_string();
-    let target = parts
-        .next()
-        .ok_or_else(|| bad("no request target"))?
-        .to_string();
-    let version = parts.next().unwrap_or("HTTP/1.0").to_string();
-    let mut len = 0usize;
-    let mut close = version == "HTTP/1.0";
-    loop {
-        let mut h = String::new();
-        if r.read_line(&mut h)? == 0 {
-            return Err(bad("connection closed in the headers"));
+}
+
+impl Timed for &[u8] {
+    fn set_timeout(&self, _: Option<Duration>) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<R: Timed> Conn<R> {
+    /// Reads requests from `inner`.
+    pub fn new(inner: R) -> Conn<R> {
+        Conn {
+            inner,
+            buf: Vec::new(),
         }
-        head += h.len();
-        if head > MAX_HEAD {
-            return Err(bad("headers too large"));
+    }
+
+    /// Reads more bytes into the buffer, waiting until `deadline` at most; false at the
+    /// end of the stream.
+    fn fill(&mut self, deadline: Instant, idle: bool) -> Result<bool, ReadError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ReadError::TooSlow);
         }
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
+        self.inner.set_timeout(Some(left))?;
+        let mut chunk = [0u8; 8192];
+        match self.inner.read(&mut chunk) {
+            Ok(0) => Ok(false),
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Ok(true)
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                if idle {
+                    Err(ReadError::Io(e))
+                } else {
+                    Err(ReadError::TooSlow)
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
+            Err(e) => Err(e.into()),
         }
-        if let Some((k, v)) = h.split_once(':') {
-            let v = v.trim();
-            if k.eq_ignore_ascii_case("content-length") {
-                len = v.parse().map_err(|_| bad("bad content-length"))?;
-            } else if k.eq_ignore_ascii_case("connection") {
-                close = v.eq_ignore_ascii_case("close");
-            } else if k.eq_ignore_ascii_case("transfer-encoding") {
-                return Err(bad(
-                    "chunked bodies are not accepted; send a content-length",
-                ));
+    }
+
+    /// Reads one request; Ok(None) at a clean end of the connection, or after
+    /// [`IDLE_TIME`] without a new request.
+    pub fn read_request(&mut self) -> Result<Option<Request>, ReadError> {
+        // Idle until the first byte of a request.
+        if self.buf.is_empty() {
+            match self.fill(Instant::now() + IDLE_TIME, true) {
+                Ok(true) => {}
+                Ok(false) => return Ok(None),
+                Err(ReadError::Io(e))
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Ok(None)
+                }
+                Err(e) => return Err(e),
             }
         }
+        let deadline = Instant::now() + REQUEST_TIME;
+        // The head: parsed as it arrives, never more than MAX_HEAD bytes of it.
+        let (head_len, method, target, close, len) = loop {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut req = httparse::Request::new(&mut headers);
+            let window = &self.buf[..self.buf.len().min(MAX_HEAD)];
+            match req.parse(window) {
+                Ok(httparse::Status::Complete(n)) => {
+                    let method = req.method.unwrap_or("").to_string();
+                    let target = req.path.unwrap_or("/").to_string();
+                    let mut close = req.version == Some(0);
+                    let mut len: u64 = 0;
+                    for h in req.headers.iter() {
+                        let v = std::str::from_utf8(h.value)
+                            .map_err(|_| ReadError::Bad("a header is not UTF-8".into()))?
+                            .trim();
+                        if h.name.eq_ignore_ascii_case("content-length") {
+                            len = v
+                                .parse()
+                                .map_err(|_| ReadError::Bad(format!("bad content-length {v:?}")))?;
+                        } else if h.name.eq_ignore_ascii_case("connection") {
+                            close = v.eq_ignore_ascii_case("close");
+                        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                            return Err(ReadError::Bad(
+                                "chunked bodies are not accepted; send a content-length".into(),
+                            ));
+                        }
+                    }
+                    break (n, method, target, close, len);
+                }
+                Ok(httparse::Status::Partial) if self.buf.len() >= MAX_HEAD => {
+                    return Err(ReadError::HeadTooLarge)
+                }
+                Ok(httparse::Status::Partial) => {}
+                Err(httparse::Error::TooManyHeaders) => return Err(ReadError::HeadTooLarge),
+                Err(e) => return Err(ReadError::Bad(format!("not an HTTP request: {e}"))),
+            }
+            if !self.fill(deadline, false)? {
+                return Err(ReadError::Bad(
+                    "the connection closed in the headers".into(),
+                ));
+            }
+        };
+        if len > MAX_BODY as u64 {
+            return Err(ReadError::BodyTooLarge(len));
+        }
+        let len = len as usize;
+        // The body: the buffer grows only as its bytes arrive.
+        while self.buf.len() < head_len + len {
+            if !self.fill(deadline, false)? {
+                return Err(ReadError::Bad("the connection closed in the body".into()));
+            }
+        }
+        let body = self.buf[head_len..head_len + len].to_vec();
+        self.buf.drain(..head_len + len);
+        let (path, q) = target.split_once('?').unwrap_or((&target, ""));
+        let query = q
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                (decode(k), decode(v))
+            })
+            .collect();
+        Ok(Some(Request {
+            method,
+            path: path.to_string(),
+            query,
+            body,
+            close,
+        }))
     }
-    if len > MAX_BODY {
-        return Err(bad("body too large"));
-    }
-    let mut body = vec![0; len];
-    r.read_exact(&mut body)?;
-    let (path, q) = target.split_once('?').unwrap_or((&target, ""));
-    let query = q
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (decode(k), decode(v))
-        })
-        .collect();
-    Ok(Some(Request {
-        method,
-        path: path.to_string(),
-        query,
-        body,
-        close,
-    }))
 }
 
 /// Writes one JSON answer.
@@ -149,6 +281,10 @@ pub fn write_response(w: &mut impl Write, status: u16, body: &[u8]) -> io::Resul
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "Status",
@@ -167,31 +303,40 @@ pub fn write_response(w: &mut impl Write, status: u16, body: &[u8]) -> io::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::BufReader;
 
     #[test]
     fn reads_requests_table() {
         let raw = b"POST /v1/jobs?state=Queued&user=a%20b HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}GET /v1/taskers HTTP/1.1\r\nConnection: close\r\n\r\n";
-        let mut r = BufReader::new(&raw[..]);
-        let a = read_request(&mut r).unwrap().unwrap();
+        let mut r = Conn::new(&raw[..]);
+        let a = r.read_request().unwrap().unwrap();
         assert_eq!((a.method.as_str(), a.path.as_str()), ("POST", "/v1/jobs"));
         assert_eq!(a.param("user"), Some("a b"));
         assert_eq!(a.body, b"{}");
         assert!(!a.close);
-        let b = read_request(&mut r).unwrap().unwrap();
+        let b = r.read_request().unwrap().unwrap();
         assert_eq!(b.path, "/v1/taskers");
         assert!(b.close);
-        assert!(read_request(&mut r).unwrap().is_none());
-        for bad in [
-            &b"GET\r\n\r\n"[..],
-            b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
-            b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"GET / HTTP/1.1\r\nContent-Length: 999999999999\r\n\r\n",
-            b"GET / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab",
-        ] {
-            assert!(
-                read_request(&mut BufReader::new(bad)).is_err(),
-                "{:?}",
+        assert!(r.read_request().unwrap().is_none());
+        let long_line = [b"GET /".as_slice(), &[b'a'; MAX_HEAD + 10]].concat();
+        let many = format!("GET / HTTP/1.1\r\n{}\r\n", "X: y\r\n".repeat(40));
+        let cases: &[(&[u8], u16)] = &[
+            (b"GET\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            (
+                b"GET / HTTP/1.1\r\nContent-Length: 999999999999\r\n\r\n",
+                413,
+            ),
+            (b"GET / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab", 400),
+            (&long_line, 431),
+            (many.as_bytes(), 431),
+        ];
+        for (bad, status) in cases {
+            let e = Conn::new(*bad).read_request().unwrap_err();
+            assert_eq!(
+                e.status(),
+                *status,
+                "{:?}: {e}",
                 String::from_utf8_lossy(bad)
             );
         }

@@ -457,6 +457,25 @@ pub fn free_mb(path: &Path) -> io::Result<u64> {
     Ok(st.f_bavail as u64 * st.f_frsize as u64 / (1024 * 1024))
 }
 
+/// Raises this process's soft limit of open descriptors to its hard limit, and returns
+/// it: a server holds a descriptor per client, and the usual soft limit of 1024 is low.
+pub fn raise_open_files() -> io::Result<u64> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into a local.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    r.rlim_cur = r.rlim_max;
+    // SAFETY: setrlimit reads a local.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r.rlim_cur)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -107,13 +107,15 @@ pub(crate) fn open_regular(o: &mut std::fs::OpenOptions, p: &Path) -> io::Result
     {
         Ok(f) => f,
         // Opened for writing without blocking, a FIFO with no reader says ENXIO.
-        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
                 "{}: is not a regular file (a FIFO); give a path to a regular file or a new one",
                 p.display()
             ),
-        )),
+            ))
+        }
         Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", p.display()))),
     };
     let ft = f.metadata()?.file_type();

@@ -154,8 +154,7 @@ pub fn run(r: Run) -> Result<i32> {
         bail!("--array and -f do not go together");
     }
     let client = r.conn.client();
-    let body = serde_json::to_vec(&req)?;
-    let sub: Submitted = client.call("POST", "/v1/jobs", Some(&body))?;
+    let sub = submit(&client, req)?;
     for w in &sub.warnings {
         eprintln!("berth run: warning: {w}");
     }
@@ -199,6 +198,37 @@ pub fn run(r: Run) -> Result<i32> {
         println!("{}", serde_json::to_string_pretty(&views)?);
     }
     Ok(exit_of(&views))
+}
+
+/// Sends a submission; one of many jobs (`-f`) larger than the server takes in one
+/// request goes in several, each well below the limit.
+fn submit(client: &crate::client::Client, req: SubmitRequest) -> Result<Submitted> {
+    let body = serde_json::to_vec(&req)?;
+    let limit = berth_server::http::MAX_BODY / 2;
+    if body.len() <= limit || req.array.is_some() || req.jobs.len() < 2 {
+        return client.call("POST", "/v1/jobs", Some(&body));
+    }
+    let parts = body.len().div_ceil(limit);
+    let per = req.jobs.len().div_ceil(parts);
+    let mut all = Submitted {
+        ids: Vec::new(),
+        array_id: None,
+        warnings: Vec::new(),
+    };
+    for jobs in req.jobs.chunks(per) {
+        let part = SubmitRequest {
+            jobs: jobs.to_vec(),
+            array: None,
+        };
+        let sub: Submitted = client.call("POST", "/v1/jobs", Some(&serde_json::to_vec(&part)?))?;
+        all.ids.extend(sub.ids);
+        for w in sub.warnings {
+            if !all.warnings.contains(&w) {
+                all.warnings.push(w);
+            }
+        }
+    }
+    Ok(all)
 }
 
 /// `ID STATE[: REASON]`.

@@ -324,6 +324,9 @@ fn start_server(
     policy: &PolicyArgs,
 ) -> Result<Running> {
     let policy = policy.policy(swd)?;
+    if let Err(e) = berth_sys::raise_open_files() {
+        eprintln!("berth: warning: cannot raise the limit of open files: {e}");
+    }
     std::fs::create_dir_all(swd::containers(swd))
         .with_context(|| format!("creating {}", swd.display()))?;
     std::fs::set_permissions(swd, std::fs::Permissions::from_mode(0o755))?;

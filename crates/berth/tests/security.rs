@@ -436,3 +436,106 @@ fn a_fifo_for_a_log_or_a_status_file_blocks_nothing() {
     let out = as_nobody(&fx, &["run", "-w", "--", "true"]);
     assert!(out.status.success(), "the slot is free: {}", text(&out));
 }
+
+/// The abuse of the API socket that used to stall or crash the server, by nobody: a
+/// request nested 5,000 deep, a body of 250 MB declared, a header line without an end, and
+/// 2,000 idle connections held open. Meanwhile another user's `berth run -w true`
+/// completes, and the server's memory stays bounded.
+#[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
+fn no_user_stalls_the_server_through_its_socket() {
+    need_root!();
+    let fx = Fixture::new();
+    chmod(&fx.work, 0o1777);
+    let up = Up::start(&fx, &["--slots", "2"]);
+    let before = up.rss_kb();
+    let deep = "(".repeat(4000) + "a" + &")".repeat(4000);
+    let out = as_nobody(&fx, &["run", "-r", &deep, "--", "true"]);
+    assert!(
+        stderr(&out).contains("nested deeper than 32 levels"),
+        "{}",
+        text(&out)
+    );
+    let long = "a ".repeat(50_000);
+    let out = as_nobody(&fx, &["run", "-r", &long, "--", "true"]);
+    assert!(
+        stderr(&out).contains("longer than the 8192 accepted"),
+        "{}",
+        text(&out)
+    );
+    let abuse = r#"
+import socket, sys
+path = sys.argv[1]
+def conn():
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    return s
+def status(s):
+    try:
+        return s.recv(64).split(b" ")[1].decode()
+    except Exception as e:
+        return "none (%s)" % e
+s = conn()
+s.sendall(b"POST /v1/jobs HTTP/1.1\r\nContent-Length: 262144000\r\n\r\n")
+print("huge body:", status(s), flush=True)
+s = conn()
+try:
+    for _ in range(1000):
+        s.sendall(b"a" * 1024)
+except OSError:
+    pass
+print("endless line:", status(s), flush=True)
+held, refused = [], 0
+for _ in range(2000):
+    s = conn()
+    held.append(s)
+s.sendall(b"GET /v1/taskers HTTP/1.1\r\n\r\n")
+print("past the cap:", status(s), flush=True)
+print("holding", len(held), flush=True)
+sys.stdin.read()
+"#;
+    let mut py = Command::new("/usr/bin/python3")
+        .args(["-c", abuse])
+        .arg(fx.swd.join("berth.sock"))
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read what the abuser saw, up to "holding", with the connections still held.
+    let mut seen = String::new();
+    {
+        use std::io::BufRead;
+        let mut r = std::io::BufReader::new(py.stdout.take().unwrap());
+        while !seen.contains("holding") {
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap() == 0 {
+                break;
+            }
+            seen.push_str(&line);
+        }
+    }
+    assert!(seen.contains("huge body: 413"), "{seen}");
+    assert!(seen.contains("endless line: 431"), "{seen}");
+    assert!(seen.contains("past the cap: 429"), "{seen}");
+    assert!(seen.contains("holding 2000"), "{seen}");
+    // nobody's own commands are refused with the reason; another user's run is not held.
+    let out = as_nobody(&fx, &["list"]);
+    assert!(
+        stderr(&out).contains("connections open to the server, the most one user may have"),
+        "{}",
+        text(&out)
+    );
+    let out = as_user(&fx, test_user(), &["run", "-w", "--", "true"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let after = up.rss_kb();
+    eprintln!("berth up: {before} kB before the abuse, {after} kB during it");
+    assert!(
+        after < before + 64 * 1024,
+        "the server grew from {before} kB to {after} kB"
+    );
+    drop(py.stdin.take());
+    let _ = wait_status(py, T);
+}
