@@ -277,6 +277,12 @@ pub fn wait_pidfd(
 }
 
 /// Sends a signal to a process group. A group that is gone already is not an error.
+/// Sends `sig` to one process.
+pub fn kill_pid(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill has no memory effects; a pid that is gone gives ESRCH.
+    unsafe { libc::kill(pid as libc::pid_t, sig) };
+}
+
 pub fn kill_group(pgid: u32, sig: libc::c_int) {
     if pgid <= 1 {
         return; // never signal every process, or init's group

@@ -61,6 +61,9 @@ pub struct Spawn<'a> {
     /// `program` up, which is then only `argv[0]`. A script's interpreter finds it as
     /// `/dev/fd/3`: the descriptor is the child's 3, left open across exec for that.
     pub exec_fd: Option<RawFd>,
+    /// A cgroup's `cgroup.procs`, open for writing: the child joins that cgroup first of
+    /// all (writing `0`), while it is still root.
+    pub cgroup: Option<RawFd>,
 }
 
 /// A started child, leader of its own session and process group.
@@ -145,6 +148,8 @@ struct Prepared {
     terminal: bool,
     /// The file to execute, at 3 or above; -1 to execute by path.
     exec_fd: RawFd,
+    /// `cgroup.procs` of the cgroup to join; -1 for none.
+    cgroup: RawFd,
     /// An empty path for `execveat`.
     empty: CString,
     /// Written by the child when it fails before or at exec: the errno.
@@ -157,6 +162,7 @@ struct Prepared {
 #[derive(Clone, Copy)]
 enum Step {
     Exec,
+    Cgroup,
     Group,
     Descriptors,
     Identity,
@@ -269,6 +275,7 @@ pub fn spawn(s: &Spawn<'_>) -> io::Result<Child> {
         dir,
         terminal: s.terminal,
         exec_fd,
+        cgroup: s.cgroup.unwrap_or(-1),
         empty: CString::default(),
         err: 0,
         step: Step::Exec,
@@ -318,6 +325,7 @@ pub fn spawn(s: &Spawn<'_>) -> io::Result<Child> {
         let os = io::Error::from_raw_os_error(err);
         let what = match step {
             Step::Exec => return Err(os),
+            Step::Cgroup => "cannot join the job's cgroup".to_string(),
             Step::Group => "cannot make a session".to_string(),
             Step::Descriptors => "cannot set up standard input and output".to_string(),
             Step::Identity => match s.who {
@@ -383,6 +391,12 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
                     8usize,
                 );
             }
+        }
+        // Into the job's cgroup before anything else, so that all it starts is tracked.
+        if (*p).cgroup >= 0
+            && libc::syscall(libc::SYS_write, (*p).cgroup, c"0".as_ptr(), 1usize) != 1
+        {
+            fail(p, Step::Cgroup, errno());
         }
         // A session of its own, always: in the tasker's session a job could open
         // /dev/tty, the terminal berth up was started from, and push input into root's
@@ -495,6 +509,7 @@ mod tests {
             stderr: Stdio::Null,
             terminal: false,
             exec_fd: None,
+            cgroup: None,
         })
         .unwrap();
         let mut o = String::new();
@@ -516,6 +531,7 @@ mod tests {
             stderr: Stdio::Piped,
             terminal: false,
             exec_fd: None,
+            cgroup: None,
         })
         .unwrap();
         let (mut o, mut e) = (String::new(), String::new());
@@ -540,6 +556,7 @@ mod tests {
                 stderr: Stdio::Null,
                 terminal: false,
                 exec_fd: None,
+                cgroup: None,
             })
         };
         assert_eq!(
@@ -634,6 +651,7 @@ mod tests {
             stderr: Stdio::Null,
             terminal: false,
             exec_fd: Some(f.as_raw_fd()),
+            cgroup: None,
         })
         .unwrap();
         let mut o = String::new();

@@ -42,6 +42,8 @@ pub struct Agent {
     pool: crate::pool::Pool,
     /// Job owners looked up lately, with when.
     identities: Mutex<HashMap<u32, (berth_sys::Identity, std::time::Instant)>>,
+    /// Where the jobs' cgroups are, or why there are none.
+    pub cgroups: Result<crate::cgroup::Cgroups, String>,
 }
 
 /// How long a looked-up job owner is used for.
@@ -84,7 +86,6 @@ impl Agent {
     ) -> Arc<Agent> {
         Arc::new(Agent {
             name: name.to_string(),
-            host,
             containers_dir,
             grace,
             slots,
@@ -97,6 +98,8 @@ impl Agent {
             report,
             pool: crate::pool::Pool::default(),
             identities: Mutex::new(HashMap::new()),
+            cgroups: crate::cgroup::Cgroups::open(name, &host.state_dir),
+            host,
         })
     }
 
@@ -139,6 +142,9 @@ impl Agent {
                     "job {job}: ended its process group {pid}, left running by an earlier run of this tasker"
                 ));
                 n += 1;
+            }
+            if let Ok(cg) = &self.cgroups {
+                cg.end(&job.to_string());
             }
         }
         let opened = std::fs::create_dir_all(&self.host.state_dir).and_then(|_| {
@@ -398,7 +404,11 @@ impl Agent {
         let stop = Stop::new()?;
         let (job, slot) = (a.job, a.slot);
         self.start(job, slot, stop, move |me, stop| {
-            lifecycle::resume(&me.host, a, stop)
+            let out = lifecycle::resume(&me.host, a, stop);
+            if let Ok(cg) = &me.cgroups {
+                cg.end(&job.to_string());
+            }
+            out
         });
         Ok(())
     }
@@ -491,13 +501,41 @@ impl Agent {
             request,
             log: LogTarget::File(PathBuf::from(a.log)),
             interactive: a.interactive,
+            cgroup: None,
         };
-        match containers.as_slice() {
+        // Every process the job starts joins its cgroup, and ends with the job.
+        let mut job = job;
+        if let Ok(cg) = &self.cgroups {
+            match cg.make(&job.id) {
+                Ok(c) => job.cgroup = Some(Arc::new(c)),
+                Err(e) => return failed(format!("cannot make the job's cgroup: {e}")),
+            }
+        }
+        let out = self.run_job(&job, &containers, stop);
+        job.cgroup = None;
+        if let Ok(cg) = &self.cgroups {
+            let left = cg.end(&job.id);
+            if left > 0 {
+                if let LogTarget::File(_) = job.log {
+                    if let Ok(sink) = crate::log::Sink::open(&job.log, &job.owner) {
+                        sink.note(&format!(
+                            "job {}: ended {left} process(es) it left running",
+                            job.id
+                        ));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn run_job(&self, job: &Job, containers: &[String], stop: &Stop) -> Outcome {
+        match containers {
             [] => {
                 // A record of the process, so that a tasker killed meanwhile ends it when
                 // it starts again, instead of leaving it running unwatched. One file per
                 // slot, rewritten in place: no file is made or removed per job.
-                let out = crate::plain::run(&job, self.grace, stop, &mut |pid| {
+                let out = crate::plain::run(job, self.grace, stop, &mut |pid| {
                     let st = berth_sys::start_time(pid).unwrap_or(0);
                     self.record_slot(job.slot, &format!("{} {pid} {st}", job.id));
                 });
@@ -505,7 +543,7 @@ impl Agent {
                 out
             }
             [name] => match check::load(&self.containers_dir, name) {
-                Ok(cfg) => lifecycle::run(&self.host, &job, &cfg, stop),
+                Ok(cfg) => lifecycle::run(&self.host, job, &cfg, stop),
                 Err(e) => failed(e.to_string()),
             },
             more => failed(format!(

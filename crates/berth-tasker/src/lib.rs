@@ -2,6 +2,7 @@
 //! system calls are in `berth-sys`.
 
 pub mod agent;
+pub mod cgroup;
 pub mod definitions;
 pub mod lifecycle;
 pub mod log;

@@ -63,6 +63,8 @@ pub struct Job {
     pub log: LogTarget,
     /// For an interactive job: where its terminal is.
     pub interactive: Option<berth_proto::Interactive>,
+    /// The job's cgroup, which every process of it joins (its hooks too).
+    pub cgroup: Option<Arc<crate::cgroup::JobCgroup>>,
 }
 
 /// Asks a running job to stop; cheap to clone, safe to trigger from any thread.
@@ -216,6 +218,8 @@ struct HookRun<'a> {
     sink: &'a Arc<Sink>,
     /// The job's terminal (an interactive job's enter hook).
     tty: Option<&'a std::os::fd::OwnedFd>,
+    /// The job's cgroup.
+    cgroup: Option<&'a crate::cgroup::JobCgroup>,
 }
 
 fn run_hook(r: &HookRun<'_>, on_start: impl FnOnce(u32)) -> HookEnd {
@@ -242,6 +246,7 @@ fn run_hook(r: &HookRun<'_>, on_start: impl FnOnce(u32)) -> HookEnd {
         terminal: r.tty.is_some(),
         // The very file that was checked and hashed, not the path looked up again.
         exec_fd: Some(r.hook.file.as_raw_fd()),
+        cgroup: r.cgroup.map(|c| c.procs_fd()),
     }) {
         Ok(c) => c,
         Err(e) => {
@@ -656,6 +661,7 @@ fn run_with_sink(host: &Host, job: &Job, cfg: &Config, stop: &Stop, sink: &Arc<S
                 stop,
                 sink,
                 tty,
+                cgroup: job.cgroup.as_deref(),
             },
             on_start,
         )
@@ -1038,6 +1044,7 @@ fn recover_hook(
             stop: None,
             sink,
             tty: None,
+            cgroup: None,
         },
         |_| {},
     );

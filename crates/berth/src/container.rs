@@ -464,6 +464,7 @@ fn try_cmd(
         request,
         log: log.map(LogTarget::File).unwrap_or(LogTarget::Terminal),
         interactive: None,
+        cgroup: None,
     };
     eprintln!(
         "[berth] job {}: container {} as {} in {}",

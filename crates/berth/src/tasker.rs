@@ -71,6 +71,9 @@ pub fn tasker(a: TaskerArgs) -> Result<i32> {
                 std::thread::sleep(Duration::from_millis(20));
             }
             std::thread::sleep(Duration::from_millis(300));
+            if let Ok(cg) = &agent.cgroups {
+                cg.close();
+            }
             std::process::exit(0);
         });
     }

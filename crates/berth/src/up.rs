@@ -481,6 +481,12 @@ pub fn make_agent(
     } = agent.hello()
     {
         eprintln!("berth tasker {name}: {slots} slots, offers {resources}");
+        match &agent.cgroups {
+            Ok(cg) => eprintln!("berth tasker {name}: each job in a cgroup of its own under {}", cg.describe()),
+            Err(why) => eprintln!(
+                "berth tasker {name}: warning: no cgroup for jobs ({why}); a process that leaves a job's session outlives the job"
+            ),
+        }
         for (c, why) in containers_refused {
             eprintln!("berth tasker {name}: not offering Container:{c}: {why}");
         }
@@ -574,4 +580,7 @@ fn shutdown(agent: &Arc<Agent>) {
     }
     // Give the last reports a moment to be recorded.
     std::thread::sleep(Duration::from_millis(100));
+    if let Ok(cg) = &agent.cgroups {
+        cg.close();
+    }
 }

@@ -539,3 +539,84 @@ sys.stdin.read()
     drop(py.stdin.take());
     let _ = wait_status(py, T);
 }
+
+/// A process that leaves its job's process group and session (`setsid -f`) ends with the
+/// job all the same: every job has a cgroup, and what is left in it is killed at its end;
+/// likewise when the job is stopped, and for a container job's hooks.
+#[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
+fn no_process_of_a_job_outlives_it() {
+    need_root!();
+    let fx = Fixture::new();
+    let enter = fx.hook("enter.sh", "#!/bin/sh\nexec \"$@\"\n");
+    fx.cfg(
+        "c1",
+        &format!(
+            "containerHook enter user {} SIG({})\n",
+            enter.display(),
+            enter.display()
+        ),
+    );
+    let _up = Up::start(&fx, &["--slots", "2"]);
+    let escaped = |tag: &str| {
+        let out = Command::new("pgrep")
+            .args(["-f", &format!("sleep 31{tag}")])
+            .output()
+            .unwrap();
+        stdout(&out).split_whitespace().count()
+    };
+    // A job ending on its own, bare and in a container.
+    let out = as_nobody(
+        &fx,
+        &[
+            "run",
+            "-w",
+            "--",
+            "sh",
+            "-c",
+            "setsid -f sleep 3171; setsid -f sleep 3172 & sleep 0.2",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = as_nobody(
+        &fx,
+        &[
+            "run",
+            "-w",
+            "-r",
+            "Container:c1",
+            "--",
+            "sh",
+            "-c",
+            "setsid -f sleep 3173; sleep 0.2",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    // A job stopped while it runs.
+    let out = as_nobody(
+        &fx,
+        &[
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "setsid -f sleep 3174; touch escaped; exec sleep 300",
+        ],
+    );
+    let id = stdout(&out).trim().to_string();
+    wait_until("the job's escaped process", T, || {
+        fx.work.join("escaped").exists()
+    });
+    assert_eq!(
+        escaped("74"),
+        1,
+        "the escaped process runs while its job does"
+    );
+    let out = fx.run(&["stop", &id], T);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = fx.run(&["wait", &id], T);
+    assert!(!out.status.success());
+    wait_until("no escaped process left", Duration::from_secs(10), || {
+        escaped("71") + escaped("72") + escaped("73") + escaped("74") == 0
+    });
+}
