@@ -62,6 +62,14 @@ pub struct Submit {
     /// `-I`: the job's terminal is the submitter's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interactive: Option<Interactive>,
+    /// The submitter's umask: the job runs with it, and its log is created with it.
+    #[serde(default = "default_umask")]
+    pub umask: u32,
+}
+
+/// The umask of a submission that does not say (from an older client).
+pub fn default_umask() -> u32 {
+    0o022
 }
 
 /// Where an interactive job's terminal is: `berth run -I` listens on `host:port` and
@@ -203,6 +211,9 @@ pub struct Assignment {
     /// exactly this one, or, when None, in none.
     #[serde(default)]
     pub container: Option<String>,
+    /// The submitter's umask.
+    #[serde(default = "default_umask")]
+    pub umask: u32,
 }
 
 /// What the server tells a tasker.

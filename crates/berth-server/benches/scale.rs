@@ -113,6 +113,7 @@ fn main() {
                         resources: REQUESTS[((done + i) % 8) as usize],
                         log: None,
                         priority: 0,
+                        umask: 0o022,
                         array: None,
                         submitted_ms: 0,
                     })?;

@@ -13,7 +13,7 @@
 use crate::daemon::{Caller, Event, Handle};
 use crate::http::{write_response, Conn, ReadError, Request};
 use crate::policy::Policy;
-use berth_proto::{ApiError, State, SubmitRequest};
+use berth_proto::{ApiError, JobView, State, SubmitRequest};
 use berth_store::Filter;
 use std::collections::HashMap;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -184,6 +184,18 @@ fn json<T: serde::Serialize>(r: Result<T, String>) -> (u16, Vec<u8>) {
     }
 }
 
+/// A job's details (its command, directory, log, request) only for its owner or an
+/// administrator (SPEC §9).
+fn mine(v: Result<JobView, String>, caller: &Caller) -> Result<JobView, String> {
+    match v {
+        Ok(v) if v.uid != caller.uid && !caller.admin => Err(format!(
+            "job {} is {}'s: only an administrator may see another user's job, its details or its log",
+            v.id, v.user
+        )),
+        other => other,
+    }
+}
+
 fn route(req: &Request, caller: &Caller, h: &Handle, policy: &Policy) -> (u16, Vec<u8>) {
     let parts: Vec<&str> = req.path.trim_matches('/').split('/').collect();
     match (req.method.as_str(), parts.as_slice()) {
@@ -234,7 +246,7 @@ fn route(req: &Request, caller: &Caller, h: &Handle, policy: &Policy) -> (u16, V
             json(h.ask(|r| Event::List(f, r)))
         }
         ("GET", ["v1", "jobs", id]) => match id.parse() {
-            Ok(id) => json(h.ask(|r| Event::Info(id, r))),
+            Ok(id) => json(mine(h.ask(|r| Event::Info(id, r)), caller)),
             Err(_) => (400, error_body(&format!("{id:?} is not a job id"))),
         },
         ("GET", ["v1", "jobs", id, "wait"]) => {
@@ -253,11 +265,11 @@ fn route(req: &Request, caller: &Caller, h: &Handle, policy: &Policy) -> (u16, V
                 return (503, error_body("the server is shutting down"));
             }
             match rx.recv_timeout(Duration::from_secs(timeout)) {
-                Ok(r) => json(r),
+                Ok(r) => json(mine(r, caller)),
                 Err(_) => {
                     // Withdraw the waiter, or a long wait would leave one per poll.
                     h.send(Event::Unwait(id, token));
-                    json(h.ask(|r| Event::Info(id, r)))
+                    json(mine(h.ask(|r| Event::Info(id, r)), caller))
                 }
             }
         }

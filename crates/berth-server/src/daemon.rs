@@ -400,6 +400,7 @@ impl Server {
                         resources: j.resources.as_deref(),
                         log: j.log.as_deref(),
                         priority: j.priority,
+                        umask: j.umask,
                         array: None,
                         submitted_ms: t,
                     })?;
@@ -940,6 +941,7 @@ mod tests {
             log: None,
             priority: 0,
             interactive: None,
+            umask: 0o022,
         };
         h.ask(|r| {
             Event::Submit(

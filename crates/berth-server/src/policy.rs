@@ -144,6 +144,7 @@ mod tests {
             log: None,
             priority,
             interactive: None,
+            umask: 0o022,
         }
     }
 

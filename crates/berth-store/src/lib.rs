@@ -82,6 +82,8 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE jobs ADD COLUMN tasker_run TEXT;",
     // 3: where an interactive job's terminal is (JSON berth_proto::Interactive)
     "ALTER TABLE jobs ADD COLUMN interactive TEXT;",
+    // 4: the submitter's umask, for the job and its log (022 for jobs from before)
+    "ALTER TABLE jobs ADD COLUMN umask INTEGER NOT NULL DEFAULT 18;",
 ];
 
 /// The job store.
@@ -113,6 +115,8 @@ pub struct NewJob<'a> {
     pub log: Option<&'a str>,
     /// Priority.
     pub priority: i32,
+    /// The submitter's umask.
+    pub umask: u32,
     /// Array id and index.
     pub array: Option<(u64, u32)>,
     /// Submission time.
@@ -281,7 +285,7 @@ impl Store {
             .conn
             .prepare_cached(
                 "SELECT j.uid, j.gid, j.user, j.command, j.dir, e.data, j.resources, j.log,
-                        j.interactive
+                        j.interactive, j.umask
                  FROM jobs j JOIN envs e ON e.hash = j.env WHERE j.id = ?1",
             )
             .and_then(|mut st| {
@@ -296,12 +300,14 @@ impl Store {
                         r.get::<_, Option<String>>(6)?,
                         r.get::<_, Option<String>>(7)?,
                         r.get::<_, Option<String>>(8)?,
+                        r.get::<_, u32>(9)?,
                     ))
                 })
             })
             .optional()
             .map_err(self.err())?;
-        let Some((uid, gid, user, command, dir, env, resources, log, interactive)) = row else {
+        let Some((uid, gid, user, command, dir, env, resources, log, interactive, umask)) = row
+        else {
             return Ok(None);
         };
         let corrupt = |what: String| StoreError::Corrupt {
@@ -331,6 +337,7 @@ impl Store {
             log,
             interactive,
             container: None,
+            umask,
         }))
     }
 
@@ -423,8 +430,8 @@ impl Batch<'_> {
         self.tx
             .prepare_cached(
                 "INSERT INTO jobs(state, uid, gid, user, name, command, dir, env, resources, log,
-                                  priority, array_id, array_index, submitted_ms)
-                 VALUES ('Queued', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                                  priority, array_id, array_index, submitted_ms, umask)
+                 VALUES ('Queued', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             )?
             .execute(params![
                 j.uid,
@@ -439,7 +446,8 @@ impl Batch<'_> {
                 j.priority,
                 j.array.map(|a| a.0 as i64),
                 j.array.map(|a| a.1),
-                j.submitted_ms as i64
+                j.submitted_ms as i64,
+                j.umask & 0o777
             ])?;
         Ok(self.tx.last_insert_rowid() as u64)
     }
@@ -544,6 +552,7 @@ mod tests {
             resources: Some("CORES/2"),
             log: None,
             priority: 0,
+            umask: 0o022,
             array: None,
             submitted_ms: 1,
         }

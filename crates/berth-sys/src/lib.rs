@@ -463,6 +463,18 @@ pub fn free_mb(path: &Path) -> io::Result<u64> {
     Ok(st.f_bavail as u64 * st.f_frsize as u64 / (1024 * 1024))
 }
 
+/// This process's umask, read without changing it (from /proc/self/status), else 022.
+pub fn current_umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
+}
+
 /// Raises this process's soft limit of open descriptors to its hard limit, and returns
 /// it: a server holds a descriptor per client, and the usual soft limit of 1024 is low.
 pub fn raise_open_files() -> io::Result<u64> {

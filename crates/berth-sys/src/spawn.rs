@@ -64,6 +64,8 @@ pub struct Spawn<'a> {
     /// A cgroup's `cgroup.procs`, open for writing: the child joins that cgroup first of
     /// all (writing `0`), while it is still root.
     pub cgroup: Option<RawFd>,
+    /// The child's umask (None: this process's).
+    pub umask: Option<u32>,
 }
 
 /// A started child, leader of its own session and process group.
@@ -150,6 +152,8 @@ struct Prepared {
     exec_fd: RawFd,
     /// `cgroup.procs` of the cgroup to join; -1 for none.
     cgroup: RawFd,
+    /// The umask to set, if any.
+    umask: Option<u32>,
     /// An empty path for `execveat`.
     empty: CString,
     /// Written by the child when it fails before or at exec: the errno.
@@ -276,6 +280,7 @@ pub fn spawn(s: &Spawn<'_>) -> io::Result<Child> {
         terminal: s.terminal,
         exec_fd,
         cgroup: s.cgroup.unwrap_or(-1),
+        umask: s.umask,
         empty: CString::default(),
         err: 0,
         step: Step::Exec,
@@ -427,6 +432,9 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
                 }
             }
         }
+        if let Some(m) = (*p).umask {
+            libc::syscall(libc::SYS_umask, m & 0o777);
+        }
         if libc::syscall(libc::SYS_chdir, (*p).dir.as_ptr()) != 0 {
             fail(p, Step::Directory, errno());
         }
@@ -510,6 +518,7 @@ mod tests {
             terminal: false,
             exec_fd: None,
             cgroup: None,
+            umask: None,
         })
         .unwrap();
         let mut o = String::new();
@@ -532,6 +541,7 @@ mod tests {
             terminal: false,
             exec_fd: None,
             cgroup: None,
+            umask: None,
         })
         .unwrap();
         let (mut o, mut e) = (String::new(), String::new());
@@ -557,6 +567,7 @@ mod tests {
                 terminal: false,
                 exec_fd: None,
                 cgroup: None,
+                umask: None,
             })
         };
         assert_eq!(
@@ -652,6 +663,7 @@ mod tests {
             terminal: false,
             exec_fd: Some(f.as_raw_fd()),
             cgroup: None,
+            umask: None,
         })
         .unwrap();
         let mut o = String::new();

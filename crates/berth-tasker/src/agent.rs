@@ -502,6 +502,7 @@ impl Agent {
             log: LogTarget::File(PathBuf::from(a.log)),
             interactive: a.interactive,
             cgroup: None,
+            umask: a.umask,
         };
         // Every process the job starts joins its cgroup, and ends with the job.
         let mut job = job;

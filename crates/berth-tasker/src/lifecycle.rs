@@ -65,6 +65,9 @@ pub struct Job {
     pub interactive: Option<berth_proto::Interactive>,
     /// The job's cgroup, which every process of it joins (its hooks too).
     pub cgroup: Option<Arc<crate::cgroup::JobCgroup>>,
+    /// The submitter's umask: the job and its user hooks run with it, its log is made
+    /// with it.
+    pub umask: u32,
 }
 
 /// Asks a running job to stop; cheap to clone, safe to trigger from any thread.
@@ -220,6 +223,8 @@ struct HookRun<'a> {
     tty: Option<&'a std::os::fd::OwnedFd>,
     /// The job's cgroup.
     cgroup: Option<&'a crate::cgroup::JobCgroup>,
+    /// The job's umask, for a user hook.
+    umask: u32,
 }
 
 fn run_hook(r: &HookRun<'_>, on_start: impl FnOnce(u32)) -> HookEnd {
@@ -247,6 +252,7 @@ fn run_hook(r: &HookRun<'_>, on_start: impl FnOnce(u32)) -> HookEnd {
         // The very file that was checked and hashed, not the path looked up again.
         exec_fd: Some(r.hook.file.as_raw_fd()),
         cgroup: r.cgroup.map(|c| c.procs_fd()),
+        umask: who.map(|_| r.umask),
     }) {
         Ok(c) => c,
         Err(e) => {
@@ -539,7 +545,7 @@ fn prepare(
 /// Runs one container job to its end: the whole of SPEC §5. The job's log receives the
 /// hooks' output and berth's own notes; the outcome says how the job ended.
 pub fn run(host: &Host, job: &Job, cfg: &Config, stop: &Stop) -> Outcome {
-    let sink = match Sink::open(&job.log, &job.owner) {
+    let sink = match Sink::open_with_umask(&job.log, &job.owner, job.umask) {
         Ok(s) => Arc::new(s),
         Err(e) => {
             return Outcome::refused(format!("cannot open the log as {}: {e}", job.owner.name))
@@ -662,6 +668,7 @@ fn run_with_sink(host: &Host, job: &Job, cfg: &Config, stop: &Stop, sink: &Arc<S
                 sink,
                 tty,
                 cgroup: job.cgroup.as_deref(),
+                umask: job.umask,
             },
             on_start,
         )
@@ -1045,6 +1052,7 @@ fn recover_hook(
             sink,
             tty: None,
             cgroup: None,
+            umask: 0o022,
         },
         |_| {},
     );

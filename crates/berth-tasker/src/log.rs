@@ -41,10 +41,15 @@ impl Sink {
     /// Opens a log target. A file is opened as `owner`, with O_NOFOLLOW, so that a job
     /// cannot make root write through a symbolic link.
     pub fn open(target: &LogTarget, owner: &Identity) -> io::Result<Sink> {
+        Sink::open_with_umask(target, owner, 0o022)
+    }
+
+    /// Opens a log target; a file that is new gets the mode the owner's `umask` gives.
+    pub fn open_with_umask(target: &LogTarget, owner: &Identity, umask: u32) -> io::Result<Sink> {
         match target {
             LogTarget::Terminal => Ok(Sink::Terminal),
             LogTarget::File(p) => {
-                let f = sys::as_user(owner, || open_log(p))?;
+                let f = sys::as_user(owner, || open_log(p, umask))?;
                 Ok(Sink::File(f))
             }
         }
@@ -90,10 +95,25 @@ impl Sink {
     }
 }
 
-fn open_log(p: &Path) -> io::Result<File> {
+/// Opens a job's log for appending; a new one gets mode 0666 less the owner's umask
+/// exactly (set after creation: the tasker's own umask would mask it further).
+fn open_log(p: &Path, umask: u32) -> io::Result<File> {
+    let mode = 0o666 & !umask & 0o777;
     let mut o = std::fs::OpenOptions::new();
-    o.append(true).create(true).mode(0o644);
-    open_regular(&mut o, p)
+    o.append(true).create_new(true).mode(mode);
+    match open_regular(&mut o, p) {
+        Ok(f) => {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+            Ok(f)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let mut o = std::fs::OpenOptions::new();
+            o.append(true);
+            open_regular(&mut o, p)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Opens a file on a user's behalf: never through a symbolic link at its end, never

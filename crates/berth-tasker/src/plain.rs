@@ -24,7 +24,7 @@ pub fn run(job: &Job, grace: Duration, stop: &Stop, on_start: &mut dyn FnMut(u32
     if job.command.is_empty() {
         return fail("the command line is empty".into());
     }
-    let sink = match Sink::open(&job.log, &job.owner) {
+    let sink = match Sink::open_with_umask(&job.log, &job.owner, job.umask) {
         Ok(s) => s,
         Err(e) => return fail(format!("cannot open the log as {}: {e}", job.owner.name)),
     };
@@ -61,6 +61,7 @@ pub fn run(job: &Job, grace: Duration, stop: &Stop, on_start: &mut dyn FnMut(u32
         terminal: slave.is_some(),
         exec_fd: None,
         cgroup: job.cgroup.as_ref().map(|c| c.procs_fd()),
+        umask: Some(job.umask),
     });
     // The relay ends once no process has the terminal open: not while we do.
     drop(slave);

@@ -465,6 +465,7 @@ fn try_cmd(
         log: log.map(LogTarget::File).unwrap_or(LogTarget::Terminal),
         interactive: None,
         cgroup: None,
+        umask: berth_sys::current_umask(),
     };
     eprintln!(
         "[berth] job {}: container {} as {} in {}",

@@ -118,6 +118,7 @@ pub fn run(r: Run) -> Result<i32> {
         berth_sys::block_signals(&sigs)
     });
     let listening = r.interactive.then(crate::interactive::listen).transpose()?;
+    let umask = berth_sys::current_umask();
     let job = |command: Vec<String>| Submit {
         command,
         dir: dir_s.clone(),
@@ -127,6 +128,7 @@ pub fn run(r: Run) -> Result<i32> {
         log: log.clone(),
         priority: r.priority,
         interactive: listening.as_ref().map(|l| l.interactive.clone()),
+        umask,
     };
     let req = match (&r.file, r.command.is_empty()) {
         (Some(_), false) => bail!("give either -f FILE or a command after --, not both"),

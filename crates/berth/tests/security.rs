@@ -620,3 +620,63 @@ fn no_process_of_a_job_outlives_it() {
         escaped("71") + escaped("72") + escaped("73") + escaped("74") == 0
     });
 }
+
+/// A job runs with its submitter's umask and its log is made with it; another user may
+/// not read a job's details or its log through berth (an administrator may).
+#[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
+fn a_job_keeps_its_umask_and_its_details_to_its_owner() {
+    need_root!();
+    let fx = Fixture::new();
+    let _up = Up::start(&fx, &["--slots", "2"]);
+    let with_umask = |mask: &str, args: &[&str]| {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(format!("umask {mask}; exec \"$0\" \"$@\""))
+            .arg(berth())
+            .args(args)
+            .current_dir(&fx.work)
+            .env("BERTH_SWD", &fx.swd)
+            .uid(NOBODY)
+            .gid(NOBODY);
+        output_within(&mut c, T)
+    };
+    let mode = |name: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(fx.work.join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let out = with_umask(
+        "077",
+        &["run", "-w", "--", "sh", "-c", "umask; touch made-1"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(fx.read_work("berth-1.log"), "0077\n");
+    assert_eq!(mode("berth-1.log"), 0o600);
+    assert_eq!(mode("made-1"), 0o600);
+    let out = with_umask(
+        "002",
+        &["run", "-w", "--", "sh", "-c", "umask; touch made-2"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(fx.read_work("berth-2.log"), "0002\n");
+    assert_eq!(mode("berth-2.log"), 0o664);
+    assert_eq!(mode("made-2"), 0o664);
+
+    let other = test_user();
+    for args in [&["info", "1"][..], &["getlog", "1"], &["wait", "1"]] {
+        let out = as_user(&fx, other, args);
+        assert!(!out.status.success(), "{args:?}: {}", text(&out));
+        assert!(
+            stderr(&out)
+                .contains("job 1 is nobody's: only an administrator may see another user's job"),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
+    let out = fx.run(&["info", "1"], T);
+    assert!(out.status.success(), "an administrator may: {}", text(&out));
+}
