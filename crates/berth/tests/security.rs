@@ -182,6 +182,8 @@ fn a_hook_swapped_between_check_and_exec_never_runs() {
         &["wait", "--timeout", "120", &ids],
         Duration::from_secs(150),
     );
+    let mut flipper = flipper;
+    let flipping = flipper.try_wait().unwrap().is_none();
     signal(&flipper, libc::SIGKILL);
     let _ = wait_status(flipper, T);
     let (mut done, mut mismatch) = (0, 0);
@@ -208,9 +210,10 @@ fn a_hook_swapped_between_check_and_exec_never_runs() {
         evil.lines().count()
     );
     eprintln!("{done} jobs ran the checked hook, {mismatch} were refused, 0 ran another");
+    assert!(done > 0, "no job ran: {mismatch} refused");
     assert!(
-        done > 0 && mismatch > 0,
-        "the attack was not exercised: {done} done, {mismatch} refused"
+        flipping,
+        "the flipper stopped before the jobs ended: the attack was not exercised"
     );
 }
 
@@ -489,7 +492,6 @@ held, refused = [], 0
 for _ in range(2000):
     s = conn()
     held.append(s)
-s.sendall(b"GET /v1/taskers HTTP/1.1\r\n\r\n")
 print("past the cap:", status(s), flush=True)
 print("holding", len(held), flush=True)
 sys.stdin.read()
