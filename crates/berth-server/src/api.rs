@@ -200,8 +200,19 @@ fn route(req: &Request, caller: &Caller, h: &Handle, policy: &Policy) -> (u16, V
     let parts: Vec<&str> = req.path.trim_matches('/').split('/').collect();
     match (req.method.as_str(), parts.as_slice()) {
         ("POST", ["v1", "jobs"]) => match serde_json::from_slice::<SubmitRequest>(&req.body) {
-            Ok(s) => match policy.check(&s, caller.uid) {
-                Ok(()) => json(h.ask(|r| Event::Submit(caller.clone(), s, r))),
+            Ok(mut s) => match policy.check(&s, caller.uid) {
+                Ok(()) => {
+                    // The client is on this host (the socket is local): its terminal is
+                    // here, whatever the submission says, so that a tasker never connects
+                    // to a host of the submitter's choosing.
+                    let here = berth_sys::short_hostname();
+                    for j in &mut s.jobs {
+                        if let Some(i) = &mut j.interactive {
+                            i.host = here.clone();
+                        }
+                    }
+                    json(h.ask(|r| Event::Submit(caller.clone(), s, r)))
+                }
                 Err(e) => (400, error_body(&e)),
             },
             Err(e) => (

@@ -96,6 +96,9 @@ impl Policy {
             if !j.dir.starts_with('/') {
                 return Err(format!("the job directory {:?} is not absolute", j.dir));
             }
+            if let Some(i) = &j.interactive {
+                valid_terminal(i)?;
+            }
             if j.priority > 0 && !admin {
                 return Err(format!(
                     "priority {}: only an administrator may set a priority above 0; \
@@ -129,6 +132,21 @@ impl Policy {
     }
 }
 
+/// An interactive job's terminal: a token of 64 hex digits (the tasker sends it in a
+/// line of its own), and an unprivileged port (the tasker, as root, connects to it).
+pub fn valid_terminal(i: &berth_proto::Interactive) -> Result<(), String> {
+    if i.token.len() != 64 || !i.token.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("-I: the terminal's token must be 64 hex digits".into());
+    }
+    if i.port < 1024 {
+        return Err(format!(
+            "-I: port {} is privileged; berth run listens on a port of its own above 1023",
+            i.port
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +163,16 @@ mod tests {
             priority,
             interactive: None,
             umask: 0o022,
+        }
+    }
+
+    fn term(token: &str, port: u16) -> berth_proto::Interactive {
+        berth_proto::Interactive {
+            host: "elsewhere".into(),
+            port,
+            token: token.into(),
+            rows: 24,
+            cols: 80,
         }
     }
 
@@ -221,6 +249,30 @@ mod tests {
                 },
                 65534,
                 Err("the submission makes 11 jobs, above the limit of 10 jobs per submission"),
+            ),
+            (
+                "a token that is not 64 hex digits",
+                SubmitRequest {
+                    jobs: vec![Submit {
+                        interactive: Some(term("x\nGET / HTTP/1.1", 40000)),
+                        ..job(None, 0)
+                    }],
+                    array: None,
+                },
+                65534,
+                Err("-I: the terminal's token must be 64 hex digits"),
+            ),
+            (
+                "a privileged port",
+                SubmitRequest {
+                    jobs: vec![Submit {
+                        interactive: Some(term(&"ab".repeat(32), 25)),
+                        ..job(None, 0)
+                    }],
+                    array: None,
+                },
+                65534,
+                Err("-I: port 25 is privileged"),
             ),
             (
                 "a bad request",

@@ -25,11 +25,26 @@ impl Terminal {
     /// pseudo-terminal; the slave that comes with it is the job's standard input, output
     /// and error, to be closed here once the job has it.
     pub fn connect(i: &Interactive, own_host: &str) -> io::Result<(Terminal, OwnedFd)> {
-        let mut tried = Vec::new();
-        let mut hosts = vec![i.host.as_str()];
-        if i.host == own_host {
-            hosts.insert(0, "127.0.0.1");
+        // The token goes out in a line: nothing but the 64 hex digits berth run makes.
+        if i.token.len() != 64 || !i.token.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the terminal's token is not 64 hex digits",
+            ));
         }
+        if i.port < 1024 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("the terminal's port {} is privileged", i.port),
+            ));
+        }
+        let mut tried = Vec::new();
+        // The submitting host (the server sets it), and on this host only loopback.
+        let hosts = if i.host == own_host {
+            vec!["127.0.0.1"]
+        } else {
+            vec![i.host.as_str()]
+        };
         let mut sock = None;
         'hosts: for h in hosts {
             let addrs = match (h, i.port).to_socket_addrs() {

@@ -22,10 +22,28 @@ pub struct Listening {
     to_job: Arc<Mutex<Option<TcpStream>>>,
 }
 
+/// Where to listen: the loopback address when every tasker runs on this host (the tasker
+/// then connects to 127.0.0.1), else this host's own address, never every address.
+fn bind_address(client: &Client) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs};
+    let me = berth_sys::short_hostname();
+    let taskers: Vec<berth_proto::TaskerView> =
+        client.call("GET", "/v1/taskers", None).unwrap_or_default();
+    if taskers.iter().all(|t| t.host == me) {
+        return IpAddr::V4(Ipv4Addr::LOCALHOST);
+    }
+    (me.as_str(), 0)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.find(|a| !a.ip().is_loopback()))
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
 /// Opens the port the tasker will connect to.
-pub fn listen() -> Result<Listening> {
-    let listener =
-        TcpListener::bind("0.0.0.0:0").context("listening for the interactive job's tasker")?;
+pub fn listen(client: &Client) -> Result<Listening> {
+    let listener = TcpListener::bind((bind_address(client), 0))
+        .context("listening for the interactive job's tasker")?;
     let port = listener.local_addr()?.port();
     let mut raw = [0u8; 32];
     berth_sys::random_bytes(&mut raw).context("making the terminal's token")?;
@@ -99,23 +117,40 @@ impl Listening {
         tty: bool,
     ) -> Result<std::result::Result<TcpStream, JobView>> {
         self.listener.set_nonblocking(true)?;
-        let want = format!("berth-terminal {}", self.interactive.token);
+        let want = Arc::new(format!("berth-terminal {}", self.interactive.token));
         let mut said = false;
         let mut next_check = Instant::now() + Duration::from_millis(500);
+        // Each connection shows its first line on a thread of its own, so that silent
+        // ones (anyone on the host may connect) cannot keep the tasker's out; the first
+        // that shows the token comes back here.
+        let (found_tx, found) = std::sync::mpsc::channel::<TcpStream>();
+        let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         loop {
+            if let Ok(s) = found.try_recv() {
+                s.set_read_timeout(None)?;
+                s.set_nodelay(true)?;
+                if said {
+                    eprint!("\r\x1b[K");
+                }
+                return Ok(Ok(s));
+            }
             match self.listener.accept() {
                 Ok((s, _)) => {
-                    s.set_nonblocking(false)?;
-                    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-                    if first_line(&s).is_some_and(|l| constant_eq(&l, want.as_bytes())) {
-                        s.set_read_timeout(None)?;
-                        s.set_nodelay(true)?;
-                        if said {
-                            eprint!("\r\x1b[K");
-                        }
-                        return Ok(Ok(s));
+                    use std::sync::atomic::Ordering;
+                    // Bounded: past 64 handshakes at once, newcomers are dropped.
+                    if pending.load(Ordering::Relaxed) < 64 {
+                        pending.fetch_add(1, Ordering::Relaxed);
+                        let (want, tx, pending) = (want.clone(), found_tx.clone(), pending.clone());
+                        std::thread::spawn(move || {
+                            let ok = s.set_nonblocking(false).is_ok()
+                                && s.set_read_timeout(Some(Duration::from_secs(10))).is_ok()
+                                && first_line(&s).is_some_and(|l| constant_eq(&l, want.as_bytes()));
+                            if ok {
+                                let _ = tx.send(s);
+                            }
+                            pending.fetch_sub(1, Ordering::Relaxed);
+                        });
                     }
-                    // Not the tasker: forget it, keep waiting.
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     std::thread::sleep(Duration::from_millis(10));

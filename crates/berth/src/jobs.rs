@@ -117,7 +117,11 @@ pub fn run(r: Run) -> Result<i32> {
         sigs.push(libc::SIGWINCH);
         berth_sys::block_signals(&sigs)
     });
-    let listening = r.interactive.then(crate::interactive::listen).transpose()?;
+    let listening = if r.interactive {
+        Some(crate::interactive::listen(&r.conn.client())?)
+    } else {
+        None
+    };
     let umask = berth_sys::current_umask();
     let job = |command: Vec<String>| Submit {
         command,

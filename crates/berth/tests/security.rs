@@ -682,3 +682,80 @@ fn a_job_keeps_its_umask_and_its_details_to_its_owner() {
     let out = fx.run(&["info", "1"], T);
     assert!(out.status.success(), "an administrator may: {}", text(&out));
 }
+
+/// `berth run -I` listens on loopback when its taskers are on this host, and serves
+/// connections at once: another user's silent connections to its port do not keep the
+/// tasker's out.
+#[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
+fn silent_connections_do_not_keep_an_interactive_job_from_its_terminal() {
+    need_root!();
+    let fx = Fixture::new();
+    let _up = Up::start(&fx, &["--slots", "1"]);
+    // The one slot is taken until the file `go` exists, so the -I job waits, listening.
+    let out = as_nobody(
+        &fx,
+        &[
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "until [ -e go ]; do sleep 0.05; done",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let mut c = fx.berth(&["run", "-I", "--", "sh", "-c", "echo interactive-ok"]);
+    c.uid(NOBODY)
+        .gid(NOBODY)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut run = c.spawn().unwrap();
+    let keep_stdin = run.stdin.take();
+    let pid = run.id();
+    let mut listening = String::new();
+    wait_until("berth run -I to listen", T, || {
+        let out = Command::new("ss").args(["-ltnpH"]).output().unwrap();
+        listening = stdout(&out)
+            .lines()
+            .find(|l| l.contains(&format!("pid={pid},")))
+            .and_then(|l| l.split_whitespace().nth(3))
+            .unwrap_or_default()
+            .to_string();
+        !listening.is_empty()
+    });
+    assert!(
+        listening.starts_with("127.0.0.1:"),
+        "berth run -I listens on {listening}, not only on loopback"
+    );
+    // Another user connects three times and says nothing.
+    let port = listening.rsplit(':').next().unwrap().to_string();
+    let silent = Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import socket, sys; s = [socket.create_connection(('127.0.0.1', int(sys.argv[1]))) for _ in range(3)]; print('connected', flush=True); sys.stdin.read()",
+            &port,
+        ])
+        .uid(test_user())
+        .gid(test_user())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut silent = silent;
+    {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(silent.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "connected\n");
+    }
+    std::fs::write(fx.work.join("go"), "").unwrap();
+    let out = wait_output(run, Duration::from_secs(25));
+    drop(keep_stdin);
+    signal(&silent, libc::SIGKILL);
+    let _ = wait_status(silent, T);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(stdout(&out).contains("interactive-ok"), "{}", text(&out));
+}
