@@ -13,7 +13,7 @@ fn main() {
     let dir = tmp.path();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     // SAFETY: geteuid has no preconditions.
-    let privilege = if unsafe { libc::geteuid() } == 0 {
+    let privilege = if berth_sys::euid() == 0 {
         "root"
     } else {
         "user"

@@ -2,6 +2,9 @@
 //! filesystem identity, signals, locks, peer credentials. This is the one crate with
 //! `unsafe` (apart from the static wrapper); each block says why it is sound.
 
+// The one library crate that makes system calls: every other crate denies unsafe code.
+#![allow(unsafe_code)]
+
 pub mod pty;
 pub mod spawn;
 pub mod walk;
@@ -49,6 +52,7 @@ fn passwd_to_identity(pw: &libc::passwd) -> Identity {
         .to_string_lossy()
         .into_owned();
     let home = PathBuf::from(OsStr::from_bytes(
+        // SAFETY: pw_dir points into buf, a C string that getpw*_r filled.
         unsafe { CStr::from_ptr(pw.pw_dir) }.to_bytes(),
     ));
     let mut groups = vec![pw.pw_gid; 64];
@@ -81,6 +85,7 @@ pub fn identity_by_name(name: &str) -> Result<Identity, IdentityError> {
     // SAFETY: passwd is plain data; getpwnam_r fills it with pointers into buf.
     let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
     let mut res: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is to a local of ours, buf for its length.
     let r = unsafe {
         libc::getpwnam_r(
             cname.as_ptr(),
@@ -108,6 +113,7 @@ pub fn identity_by_uid(uid: u32) -> Result<Identity, IdentityError> {
     // SAFETY: as in identity_by_name.
     let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
     let mut res: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is to a local of ours, buf for its length.
     let r = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut res) };
     if r != 0 {
         return Err(IdentityError::Lookup(
@@ -386,6 +392,7 @@ pub const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::S
 pub fn block_signals(signals: &[libc::c_int]) -> SignalWaiter {
     // SAFETY: sigset_t is plain data, filled and installed by these calls.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sigset operations on a local; the mask of this thread.
     unsafe {
         libc::sigemptyset(&mut set);
         for s in signals {
@@ -432,6 +439,7 @@ pub fn peer_cred(sock: &impl AsRawFd) -> io::Result<PeerCred> {
     // SAFETY: ucred is plain data; getsockopt fills at most len bytes of it.
     let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: cred and len are locals; len says how much of cred may be written.
     let r = unsafe {
         libc::getsockopt(
             sock.as_raw_fd(),
@@ -457,10 +465,30 @@ pub fn free_mb(path: &Path) -> io::Result<u64> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))?;
     // SAFETY: statvfs is plain data, filled by the call for a valid C string.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a C string; st a local the call fills.
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(st.f_bavail as u64 * st.f_frsize as u64 / (1024 * 1024))
+}
+
+/// Waits until one of `fds` can be read (or has hung up), for ever; a negative entry is
+/// left out. Returns which can.
+pub fn poll_readable(fds: &[RawFd]) -> io::Result<Vec<bool>> {
+    let mut p: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: poll on pollfds of ours, for as long as the call lasts.
+    let r = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, -1) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(p.iter().map(|x| x.revents != 0).collect())
 }
 
 /// This process's umask, read without changing it (from /proc/self/status), else 022.

@@ -43,6 +43,7 @@ pub fn openpty(rows: u16, cols: u16) -> io::Result<(OwnedFd, OwnedFd)> {
 pub fn window_size(fd: &impl AsRawFd) -> Option<(u16, u16)> {
     // SAFETY: TIOCGWINSZ writes a winsize into a local.
     let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: as above: the ioctl writes one winsize into ws.
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
     (r == 0 && ws.ws_row > 0 && ws.ws_col > 0).then_some((ws.ws_row, ws.ws_col))
 }

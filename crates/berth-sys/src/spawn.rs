@@ -292,9 +292,11 @@ pub fn spawn(s: &Spawn<'_>) -> io::Result<Child> {
 
     // Block every signal for the clone, so that no handler of ours runs in the child
     // while it shares our memory; the child sets its own mask before it execs.
-    // SAFETY: sigset operations on locals; pthread_sigmask on this thread.
+    // SAFETY: sigset_t is plain data, zero is a valid value.
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
     let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sigset operations on locals; pthread_sigmask on this thread.
     unsafe {
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);

@@ -126,27 +126,15 @@ fn relay(mut sock: TcpStream, mut master: File, mut log: Option<File>) {
     let mut from_user = true;
     let mut input = Input::default();
     loop {
-        let mut fds = [
-            libc::pollfd {
-                fd: master.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: if from_user { sock.as_raw_fd() } else { -1 },
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: poll on two pollfds of ours, for as long as the call lasts.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if r < 0 {
-            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            break;
-        }
-        if fds[0].revents != 0 {
+        let fds = match berth_sys::poll_readable(&[
+            master.as_raw_fd(),
+            if from_user { sock.as_raw_fd() } else { -1 },
+        ]) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        if fds[0] {
             match master.read(&mut buf) {
                 // EIO once no process has the slave open any more: the job is over.
                 Ok(0) | Err(_) => break,
@@ -165,7 +153,7 @@ fn relay(mut sock: TcpStream, mut master: File, mut log: Option<File>) {
                 }
             }
         }
-        if fds[1].revents != 0 {
+        if fds[1] {
             match sock.read(&mut buf) {
                 Ok(0) | Err(_) => {
                     // The user's input ended: an end-of-file character, as a terminal

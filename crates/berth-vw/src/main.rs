@@ -10,6 +10,9 @@
 //! `signal N`; the tasker reads the last line. The wrapper's own exit code is N, or 128+N
 //! for a signal, as a shell would report it.
 
+// A static wrapper that forks, waits and forwards signals by system calls of its own.
+#![allow(unsafe_code)]
+
 use std::ffi::{CString, OsString};
 use std::io::Write;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -73,7 +76,9 @@ fn run(args: &[OsString], status_path: Option<&std::ffi::OsStr>) -> i32 {
     // sigwaitinfo loop; the child unblocks them before exec.
     // SAFETY: sigset_t is plain data; these calls only fill and install it.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
     let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sigset operations on locals; the mask of this thread.
     unsafe {
         libc::sigemptyset(&mut set);
         for s in FORWARDED.iter().chain(&[libc::SIGCHLD]) {
@@ -134,6 +139,7 @@ fn run(args: &[OsString], status_path: Option<&std::ffi::OsStr>) -> i32 {
     loop {
         // SAFETY: siginfo_t is plain data filled by the kernel.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: set and info are locals; the call fills info.
         let sig = unsafe { libc::sigwaitinfo(&set, &mut info) };
         if sig < 0 {
             continue; // EINTR

@@ -55,13 +55,12 @@ fn a_job_cannot_type_into_the_terminal_berth_up_runs_on() {
         log.starts_with("no terminal: "),
         "the job opened the terminal of berth up: {log}"
     );
-    let pid: i32 = std::fs::read_to_string(&pidfile)
+    let pid: u32 = std::fs::read_to_string(&pidfile)
         .unwrap()
         .trim()
         .parse()
         .unwrap();
-    // SAFETY: kill with a pid read from the file the shell wrote.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
+    berth_sys::kill_pid(pid, libc::SIGTERM);
     let stdin = script.stdin.take();
     let out = wait_output(script, T);
     drop(stdin);

@@ -23,8 +23,7 @@ pub fn repo() -> PathBuf {
 }
 
 pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    berth_sys::euid() == 0
 }
 
 /// Tests that need root (hooks as root, jobs as nobody) are `#[ignore]`d, so that they
@@ -245,8 +244,8 @@ pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
 }
 
 pub fn signal(child: &Child, sig: libc::c_int) {
-    // SAFETY: signalling a child we spawned and have not reaped.
-    unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+    // A child we spawned and have not reaped: its pid is still its own.
+    berth_sys::kill_pid(child.id(), sig);
 }
 
 /// The containers.conf the examples are tested with (runc; no default ulimits).
@@ -267,8 +266,8 @@ pub fn image() -> Image {
         let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
         let dir = tmp.join("rootfs");
         let lock = std::fs::File::create(tmp.join("image.lock")).unwrap();
-        // SAFETY: flock on a descriptor we own; serialises test binaries making the image.
-        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
+        // Serialises test binaries making the image.
+        berth_sys::flock_exclusive(&lock, true).unwrap();
         let mut c = Command::new("sh");
         c.arg(repo().join("examples/containers/make-image.sh"))
             .arg(&dir)
