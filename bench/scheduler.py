@@ -191,15 +191,18 @@ def main():
             print(f"{a.separate} separate `berth run` processes, 8 at a time: {a.separate / dt:8.0f} jobs/s")
 
             for pause in (0.0, 0.5):
-                starts, dones = [], []
+                starts, dones, client = [], [], []
                 for _ in range(a.latency):
                     time.sleep(pause)
-                    v = json.loads(b.nobody(["run", "-w", "--json", "--", "true"]).stdout)[0]
+                    t0 = time.perf_counter()
+                    out = b.nobody(["run", "-w", "--json", "--", "true"]).stdout
+                    client.append((time.perf_counter() - t0) * 1000)
+                    v = json.loads(out)[0]
                     starts.append(v["started_ms"] - v["submitted_ms"])
                     dones.append(v["ended_ms"] - v["submitted_ms"])
                 print(f"one job, pause {pause} s: submit->start median {statistics.median(starts):.1f} ms, "
                       f"submit->Done median {statistics.median(dones):.1f} ms (n={a.latency}, server clock, "
-                      f"ms resolution)")
+                      f"ms resolution); `berth run -w` median {statistics.median(client):.1f} ms (client clock)")
             rss = [l for l in open(f"/proc/{b.up.pid}/status") if l.startswith("VmRSS")]
             print(f"server resident memory after the runs: {rss[0].split()[1]} kB")
         finally:
