@@ -61,11 +61,22 @@ pub struct Spawn<'a> {
     /// `program` up, which is then only `argv[0]`. A script's interpreter finds it as
     /// `/dev/fd/3`: the descriptor is the child's 3, left open across exec for that.
     pub exec_fd: Option<RawFd>,
-    /// A cgroup's `cgroup.procs`, open for writing: the child joins that cgroup first of
-    /// all (writing `0`), while it is still root.
-    pub cgroup: Option<RawFd>,
+    /// The cgroup the child starts in.
+    pub cgroup: Option<Join>,
     /// The child's umask (None: this process's).
     pub umask: Option<u32>,
+}
+
+/// How a child joins a cgroup, so that every process it starts is tracked.
+#[derive(Debug, Clone, Copy)]
+pub enum Join {
+    /// A cgroup v2 directory: the child is created in it (`clone3` with
+    /// `CLONE_INTO_CGROUP`), which needs no migration; where the kernel cannot, the child
+    /// writes `0` to its `cgroup.procs` before anything else.
+    Dir(RawFd),
+    /// A v1 `cgroup.procs`, open for writing: the child writes `0` to it first of all,
+    /// while it is still root.
+    Procs(RawFd),
 }
 
 /// A started child, leader of its own session and process group.
@@ -150,7 +161,7 @@ struct Prepared {
     terminal: bool,
     /// The file to execute, at 3 or above; -1 to execute by path.
     exec_fd: RawFd,
-    /// `cgroup.procs` of the cgroup to join; -1 for none.
+    /// `cgroup.procs` of the cgroup to join by writing; -1 for none.
     cgroup: RawFd,
     /// The umask to set, if any.
     umask: Option<u32>,
@@ -279,7 +290,10 @@ pub fn spawn(s: &Spawn<'_>) -> io::Result<Child> {
         dir,
         terminal: s.terminal,
         exec_fd,
-        cgroup: s.cgroup.unwrap_or(-1),
+        cgroup: match s.cgroup {
+            Some(Join::Procs(fd)) => fd,
+            _ => -1,
+        },
         umask: s.umask,
         empty: CString::default(),
         err: 0,
@@ -304,16 +318,65 @@ pub fn spawn(s: &Spawn<'_>) -> io::Result<Child> {
     // SAFETY: the stack is ours and outlives the child's use of it (CLONE_VFORK: this
     // thread resumes only once the child has exec'd or exited); the top is 16-aligned.
     // `child` reads `prep` and writes only `prep.err`, and makes only raw system calls.
-    let pid = unsafe {
+    let top = unsafe {
         let top = stack.as_mut_ptr().cast::<u8>().add(STACK);
-        let top = top.sub(top as usize % 16);
-        libc::clone(
-            child,
-            top.cast(),
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            (&mut prep as *mut Prepared).cast(),
-        )
+        top.sub(top as usize % 16)
     };
+    let prep_ptr: *mut libc::c_void = (&mut prep as *mut Prepared).cast();
+    // Into a cgroup v2 directory: created there, which takes no write lock of the cgroup
+    // hierarchy. Migrating a process (writing cgroup.procs) does, and that waits a whole
+    // RCU grace period (10-20 ms) when none was taken lately: most jobs, on a quiet host.
+    let mut pid: libc::c_long = -1;
+    let mut procs_opened: Option<OwnedFd> = None;
+    if let Some(Join::Dir(dir)) = s.cgroup {
+        let base = stack.as_mut_ptr() as usize;
+        let args = clone3::Args {
+            flags: (libc::CLONE_VM | libc::CLONE_VFORK) as u64 | clone3::CLONE_INTO_CGROUP,
+            exit_signal: libc::SIGCHLD as u64,
+            stack: base as u64,
+            stack_size: (top as usize - base) as u64,
+            cgroup: dir as u64,
+            ..Default::default()
+        };
+        // SAFETY: as for clone above: the child runs `child(prep)` on our idle stack and
+        // never returns into this function.
+        pid = unsafe { clone3::run(&args, child, prep_ptr) };
+        if pid < 0 {
+            // A kernel without clone3 or CLONE_INTO_CGROUP: the child joins by writing.
+            // SAFETY: openat on the caller's directory descriptor; the fd is then ours.
+            let fd = unsafe {
+                libc::openat(
+                    dir,
+                    c"cgroup.procs".as_ptr(),
+                    libc::O_WRONLY | libc::O_CLOEXEC,
+                )
+            };
+            if fd < 0 {
+                let e = io::Error::last_os_error();
+                // SAFETY: restores this thread's mask saved above.
+                unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot join the job's cgroup: {e}"),
+                ));
+            }
+            prep.cgroup = fd;
+            // SAFETY: fd is new and ours.
+            procs_opened = Some(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+    }
+    if pid < 0 {
+        // SAFETY: as above.
+        pid = unsafe {
+            libc::clone(
+                child,
+                top.cast(),
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                prep_ptr,
+            )
+        } as libc::c_long;
+    }
+    drop(procs_opened);
     let clone_err = io::Error::last_os_error();
     // SAFETY: restores this thread's mask saved above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
@@ -493,6 +556,115 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
     }
 }
 
+/// `clone3` with a child that runs a function on a stack of its own, as glibc's `clone`
+/// does for `clone` (glibc has no `clone3` of its own): a few instructions that call the
+/// function in the child and exit with what it returns.
+mod clone3 {
+    /// `struct clone_args` of the kernel (its size 88: `CLONE_ARGS_SIZE_VER2`).
+    #[repr(C)]
+    #[derive(Default)]
+    pub struct Args {
+        pub flags: u64,
+        pub pidfd: u64,
+        pub child_tid: u64,
+        pub parent_tid: u64,
+        pub exit_signal: u64,
+        pub stack: u64,
+        pub stack_size: u64,
+        pub tls: u64,
+        pub set_tid: u64,
+        pub set_tid_size: u64,
+        pub cgroup: u64,
+    }
+
+    pub const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+    type ChildFn = extern "C" fn(*mut libc::c_void) -> libc::c_int;
+
+    /// Returns the child's pid, or -1 when the kernel refused (the caller falls back).
+    ///
+    /// # Safety
+    /// As `libc::clone`: `args.stack` is a stack for the child that outlives its use, and
+    /// with `CLONE_VM` the child shares this memory; `f` never returns into the caller.
+    #[cfg(target_arch = "x86_64")]
+    pub unsafe fn run(args: &Args, f: ChildFn, arg: *mut libc::c_void) -> libc::c_long {
+        let ret: libc::c_long;
+        // SAFETY: the caller's contract; the child's path never leaves this block.
+        unsafe {
+            std::arch::asm!(
+                "syscall",
+                "test rax, rax",
+                "jnz 2f",
+                // The child, on its new stack (16-aligned: `call` leaves it as the ABI wants).
+                "xor ebp, ebp",
+                "mov rdi, r12",
+                "call r13",
+                "mov edi, eax",
+                "mov eax, 60", // exit
+                "syscall",
+                "ud2",
+                "2:",
+                inlateout("rax") libc::SYS_clone3 => ret,
+                in("rdi") args as *const Args,
+                in("rsi") std::mem::size_of::<Args>(),
+                in("r12") arg,
+                in("r13") f,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack),
+            );
+        }
+        if ret < 0 {
+            -1
+        } else {
+            ret
+        }
+    }
+
+    /// As for x86_64.
+    ///
+    /// # Safety
+    /// As for x86_64.
+    #[cfg(target_arch = "aarch64")]
+    pub unsafe fn run(args: &Args, f: ChildFn, arg: *mut libc::c_void) -> libc::c_long {
+        let ret: libc::c_long;
+        // SAFETY: the caller's contract; the child's path never leaves this block.
+        unsafe {
+            std::arch::asm!(
+                "svc #0",
+                "cbnz x0, 2f",
+                "mov x29, xzr",
+                "mov x0, x9",
+                "blr x10",
+                "mov x8, #93", // exit
+                "svc #0",
+                "brk #0",
+                "2:",
+                inlateout("x0") args as *const Args as libc::c_long => ret,
+                in("x1") std::mem::size_of::<Args>(),
+                in("x8") libc::SYS_clone3,
+                in("x9") arg,
+                in("x10") f,
+                options(nostack),
+            );
+        }
+        if ret < 0 {
+            -1
+        } else {
+            ret
+        }
+    }
+
+    /// Elsewhere the caller falls back to `clone` and a write of `cgroup.procs`.
+    ///
+    /// # Safety
+    /// None needed: it does nothing.
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    pub unsafe fn run(_: &Args, _: ChildFn, _: *mut libc::c_void) -> libc::c_long {
+        -1
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -639,6 +811,45 @@ mod tests {
         );
         assert!(status.success());
         assert_eq!(o, "none\n");
+    }
+
+    #[test]
+    #[ignore = "needs root to make a cgroup: .ci/run runs it with --include-ignored"]
+    fn the_child_starts_in_the_cgroup_it_is_given() {
+        assert_eq!(crate::euid(), 0, "run as root");
+        let root = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+            .into_iter()
+            .find(|r| Path::new(r).join("cgroup.subtree_control").exists())
+            .expect("a cgroup v2 hierarchy");
+        let name = format!("berth-spawn-test-{}", std::process::id());
+        let dir = Path::new(root).join(&name);
+        std::fs::create_dir(&dir).unwrap();
+        let fd = std::fs::File::open(&dir).unwrap();
+        let args: Vec<OsString> = vec!["/proc/self/cgroup".into()];
+        let mut c = spawn(&Spawn {
+            program: "cat".as_ref(),
+            args: &args,
+            env: &env(),
+            who: None,
+            dir: Path::new("/"),
+            stdin: Stdio::Null,
+            stdout: Stdio::Piped,
+            stderr: Stdio::Null,
+            terminal: false,
+            exec_fd: None,
+            cgroup: Some(Join::Dir(fd.as_raw_fd())),
+            umask: None,
+        })
+        .unwrap();
+        let mut o = String::new();
+        c.stdout.take().unwrap().read_to_string(&mut o).unwrap();
+        assert!(c.wait().unwrap().success());
+        std::fs::remove_dir(&dir).unwrap();
+        assert!(
+            o.lines()
+                .any(|l| l.starts_with("0::") && l.ends_with(&name)),
+            "{o}"
+        );
     }
 
     #[test]

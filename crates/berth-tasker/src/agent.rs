@@ -124,7 +124,12 @@ impl Agent {
     pub fn end_leftovers(&self, note: &mut dyn FnMut(String)) -> usize {
         let path = self.plain_file();
         let mut n = 0;
-        for line in std::fs::read_to_string(&path).unwrap_or_default().lines() {
+        // Line N is slot N's.
+        for (slot, line) in std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .enumerate()
+        {
             let mut w = line.split_whitespace().map(|x| x.parse::<u64>().ok());
             let (Some(Some(job)), Some(Some(pid)), Some(Some(st))) = (w.next(), w.next(), w.next())
             else {
@@ -143,8 +148,9 @@ impl Agent {
                 ));
                 n += 1;
             }
+            // What the job started outside its group is in its slot's cgroup.
             if let Ok(cg) = &self.cgroups {
-                cg.end(&job.to_string());
+                cg.end(slot as u32);
             }
         }
         let opened = std::fs::create_dir_all(&self.host.state_dir).and_then(|_| {
@@ -406,7 +412,7 @@ impl Agent {
         self.start(job, slot, stop, move |me, stop| {
             let out = lifecycle::resume(&me.host, a, stop);
             if let Ok(cg) = &me.cgroups {
-                cg.end(&job.to_string());
+                cg.end(slot);
             }
             out
         });
@@ -507,15 +513,15 @@ impl Agent {
         // Every process the job starts joins its cgroup, and ends with the job.
         let mut job = job;
         if let Ok(cg) = &self.cgroups {
-            match cg.make(&job.id) {
-                Ok(c) => job.cgroup = Some(Arc::new(c)),
-                Err(e) => return failed(format!("cannot make the job's cgroup: {e}")),
+            cg.end(job.slot);
+            match cg.slot(job.slot) {
+                Ok(c) => job.cgroup = Some(c),
+                Err(e) => return failed(format!("cannot make the slot's cgroup: {e}")),
             }
         }
         let out = self.run_job(&job, &containers, stop);
-        job.cgroup = None;
-        if let Ok(cg) = &self.cgroups {
-            let left = cg.end(&job.id);
+        if let (Some(_), Ok(cg)) = (job.cgroup.take(), &self.cgroups) {
+            let left = cg.end(job.slot);
             if left > 0 {
                 if let LogTarget::File(_) = job.log {
                     if let Ok(sink) = crate::log::Sink::open(&job.log, &job.owner) {

@@ -8,10 +8,13 @@
 //! processes join it in the child before exec (`cgroup.procs`, written by the child itself
 //! while it is still root), so not one instruction of the job runs outside it.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Which hierarchy.
@@ -23,24 +26,81 @@ pub enum Kind {
     V1Pids,
 }
 
-/// Where this tasker makes its jobs' cgroups.
-#[derive(Debug, Clone)]
+/// Where this tasker makes its jobs' cgroups: one per slot.
+#[derive(Debug)]
 pub struct Cgroups {
     base: PathBuf,
     kind: Kind,
+    slots: Mutex<HashMap<u32, Arc<JobCgroup>>>,
 }
 
-/// One job's cgroup, removed (its members killed) by [`Cgroups::end`].
+/// One slot's cgroup, where the job of that slot runs: made once, kept open, and emptied
+/// after each job. One per slot rather than per job, because making and removing a
+/// cgroup per job cost more than the short jobs themselves.
 #[derive(Debug)]
 pub struct JobCgroup {
-    /// `cgroup.procs`, open for writing: the child writes `0` to it to join.
-    procs: File,
+    dir: PathBuf,
+    /// The directory, for `clone3(CLONE_INTO_CGROUP)` (v2).
+    dir_fd: File,
+    /// `cgroup.procs`, open for writing (v1: the child writes `0` to it).
+    procs: Option<File>,
+    /// `cgroup.events` (v2): whether anything is left in it.
+    events: Option<File>,
+    kind: Kind,
+    /// Whether it was ever killed (and so must not take new processes).
+    killed: std::sync::atomic::AtomicBool,
 }
 
 impl JobCgroup {
-    /// The descriptor a child writes `0` to, to join the cgroup.
-    pub fn procs_fd(&self) -> RawFd {
-        self.procs.as_raw_fd()
+    /// How a child joins it.
+    pub fn join(&self) -> berth_sys::spawn::Join {
+        match (&self.procs, self.kind) {
+            (Some(p), Kind::V1Pids) => berth_sys::spawn::Join::Procs(p.as_raw_fd()),
+            _ => berth_sys::spawn::Join::Dir(self.dir_fd.as_raw_fd()),
+        }
+    }
+
+    /// Whether a process is still in it.
+    fn populated(&self) -> bool {
+        use std::os::unix::fs::FileExt;
+        match &self.events {
+            Some(f) => {
+                let mut buf = [0u8; 256];
+                let n = f.read_at(&mut buf, 0).unwrap_or(0);
+                let text = String::from_utf8_lossy(&buf[..n]);
+                text.lines().any(|l| l.trim() == "populated 1")
+            }
+            None => !members(&self.dir).is_empty(),
+        }
+    }
+
+    /// Kills every process left in it and waits until none is; returns how many there
+    /// were.
+    pub fn empty(&self) -> usize {
+        if !self.populated() {
+            return 0;
+        }
+        let left = members(&self.dir).len();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.populated() && Instant::now() < deadline {
+            self.killed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            match self.kind {
+                Kind::V2 => {
+                    let _ = File::options()
+                        .write(true)
+                        .open(self.dir.join("cgroup.kill"))
+                        .and_then(|mut f| f.write_all(b"1"));
+                }
+                Kind::V1Pids => {
+                    for pid in members(&self.dir) {
+                        berth_sys::kill_pid(pid, libc::SIGKILL);
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        left
     }
 }
 
@@ -81,6 +141,7 @@ impl Cgroups {
                     return Ok(Cgroups {
                         base,
                         kind: Kind::V2,
+                        slots: Mutex::default(),
                     })
                 }
                 Ok(()) => why.push(format!(
@@ -100,6 +161,7 @@ impl Cgroups {
                     return Ok(Cgroups {
                         base,
                         kind: Kind::V1Pids,
+                        slots: Mutex::default(),
                     })
                 }
                 Err(e) => why.push(format!("{}: {e}", base.display())),
@@ -122,60 +184,67 @@ impl Cgroups {
         )
     }
 
-    /// Removes this tasker's directory if no job's cgroup is left in it (a tasker that
-    /// stops with jobs running leaves them, and the next one ends them).
+    /// Removes the slots' cgroups that are empty, and this tasker's directory if none is
+    /// left (a tasker that stops with jobs running leaves theirs, and the next one ends
+    /// what they leave).
     pub fn close(&self) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, c) in slots.drain() {
+            let _ = std::fs::remove_dir(&c.dir);
+        }
         let _ = std::fs::remove_dir(&self.base);
     }
 
-    fn dir(&self, job: &str) -> PathBuf {
-        self.base.join(format!("job-{job}"))
-    }
-
-    /// Makes job `job`'s cgroup (ending what an earlier one of that name held).
-    pub fn make(&self, job: &str) -> io::Result<JobCgroup> {
-        let dir = self.dir(job);
+    /// Slot `slot`'s cgroup, made if need be, emptied of anything an earlier job of the
+    /// slot (or an earlier tasker process) left in it.
+    pub fn slot(&self, slot: u32) -> io::Result<Arc<JobCgroup>> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = slots.get(&slot) {
+            return Ok(c.clone());
+        }
+        let dir = self.base.join(format!("slot-{slot}"));
         match std::fs::create_dir(&dir) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                self.end(job);
-                std::fs::create_dir(&dir)?;
-            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
         }
-        let procs = File::options().write(true).open(dir.join("cgroup.procs"))?;
-        Ok(JobCgroup { procs })
+        let dir_fd = File::options()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(&dir)?;
+        let (procs, events) = match self.kind {
+            Kind::V2 => (None, Some(File::open(dir.join("cgroup.events"))?)),
+            Kind::V1Pids => (
+                Some(File::options().write(true).open(dir.join("cgroup.procs"))?),
+                None,
+            ),
+        };
+        let c = Arc::new(JobCgroup {
+            dir,
+            dir_fd,
+            procs,
+            events,
+            kind: self.kind,
+            killed: std::sync::atomic::AtomicBool::new(false),
+        });
+        slots.insert(slot, c.clone());
+        Ok(c)
     }
 
-    /// Ends every process of job `job`'s cgroup and removes it; nothing if there is none.
-    /// Returns how many processes were still in it.
-    pub fn end(&self, job: &str) -> usize {
-        let dir = self.dir(job);
-        // The usual case: every process has ended with the job.
-        match std::fs::remove_dir(&dir) {
-            Ok(()) => return 0,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return 0,
-            Err(_) => {}
-        }
-        let left = members(&dir).len();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match self.kind {
-                Kind::V2 => {
-                    let _ = File::options()
-                        .write(true)
-                        .open(dir.join("cgroup.kill"))
-                        .and_then(|mut f| f.write_all(b"1"));
-                }
-                Kind::V1Pids => {
-                    for pid in members(&dir) {
-                        berth_sys::kill_pid(pid, libc::SIGKILL);
-                    }
-                }
-            }
-            std::thread::sleep(Duration::from_millis(5));
-            if std::fs::remove_dir(&dir).is_ok() || Instant::now() > deadline {
-                break;
+    /// Ends every process left in slot `slot`'s cgroup; returns how many there were.
+    ///
+    /// A cgroup that had to be killed is removed, and the slot's next job gets a new one:
+    /// this kernel (6.18) kills every child later created in a cgroup once killed with
+    /// `cgroup.kill` (`CLONE_INTO_CGROUP` compares the kill counts of two cgroups).
+    pub fn end(&self, slot: u32) -> usize {
+        let Ok(c) = self.slot(slot) else { return 0 };
+        let left = c.empty();
+        if left > 0 || c.killed.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            slots.remove(&slot);
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while std::fs::remove_dir(&c.dir).is_err() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
             }
         }
         left

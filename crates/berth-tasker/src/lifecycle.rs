@@ -251,7 +251,7 @@ fn run_hook(r: &HookRun<'_>, on_start: impl FnOnce(u32)) -> HookEnd {
         terminal: r.tty.is_some(),
         // The very file that was checked and hashed, not the path looked up again.
         exec_fd: Some(r.hook.file.as_raw_fd()),
-        cgroup: r.cgroup.map(|c| c.procs_fd()),
+        cgroup: r.cgroup.map(|c| c.join()),
         umask: who.map(|_| r.umask),
     }) {
         Ok(c) => c,

@@ -60,7 +60,7 @@ pub fn run(job: &Job, grace: Duration, stop: &Stop, on_start: &mut dyn FnMut(u32
         stderr,
         terminal: slave.is_some(),
         exec_fd: None,
-        cgroup: job.cgroup.as_ref().map(|c| c.procs_fd()),
+        cgroup: job.cgroup.as_ref().map(|c| c.join()),
         umask: Some(job.umask),
     });
     // The relay ends once no process has the terminal open: not while we do.

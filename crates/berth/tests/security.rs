@@ -558,7 +558,8 @@ fn no_process_of_a_job_outlives_it() {
             enter.display()
         ),
     );
-    let _up = Up::start(&fx, &["--slots", "2"]);
+    // One slot: each job runs where the one before left processes that were killed.
+    let _up = Up::start(&fx, &["--slots", "1"]);
     let escaped = |tag: &str| {
         let out = Command::new("pgrep")
             .args(["-f", &format!("sleep 31{tag}")])
@@ -620,6 +621,14 @@ fn no_process_of_a_job_outlives_it() {
     wait_until("no escaped process left", Duration::from_secs(10), || {
         escaped("71") + escaped("72") + escaped("73") + escaped("74") == 0
     });
+    // The slot runs jobs as before, bare and in a container.
+    for r in [
+        &["run", "-w", "--", "true"][..],
+        &["run", "-w", "-r", "Container:c1", "--", "true"],
+    ] {
+        let out = as_nobody(&fx, r);
+        assert!(out.status.success(), "{r:?}: {}", text(&out));
+    }
 }
 
 /// A job runs with its submitter's umask and its log is made with it; another user may
