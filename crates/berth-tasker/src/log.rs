@@ -103,8 +103,14 @@ fn open_log(p: &Path, umask: u32) -> io::Result<File> {
     o.append(true).create_new(true).mode(mode);
     match open_regular(&mut o, p) {
         Ok(f) => {
-            use std::os::unix::fs::PermissionsExt;
-            f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+            // Only when this process's umask took bits the owner's leaves: one system
+            // call per job saved in the usual case (both 022).
+            static OWN: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+            let own = *OWN.get_or_init(sys::current_umask);
+            if mode & own != 0 {
+                use std::os::unix::fs::PermissionsExt;
+                f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+            }
             Ok(f)
         }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
