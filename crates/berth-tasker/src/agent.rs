@@ -83,6 +83,7 @@ impl Agent {
         extra: String,
         grace: Duration,
         report: Report,
+        cgroups: crate::cgroup::Mode,
     ) -> Arc<Agent> {
         Arc::new(Agent {
             name: name.to_string(),
@@ -98,7 +99,7 @@ impl Agent {
             report,
             pool: crate::pool::Pool::default(),
             identities: Mutex::new(HashMap::new()),
-            cgroups: crate::cgroup::Cgroups::open(name, &host.state_dir),
+            cgroups: crate::cgroup::Cgroups::open(name, &host.state_dir, cgroups),
             host,
         })
     }

@@ -26,6 +26,32 @@ pub enum Kind {
     V1Pids,
 }
 
+/// Which hierarchy to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// v2 where there is one, else v1 `pids`.
+    Auto,
+    /// v2 only.
+    V2,
+    /// The v1 `pids` hierarchy only (a hybrid host's, for testing that path).
+    V1,
+    /// None: jobs are tracked by their process group only.
+    Off,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mode, String> {
+        match s {
+            "auto" => Ok(Mode::Auto),
+            "v2" => Ok(Mode::V2),
+            "v1" => Ok(Mode::V1),
+            "none" => Ok(Mode::Off),
+            other => Err(format!("--cgroups {other}: auto, v2, v1 or none")),
+        }
+    }
+}
+
 /// Where this tasker makes its jobs' cgroups: one per slot.
 #[derive(Debug)]
 pub struct Cgroups {
@@ -122,7 +148,10 @@ fn own_v2_path() -> Option<String> {
 impl Cgroups {
     /// Finds a hierarchy and makes this tasker's directory in it; the error says why jobs
     /// will not be tracked.
-    pub fn open(tasker: &str, state_dir: &Path) -> Result<Cgroups, String> {
+    pub fn open(tasker: &str, state_dir: &Path, mode: Mode) -> Result<Cgroups, String> {
+        if mode == Mode::Off {
+            return Err("--cgroups none".into());
+        }
         use std::os::unix::ffi::OsStrExt;
         let leaf = format!(
             "berth.{}.{:08x}",
@@ -134,7 +163,9 @@ impl Cgroups {
             .into_iter()
             .map(Path::new)
             .find(|r| r.join("cgroup.kill").exists() || r.join("cgroup.subtree_control").exists());
-        if let (Some(root), Some(own)) = (v2_root, own_v2_path()) {
+        if mode == Mode::V1 {
+            why.push("--cgroups v1".to_string());
+        } else if let (Some(root), Some(own)) = (v2_root, own_v2_path()) {
             let base = root.join(own).join(&leaf);
             match std::fs::create_dir_all(&base) {
                 Ok(()) if base.join("cgroup.kill").exists() => {
@@ -154,7 +185,9 @@ impl Cgroups {
             why.push("no cgroup v2 hierarchy".to_string());
         }
         let v1 = Path::new("/sys/fs/cgroup/pids");
-        if v1.join("cgroup.procs").exists() {
+        if mode == Mode::V2 {
+            why.push("--cgroups v2".to_string());
+        } else if v1.join("cgroup.procs").exists() {
             let base = v1.join(&leaf);
             match std::fs::create_dir_all(&base) {
                 Ok(()) => {

@@ -45,6 +45,14 @@ pub struct AgentOpts {
     /// jobs take their configuration's containerKillGrace).
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pub kill_grace: u64,
+    /// Which cgroup hierarchy tracks the jobs: auto, v2, v1 (pids) or none; for tests.
+    #[arg(
+        long,
+        value_name = "auto|v2|v1|none",
+        default_value = "auto",
+        hide = true
+    )]
+    pub cgroups: berth_tasker::cgroup::Mode,
 }
 
 /// The options of `berth up`.
@@ -456,6 +464,7 @@ pub fn make_agent(
         o.resources.clone().unwrap_or_default(),
         Duration::from_secs(o.kill_grace),
         report,
+        o.cgroups,
     );
     agent.end_leftovers(&mut |line| eprintln!("berth tasker {name}: {line}"));
     for a in adopted {

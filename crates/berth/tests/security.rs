@@ -547,7 +547,25 @@ sys.stdin.read()
 #[test]
 #[ignore = "needs root: .ci/run runs it with --include-ignored"]
 fn no_process_of_a_job_outlives_it() {
+    escapes_end_with_their_job("auto");
+}
+
+/// The same through the v1 `pids` hierarchy, where a hybrid host has one.
+#[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
+fn no_process_of_a_job_outlives_it_with_cgroup_v1() {
+    if !std::path::Path::new("/sys/fs/cgroup/pids/cgroup.procs").exists() {
+        panic!(
+            "this host has no cgroup v1 pids hierarchy; run no_process_of_a_job_outlives_it only"
+        );
+    }
+    escapes_end_with_their_job("v1");
+}
+
+fn escapes_end_with_their_job(cgroups: &str) {
     need_root!();
+    // Sleeps of lengths of their own, so that the two tests at once do not see each other's.
+    let n = if cgroups == "v1" { 42 } else { 41 };
     let fx = Fixture::new();
     let enter = fx.hook("enter.sh", "#!/bin/sh\nexec \"$@\"\n");
     fx.cfg(
@@ -559,10 +577,10 @@ fn no_process_of_a_job_outlives_it() {
         ),
     );
     // One slot: each job runs where the one before left processes that were killed.
-    let _up = Up::start(&fx, &["--slots", "1"]);
+    let _up = Up::start(&fx, &["--slots", "1", "--cgroups", cgroups]);
     let escaped = |tag: &str| {
         let out = Command::new("pgrep")
-            .args(["-f", &format!("sleep 31{tag}")])
+            .args(["-f", &format!("sleep {n}{tag}")])
             .output()
             .unwrap();
         stdout(&out).split_whitespace().count()
@@ -576,7 +594,7 @@ fn no_process_of_a_job_outlives_it() {
             "--",
             "sh",
             "-c",
-            "setsid -f sleep 3171; setsid -f sleep 3172 & sleep 0.2",
+            &format!("setsid -f sleep {n}71; setsid -f sleep {n}72 & sleep 0.2"),
         ],
     );
     assert!(out.status.success(), "{}", text(&out));
@@ -590,7 +608,7 @@ fn no_process_of_a_job_outlives_it() {
             "--",
             "sh",
             "-c",
-            "setsid -f sleep 3173; sleep 0.2",
+            &format!("setsid -f sleep {n}73; sleep 0.2"),
         ],
     );
     assert!(out.status.success(), "{}", text(&out));
@@ -602,7 +620,7 @@ fn no_process_of_a_job_outlives_it() {
             "--",
             "sh",
             "-c",
-            "setsid -f sleep 3174; touch escaped; exec sleep 300",
+            &format!("setsid -f sleep {n}74; touch escaped; exec sleep 300"),
         ],
     );
     let id = stdout(&out).trim().to_string();
