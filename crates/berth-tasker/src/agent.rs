@@ -75,6 +75,8 @@ pub fn host_resources(name: &str, slots: u32) -> String {
 
 impl Agent {
     /// An agent; `report` carries its messages to the server.
+    // Each argument is one setting of `berth tasker`; a struct for them would only rename them.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: &str,
         host: Host,
