@@ -440,7 +440,7 @@ fn a_fifo_for_a_log_or_a_status_file_blocks_nothing() {
 }
 
 /// The abuse of the API socket that used to stall or crash the server, by nobody: a
-/// request nested 5,000 deep, a body of 250 MB declared, a header line without an end, and
+/// request nested 4,000 deep, a body of 250 MB declared, a header line without an end, and
 /// 2,000 idle connections held open. Meanwhile another user's `berth run -w true`
 /// completes, and the server's memory stays bounded.
 #[test]
