@@ -61,8 +61,8 @@ pub enum Event {
     Connect(String, Box<dyn TaskerLink>),
     /// A tasker says something.
     Tasker(String, FromTasker),
-    /// A tasker's link broke: its name and the link's serial.
-    Gone(String, u64),
+    /// A tasker's link broke: its name, the link's serial, and when it was last heard.
+    Gone(String, u64, Instant),
     /// Stop the actor.
     Shutdown,
 }
@@ -317,7 +317,7 @@ impl Server {
                         t.link.send(ToTasker::Ack(vec![end.job]));
                     }
                 }
-                Event::Gone(name, serial) => {
+                Event::Gone(name, serial, heard) => {
                     let current = self.taskers.get(&name).map(|t| t.link.serial());
                     if current.is_some_and(|c| c != serial) {
                         continue; // an older connection of a tasker that is back
@@ -325,7 +325,8 @@ impl Server {
                     // Its jobs may still run: they are lost only if it stays away.
                     self.taskers.remove(&name);
                     self.core.tasker_gone(&name);
-                    self.away.insert(name, Instant::now() + self.tasker_grace);
+                    // The grace counts from when it was last heard.
+                    self.away.insert(name, heard + self.tasker_grace);
                 }
                 Event::Stop(c, id, reply) => {
                     let answer = self.stop(&c, id, &mut stopped);

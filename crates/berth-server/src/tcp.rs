@@ -1,71 +1,38 @@
-//! Taskers join over TCP: JSON lines. Each side proves it holds the cluster secret without
-//! sending it: the server sends a nonce, the tasker answers HMAC(secret, "tasker:" nonce)
-//! with a nonce of its own, and the server answers HMAC(secret, "server:" that nonce). A
-//! tasker never takes jobs from a server that cannot prove it, since a job names the uid
-//! it runs as. Then the server sends `ToTasker` lines and the tasker `FromTasker` lines,
-//! each framed with a MAC under the session's key (see [`frame`]).
+//! Taskers join over TCP, on the secure channel of `berth-channel` keyed with the cluster
+//! secret (a tasker never takes jobs from a server that cannot prove it holds it, since a
+//! job names the uid it runs as). The tasker's first message names it; then the server
+//! sends `ToTasker` messages and the tasker `FromTasker` ones, as JSON.
+//!
+//! Each tasker has a writer thread of its own, so that the server's actor never waits on a
+//! socket: a tasker that stops reading is cut off after [`WRITE_TIME`], never the actor.
+//! Both sides send a keepalive every [`HEARTBEAT`] when they have nothing else to say, and
+//! take a peer silent for [`SILENCE`] as gone.
 
 use crate::daemon::{Event, Handle, TaskerLink};
+use berth_channel::{Channel, ChannelError};
 use berth_proto::{FromTasker, ToTasker};
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
-/// The longest line accepted from a tasker.
-const MAX_LINE: u64 = 64 * 1024 * 1024;
+/// How often each side says something, a keepalive when nothing else.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long a silent peer is waited for before its connection is taken as gone.
+pub const SILENCE: Duration = Duration::from_secs(5);
+/// How long one message may take to be taken by a tasker.
+pub const WRITE_TIME: Duration = Duration::from_secs(30);
+/// How the cluster secret is named in errors.
+pub const SECRET_NAME: &str = "cluster secret (SWD/cluster.secret)";
+/// The channel's purpose for taskers.
+pub const PURPOSE: &str = "tasker";
 
-/// The first line a tasker sends.
+/// The tasker's first message.
 #[derive(serde::Serialize, serde::Deserialize)]
-pub struct Auth {
+pub struct Hello {
     /// The tasker's name.
     pub name: String,
-    /// hex(HMAC-SHA256(secret, "tasker:" nonce)).
-    pub mac: String,
-    /// The tasker's nonce, for the server's proof.
-    pub nonce: String,
-}
-
-/// hex(HMAC-SHA256(secret, ROLE ":" nonce)); the role keeps one side's proof from being
-/// replayed as the other's.
-pub fn mac(secret: &[u8], role: &str, nonce: &str) -> String {
-    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("hmac takes any key");
-    m.update(role.as_bytes());
-    m.update(b":");
-    m.update(nonce.as_bytes());
-    hex::encode(m.finalize().into_bytes())
-}
-
-/// The key of one connection: HMAC(secret, "session:" server nonce ":" tasker nonce).
-pub fn session_key(secret: &[u8], server_nonce: &str, tasker_nonce: &str) -> Vec<u8> {
-    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("hmac takes any key");
-    m.update(b"session:");
-    m.update(server_nonce.as_bytes());
-    m.update(b":");
-    m.update(tasker_nonce.as_bytes());
-    m.finalize().into_bytes().to_vec()
-}
-
-fn line_mac(key: &[u8], dir: &str, seq: u64, body: &str) -> String {
-    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("hmac takes any key");
-    m.update(format!("{dir}:{seq}:").as_bytes());
-    m.update(body.as_bytes());
-    hex::encode(m.finalize().into_bytes())
-}
-
-/// One line of a session: `MAC JSON`, the MAC over the direction ("s2t" or "t2s"), the
-/// line's sequence number in that direction, and the JSON.
-pub fn frame(key: &[u8], dir: &str, seq: u64, body: &str) -> String {
-    format!("{} {body}\n", line_mac(key, dir, seq, body))
-}
-
-/// The JSON of a framed line, if its MAC holds for this direction and sequence number.
-pub fn unframe<'a>(key: &[u8], dir: &str, seq: u64, line: &'a str) -> Option<&'a str> {
-    let (mac, body) = line.trim_end_matches(['\n', '\r']).split_once(' ')?;
-    constant_eq(mac.as_bytes(), line_mac(key, dir, seq, body).as_bytes()).then_some(body)
 }
 
 /// Reads the cluster secret, making one (mode 0600) if there is none.
@@ -86,7 +53,7 @@ pub fn cluster_secret(swd: &Path) -> io::Result<Vec<u8>> {
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let mut raw = [0u8; 32];
-            std::fs::File::open("/dev/urandom")?.read_exact(&mut raw)?;
+            berth_sys::random_bytes(&mut raw)?;
             let text = hex::encode(raw);
             let mut f = std::fs::File::options()
                 .write(true)
@@ -100,9 +67,8 @@ pub fn cluster_secret(swd: &Path) -> io::Result<Vec<u8>> {
     }
 }
 
-/// The server's end of a session: the stream and the next sequence number, the link's
-/// serial, the session key.
-struct TcpLink(Mutex<(TcpStream, u64)>, u64, Vec<u8>);
+/// The server's end of a tasker's connection: messages go to its writer thread.
+struct TcpLink(mpsc::Sender<ToTasker>, u64);
 
 static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -112,29 +78,26 @@ impl TaskerLink for TcpLink {
     }
 
     fn send(&self, m: ToTasker) -> bool {
-        let body = serde_json::to_string(&m).unwrap_or_default();
-        let Ok(mut g) = self.0.lock() else {
-            return false;
-        };
-        let (stream, seq) = &mut *g;
-        let line = frame(&self.2, "s2t", *seq, &body);
-        *seq += 1;
-        stream.write_all(line.as_bytes()).is_ok()
+        self.0.send(m).is_ok()
     }
-}
-
-/// 128 random bits, in hex.
-pub fn nonce() -> String {
-    let mut raw = [0u8; 16];
-    // A nonce of zeros would let a recorded handshake be replayed: no fallback.
-    berth_sys::random_bytes(&mut raw).expect("getrandom(2) failed: no random bytes for a nonce");
-    hex::encode(raw)
 }
 
 /// Accepts taskers until the listener fails.
 pub fn serve_taskers(listener: TcpListener, handle: Handle, secret: Vec<u8>) {
-    for conn in listener.incoming() {
-        let Ok(conn) = conn else { continue };
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let conn = match listener.accept() {
+            Ok((c, _)) => {
+                backoff = Duration::from_millis(10);
+                c
+            }
+            Err(e) => {
+                eprintln!("berth server: accepting a tasker: {e}; waiting {backoff:?}");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
         let handle = handle.clone();
         let secret = secret.clone();
         std::thread::spawn(move || {
@@ -146,80 +109,70 @@ pub fn serve_taskers(listener: TcpListener, handle: Handle, secret: Vec<u8>) {
     }
 }
 
-fn tasker_conn(conn: TcpStream, handle: &Handle, secret: &[u8]) -> io::Result<()> {
-    conn.set_nodelay(true)?;
-    let mut w = conn.try_clone()?;
-    let n = nonce();
-    w.write_all(format!("{}\n", serde_json::json!({ "nonce": n })).as_bytes())?;
-    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut r = BufReader::new(conn.try_clone()?);
-    let mut line = String::new();
-    (&mut r).take(4096).read_line(&mut line)?;
-    let auth: Auth =
-        serde_json::from_str(&line).map_err(|e| io::Error::other(format!("bad greeting: {e}")))?;
-    if !constant_eq(auth.mac.as_bytes(), mac(secret, "tasker", &n).as_bytes()) {
-        let _ = w.write_all(b"{\"error\":\"wrong cluster secret\"}\n");
-        return Err(io::Error::other(format!(
-            "tasker {:?}: wrong cluster secret; refused",
-            auth.name
-        )));
+/// Sends what the actor hands over, and a keepalive when there is nothing; ends the
+/// connection when a write does not go through in time.
+fn writer(mut tx: berth_channel::Sender, rx: mpsc::Receiver<ToTasker>, name: String) {
+    let _ = tx.set_timeout(Some(WRITE_TIME));
+    loop {
+        let sent = match rx.recv_timeout(HEARTBEAT) {
+            Ok(m) => tx.send(&serde_json::to_vec(&m).unwrap_or_default()),
+            Err(mpsc::RecvTimeoutError::Timeout) => tx.keepalive(),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        if let Err(e) = sent {
+            eprintln!("berth server: tasker {name}: {e}; closing its connection");
+            break;
+        }
     }
-    if auth.name.is_empty()
-        || auth.name.len() > 200
-        || auth
+    tx.shutdown();
+}
+
+fn tasker_conn(conn: TcpStream, handle: &Handle, secret: &[u8]) -> Result<(), ChannelError> {
+    conn.set_nodelay(true)?;
+    let Channel { tx, mut rx } = berth_channel::open(conn, secret, PURPOSE, false, SECRET_NAME)?;
+    rx.set_timeout(Some(berth_channel::HANDSHAKE_TIME))?;
+    let hello: Hello = serde_json::from_slice(&rx.recv()?)
+        .map_err(|e| io::Error::other(format!("bad first message: {e}")))?;
+    if hello.name.is_empty()
+        || hello.name.len() > 200
+        || hello
             .name
             .chars()
             .any(|c| c.is_whitespace() || c.is_control())
     {
-        return Err(io::Error::other(format!(
-            "tasker name {:?} is not valid",
-            auth.name
-        )));
+        return Err(io::Error::other(format!("tasker name {:?} is not valid", hello.name)).into());
     }
-    if auth.nonce.len() < 16 {
-        return Err(io::Error::other(format!(
-            "tasker {:?}: no nonce of its own",
-            auth.name
-        )));
-    }
-    let proof = mac(secret, "server", &auth.nonce);
-    w.write_all(format!("{}\n", serde_json::json!({ "ok": true, "mac": proof })).as_bytes())?;
-    conn.set_read_timeout(None)?;
-    let name = auth.name;
+    let name = hello.name;
+    rx.set_timeout(Some(SILENCE))?;
     let serial = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let key = session_key(secret, &n, &auth.nonce);
+    let (to_writer, from_actor) = mpsc::channel();
+    {
+        let name = name.clone();
+        std::thread::spawn(move || writer(tx, from_actor, name));
+    }
     handle.send(Event::Connect(
         name.clone(),
-        Box::new(TcpLink(Mutex::new((w, 0)), serial, key.clone())),
+        Box::new(TcpLink(to_writer, serial)),
     ));
-    let mut seq = 0u64;
-    loop {
-        line.clear();
-        let got = (&mut r).take(MAX_LINE).read_line(&mut line)?;
-        if got == 0 {
-            break;
-        }
-        let Some(body) = unframe(&key, "t2s", seq, &line) else {
-            eprintln!("berth server: tasker {name}: a message whose MAC does not hold; closing the connection");
-            break;
-        };
-        seq += 1;
-        match serde_json::from_str::<FromTasker>(body) {
-            Ok(m) => {
-                handle.send(Event::Tasker(name.clone(), m));
+    let mut heard = Instant::now();
+    let why = loop {
+        match rx.recv() {
+            Ok(body) => {
+                heard = Instant::now();
+                match serde_json::from_slice::<FromTasker>(&body) {
+                    Ok(m) => {
+                        handle.send(Event::Tasker(name.clone(), m));
+                    }
+                    Err(e) => break format!("bad message: {e}"),
+                }
             }
-            Err(e) => {
-                eprintln!("berth server: tasker {name}: bad message: {e}");
-                break;
-            }
+            Err(ChannelError::Closed) => break "closed the connection".to_string(),
+            Err(e) => break e.to_string(),
         }
-    }
-    handle.send(Event::Gone(name, serial));
+    };
+    eprintln!("berth server: tasker {name}: {why}");
+    handle.send(Event::Gone(name, serial, heard));
     Ok(())
-}
-
-fn constant_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |x, (p, q)| x | (p ^ q)) == 0
 }
 
 #[cfg(test)]
@@ -227,29 +180,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn frames_hold_only_for_their_key_direction_and_place() {
-        let k = session_key(b"secret", "n1", "n2");
-        let line = frame(&k, "s2t", 0, "{\"Stop\":1}");
-        assert_eq!(unframe(&k, "s2t", 0, &line), Some("{\"Stop\":1}"));
-        assert_eq!(
-            unframe(&k, "s2t", 1, &line),
-            None,
-            "replayed at another place"
-        );
-        assert_eq!(
-            unframe(&k, "t2s", 0, &line),
-            None,
-            "reflected to the other side"
-        );
-        let other = session_key(b"secret", "n1", "n3");
-        assert_eq!(
-            unframe(&other, "s2t", 0, &line),
-            None,
-            "from another session"
-        );
-        let forged = line.replace("{\"Stop\":1}", "{\"Stop\":2}");
-        assert_eq!(unframe(&k, "s2t", 0, &forged), None, "altered");
-        assert_eq!(unframe(&k, "s2t", 0, "{\"Stop\":1}\n"), None, "no MAC");
-        assert_ne!(mac(b"s", "tasker", "n"), mac(b"s", "server", "n"));
+    fn the_cluster_secret_is_made_once_and_kept_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let a = cluster_secret(d.path()).unwrap();
+        assert_eq!(a.len(), 64);
+        assert_eq!(cluster_secret(d.path()).unwrap(), a);
+        let p = d.path().join("cluster.secret");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(cluster_secret(d.path()).is_err());
     }
 }

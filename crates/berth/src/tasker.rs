@@ -4,10 +4,9 @@
 
 use crate::up::{make_agent, AgentOpts};
 use anyhow::{bail, Context, Result};
+use berth_channel::{Channel, ChannelError};
 use berth_proto::{FromTasker, ToTasker};
-use berth_server::tcp::{frame, mac, nonce as new_nonce, session_key, unframe, Auth};
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
@@ -104,7 +103,10 @@ pub fn tasker(a: TaskerArgs) -> Result<i32> {
             Ok(()) => eprintln!(
                 "berth tasker {name}: the server went away; reconnecting (jobs keep running)"
             ),
-            Err(e) if e.to_string().contains("wrong cluster secret") => bail!("{e}"),
+            // Neither gets better by trying again.
+            Err(e @ (ChannelError::Handshake(..) | ChannelError::Version { .. })) => {
+                bail!("the server at {addr}: {e}")
+            }
             Err(e) => eprintln!("berth tasker {name}: {e}; reconnecting"),
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -117,99 +119,64 @@ fn session(
     secret: &[u8],
     agent: &Arc<berth_tasker::agent::Agent>,
     outbox: &Arc<Outbox>,
-) -> Result<()> {
+) -> Result<(), ChannelError> {
+    use berth_server::tcp::{Hello, HEARTBEAT, PURPOSE, SECRET_NAME, SILENCE, WRITE_TIME};
     conn.set_nodelay(true)?;
-    let mut r = BufReader::new(conn.try_clone()?);
-    let mut line = String::new();
-    r.read_line(&mut line)?;
-    let greeting: serde_json::Value =
-        serde_json::from_str(&line).context("the server's greeting")?;
-    let nonce = greeting["nonce"]
-        .as_str()
-        .context("no nonce in the server's greeting")?
-        .to_string();
-    let mut w = conn.try_clone()?;
-    let mine = new_nonce();
-    let auth = Auth {
-        name: name.to_string(),
-        mac: mac(secret, "tasker", &nonce),
-        nonce: mine.clone(),
-    };
-    w.write_all(format!("{}\n", serde_json::to_string(&auth)?).as_bytes())?;
-    line.clear();
-    r.read_line(&mut line)?;
-    let ok: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-    if ok["ok"] != true {
-        bail!(
-            "the server refused this tasker: {}",
-            ok["error"].as_str().unwrap_or(line.trim())
-        );
-    }
-    // The server must prove it holds the secret too: jobs name the uid they run as.
-    if ok["mac"].as_str() != Some(mac(secret, "server", &mine).as_str()) {
-        bail!(
-            "the server at {} did not prove it holds the cluster secret (wrong cluster secret, or not a berth server); refusing its jobs",
-            conn.peer_addr().map(|a| a.to_string()).unwrap_or_default()
-        );
-    }
-    let key = session_key(secret, &nonce, &mine);
+    // The server must prove it holds the secret too (the handshake fails otherwise): jobs
+    // name the uid they run as.
+    let Channel { mut tx, mut rx } = berth_channel::open(conn, secret, PURPOSE, true, SECRET_NAME)?;
+    tx.send(
+        &serde_json::to_vec(&Hello {
+            name: name.to_string(),
+        })
+        .unwrap_or_default(),
+    )?;
+    rx.set_timeout(Some(SILENCE))?;
+    let _ = tx.set_timeout(Some(WRITE_TIME));
     // Ends kept while away go first, then the hello that lists what still runs.
     outbox.push(agent.hello());
     let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let writer = {
         let outbox = outbox.clone();
         let alive = alive.clone();
-        let key = key.clone();
         std::thread::spawn(move || {
-            let mut seq = 0u64;
             while alive.load(std::sync::atomic::Ordering::SeqCst) {
                 let m = {
                     let mut q = outbox.q.lock().expect("lock");
-                    while q.is_empty() && alive.load(std::sync::atomic::Ordering::SeqCst) {
-                        q = outbox
-                            .cv
-                            .wait_timeout(q, Duration::from_millis(500))
-                            .expect("lock")
-                            .0;
+                    if q.is_empty() && alive.load(std::sync::atomic::Ordering::SeqCst) {
+                        q = outbox.cv.wait_timeout(q, HEARTBEAT).expect("lock").0;
                     }
-                    match q.pop_front() {
-                        Some(m) => m,
-                        None => continue,
-                    }
+                    q.pop_front()
                 };
-                let body = serde_json::to_string(&m).unwrap_or_default();
-                let text = frame(&key, "t2s", seq, &body);
-                seq += 1;
-                if w.write_all(text.as_bytes()).is_err() {
+                let sent = match &m {
+                    Some(m) => tx.send(&serde_json::to_vec(m).unwrap_or_default()),
+                    None => tx.keepalive(),
+                };
+                if sent.is_err() {
                     // A hello is stale on the next connection; an end is kept.
-                    if matches!(m, FromTasker::Ended(_)) {
+                    if let Some(m @ FromTasker::Ended(_)) = m {
                         outbox.q.lock().expect("lock").push_front(m);
                     }
                     break;
                 }
             }
+            tx.shutdown();
         })
     };
-    let mut seq = 0u64;
-    loop {
-        line.clear();
-        match r.read_line(&mut line) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {
-                let Some(body) = unframe(&key, "s2t", seq, &line) else {
-                    eprintln!("berth tasker {name}: a message from the server whose MAC does not hold; closing the connection");
-                    break;
-                };
-                seq += 1;
-                match serde_json::from_str::<ToTasker>(body) {
-                    Ok(m) => agent.handle(m),
-                    Err(e) => eprintln!("berth tasker {name}: bad message from the server: {e}"),
-                }
-            }
+    let why = loop {
+        match rx.recv() {
+            Ok(body) => match serde_json::from_slice::<ToTasker>(&body) {
+                Ok(m) => agent.handle(m),
+                Err(e) => eprintln!("berth tasker {name}: bad message from the server: {e}"),
+            },
+            Err(e) => break e,
         }
-    }
+    };
     alive.store(false, std::sync::atomic::Ordering::SeqCst);
     outbox.cv.notify_all();
     let _ = writer.join();
-    Ok(())
+    match why {
+        ChannelError::Closed => Ok(()),
+        e => Err(e),
+    }
 }

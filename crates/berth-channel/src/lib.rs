@@ -1,0 +1,466 @@
+//! The secure channel between berth's hosts: a TCP connection on which both ends first
+//! say which version of this protocol they speak, then run a Noise handshake
+//! (`Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s`, by `snow`) keyed with a secret both hold,
+//! then exchange messages that are encrypted, authenticated and numbered (a message
+//! replayed, reordered, altered or reflected fails to decrypt).
+//!
+//! On the wire, after the version lines, every Noise message is a 2-byte big-endian length
+//! and the message. An application message is one Noise message holding its length (4
+//! bytes), then its bytes in Noise messages of at most [`CHUNK`] bytes each; a message of
+//! length 0 is a keepalive, which [`Receiver::recv`] takes and does not return. A message
+//! longer than [`MAX_MESSAGE`] is refused before any of it is read.
+//!
+//! The secret is the cluster secret for taskers and the server; for an interactive job's
+//! terminal, the one-time token that the submitter, the server and the tasker share.
+
+use sha2::{Digest, Sha256};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The version of this protocol; both ends must speak the same.
+pub const VERSION: u32 = 1;
+/// The largest message accepted.
+pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+/// The most application bytes in one Noise message.
+pub const CHUNK: usize = 65535 - 16;
+/// How long the version exchange and the handshake may take.
+pub const HANDSHAKE_TIME: Duration = Duration::from_secs(10);
+
+const PATTERN: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
+
+/// Why a channel failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    /// The connection failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The peer speaks another version of the protocol.
+    #[error("the peer speaks berth channel protocol {theirs}, this side {ours}; run the same berth release on both")]
+    Version {
+        /// This side's.
+        ours: u32,
+        /// The peer's, as it said it.
+        theirs: String,
+    },
+    /// The peer does not hold the same secret (or is not berth).
+    #[error("the peer does not hold the same secret ({0}); check that both have the same {1}")]
+    Handshake(String, &'static str),
+    /// A message did not decrypt: altered, replayed or out of order.
+    #[error("a message that does not decrypt (altered, replayed or out of order); closing")]
+    Corrupt,
+    /// The peer announced a message longer than [`MAX_MESSAGE`].
+    #[error("the peer sent a message of {0} bytes, more than the {MAX_MESSAGE} accepted")]
+    TooLarge(u64),
+    /// The peer said nothing (not even a keepalive) for longer than the read timeout.
+    #[error("the peer has been silent for longer than {0:?}")]
+    Silent(Duration),
+    /// The peer closed the connection.
+    #[error("the peer closed the connection")]
+    Closed,
+}
+
+/// What the secret is, for messages: "cluster secret (SWD/cluster.secret)".
+pub type SecretName = &'static str;
+
+/// The 32-byte pre-shared key made of a secret of any length, for one purpose: the same
+/// secret used for two purposes gives two keys.
+pub fn psk(secret: &[u8], purpose: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"berth-channel psk\0");
+    h.update(purpose.as_bytes());
+    h.update(b"\0");
+    h.update(secret);
+    h.finalize().into()
+}
+
+/// The sending half of a channel.
+pub struct Sender {
+    stream: TcpStream,
+    state: Arc<snow::StatelessTransportState>,
+    nonce: u64,
+    buf: Vec<u8>,
+}
+
+/// The receiving half of a channel.
+pub struct Receiver {
+    stream: BufReader<TcpStream>,
+    state: Arc<snow::StatelessTransportState>,
+    nonce: u64,
+    buf: Vec<u8>,
+}
+
+/// Both halves.
+pub struct Channel {
+    /// Sends.
+    pub tx: Sender,
+    /// Receives.
+    pub rx: Receiver,
+}
+
+fn version_line() -> String {
+    format!("berth-channel {VERSION}\n")
+}
+
+/// Reads the peer's version line (at most 64 bytes).
+fn read_version(r: &mut BufReader<TcpStream>) -> Result<(), ChannelError> {
+    let mut line = Vec::new();
+    r.by_ref().take(64).read_until(b'\n', &mut line)?;
+    if line.is_empty() {
+        return Err(ChannelError::Closed);
+    }
+    let text = String::from_utf8_lossy(&line).trim().to_string();
+    match text.strip_prefix("berth-channel ") {
+        Some(v) if v == VERSION.to_string() => Ok(()),
+        Some(v) => Err(ChannelError::Version {
+            ours: VERSION,
+            theirs: v.to_string(),
+        }),
+        None => Err(ChannelError::Version {
+            ours: VERSION,
+            theirs: format!("none (it said {text:?})"),
+        }),
+    }
+}
+
+fn write_noise(w: &mut impl Write, msg: &[u8]) -> io::Result<()> {
+    let mut out = Vec::with_capacity(2 + msg.len());
+    out.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+    out.extend_from_slice(msg);
+    w.write_all(&out)
+}
+
+fn read_noise(r: &mut impl Read, into: &mut Vec<u8>) -> io::Result<()> {
+    let mut len = [0u8; 2];
+    r.read_exact(&mut len)?;
+    into.resize(u16::from_be_bytes(len) as usize, 0);
+    r.read_exact(into)
+}
+
+/// Opens a channel on `stream`: the initiator (the side that connected) or the responder.
+/// `purpose` binds the channel to its use (`tasker`, `terminal`); `secret_name` says, in
+/// errors, which secret must match.
+pub fn open(
+    stream: TcpStream,
+    secret: &[u8],
+    purpose: &str,
+    initiator: bool,
+    secret_name: SecretName,
+) -> Result<Channel, ChannelError> {
+    let psk = psk(secret, purpose);
+    stream.set_read_timeout(Some(HANDSHAKE_TIME))?;
+    stream.set_write_timeout(Some(HANDSHAKE_TIME))?;
+    let mut w = stream.try_clone()?;
+    let mut r = BufReader::new(stream.try_clone()?);
+    w.write_all(version_line().as_bytes())?;
+    read_version(&mut r)?;
+    let prologue = format!("berth-channel {VERSION} {purpose}");
+    let builder = snow::Builder::new(PATTERN.parse().expect("a valid pattern"))
+        .psk(0, &psk)
+        .prologue(prologue.as_bytes());
+    let mut hs = if initiator {
+        builder.build_initiator()
+    } else {
+        builder.build_responder()
+    }
+    .map_err(|e| ChannelError::Handshake(e.to_string(), secret_name))?;
+    let mut msg = vec![0u8; 1024];
+    let mut got = Vec::new();
+    let mut scratch = vec![0u8; 1024];
+    let refused = |e: snow::Error| ChannelError::Handshake(e.to_string(), secret_name);
+    if initiator {
+        let n = hs.write_message(&[], &mut msg).map_err(refused)?;
+        write_noise(&mut w, &msg[..n])?;
+        // A responder that cannot read our first message (another secret) hangs up.
+        read_noise(&mut r, &mut got).map_err(|e| {
+            ChannelError::Handshake(
+                format!("it closed the connection during the handshake: {e}"),
+                secret_name,
+            )
+        })?;
+        hs.read_message(&got, &mut scratch).map_err(refused)?;
+    } else {
+        read_noise(&mut r, &mut got)?;
+        hs.read_message(&got, &mut scratch).map_err(refused)?;
+        let n = hs.write_message(&[], &mut msg).map_err(refused)?;
+        write_noise(&mut w, &msg[..n])?;
+    }
+    let state = Arc::new(
+        hs.into_stateless_transport_mode()
+            .map_err(|e| ChannelError::Handshake(e.to_string(), secret_name))?,
+    );
+    stream.set_read_timeout(None)?;
+    stream.set_write_timeout(None)?;
+    Ok(Channel {
+        tx: Sender {
+            stream: w,
+            state: state.clone(),
+            nonce: 0,
+            buf: vec![0u8; 65535],
+        },
+        rx: Receiver {
+            stream: r,
+            state,
+            nonce: 0,
+            buf: Vec::new(),
+        },
+    })
+}
+
+impl Sender {
+    fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), ChannelError> {
+        let n = self
+            .state
+            .write_message(self.nonce, plain, &mut self.buf)
+            .map_err(|_| ChannelError::Corrupt)?;
+        self.nonce += 1;
+        out.extend_from_slice(&(n as u16).to_be_bytes());
+        out.extend_from_slice(&self.buf[..n]);
+        Ok(())
+    }
+
+    /// Sends one message (at most [`MAX_MESSAGE`] bytes) in one write.
+    pub fn send(&mut self, msg: &[u8]) -> Result<(), ChannelError> {
+        if msg.len() > MAX_MESSAGE {
+            return Err(ChannelError::TooLarge(msg.len() as u64));
+        }
+        let mut out = Vec::with_capacity(msg.len() + 64 + 18 * (msg.len() / CHUNK + 1));
+        self.seal(&(msg.len() as u32).to_be_bytes(), &mut out)?;
+        for c in msg.chunks(CHUNK) {
+            self.seal(c, &mut out)?;
+        }
+        self.stream.write_all(&out)?;
+        Ok(())
+    }
+
+    /// Sends a keepalive: an empty message, which the peer's `recv` takes silently.
+    pub fn keepalive(&mut self) -> Result<(), ChannelError> {
+        self.send(&[])
+    }
+
+    /// Bounds how long a send may wait for the peer to take what was sent.
+    pub fn set_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        self.stream.set_write_timeout(t)
+    }
+
+    /// Closes both directions of the connection (the receiver's `recv` then ends).
+    pub fn shutdown(&self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+
+    /// The stream underneath, for its address.
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+}
+
+impl Receiver {
+    fn open_one(&mut self, out: &mut Vec<u8>) -> Result<(), ChannelError> {
+        let mut sealed = std::mem::take(&mut self.buf);
+        let r = read_noise(&mut self.stream, &mut sealed);
+        let r = match r {
+            Ok(()) => {
+                let mut plain = vec![0u8; sealed.len()];
+                match self.state.read_message(self.nonce, &sealed, &mut plain) {
+                    Ok(n) => {
+                        self.nonce += 1;
+                        out.extend_from_slice(&plain[..n]);
+                        Ok(())
+                    }
+                    Err(_) => Err(ChannelError::Corrupt),
+                }
+            }
+            Err(e) => Err(e.into()),
+        };
+        self.buf = sealed;
+        r
+    }
+
+    /// The next message; keepalives are taken and not returned. With a read timeout set,
+    /// a peer silent for longer fails with [`ChannelError::Silent`].
+    pub fn recv(&mut self) -> Result<Vec<u8>, ChannelError> {
+        loop {
+            let mut head = Vec::with_capacity(4);
+            if let Err(e) = self.open_one(&mut head) {
+                return Err(self.map_end(e));
+            }
+            let Ok(len) = <[u8; 4]>::try_from(head.as_slice()) else {
+                return Err(ChannelError::Corrupt);
+            };
+            let len = u32::from_be_bytes(len) as usize;
+            if len > MAX_MESSAGE {
+                return Err(ChannelError::TooLarge(len as u64));
+            }
+            if len == 0 {
+                continue;
+            }
+            let mut msg = Vec::with_capacity(len.min(1 << 20));
+            while msg.len() < len {
+                if let Err(e) = self.open_one(&mut msg) {
+                    return Err(self.map_end(e));
+                }
+            }
+            if msg.len() != len {
+                return Err(ChannelError::Corrupt);
+            }
+            return Ok(msg);
+        }
+    }
+
+    fn map_end(&self, e: ChannelError) -> ChannelError {
+        match e {
+            ChannelError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => ChannelError::Closed,
+            ChannelError::Io(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                ChannelError::Silent(
+                    self.stream
+                        .get_ref()
+                        .read_timeout()
+                        .ok()
+                        .flatten()
+                        .unwrap_or_default(),
+                )
+            }
+            e => e,
+        }
+    }
+
+    /// Fails `recv` once the peer has said nothing for `t` (None: wait for ever).
+    pub fn set_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        self.stream.get_ref().set_read_timeout(t)
+    }
+
+    /// Whether a message has begun to arrive and sits in the buffer (for a poll on the
+    /// descriptor, which does not see it).
+    pub fn buffered(&self) -> bool {
+        !self.stream.buffer().is_empty()
+    }
+
+    /// The stream underneath, for polling.
+    pub fn stream(&self) -> &TcpStream {
+        self.stream.get_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    fn pair(
+        a: &'static [u8],
+        b: &'static [u8],
+    ) -> (Result<Channel, ChannelError>, Result<Channel, ChannelError>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            open(s, b, "test", false, "test secret")
+        });
+        let c = open(
+            TcpStream::connect(addr).unwrap(),
+            a,
+            "test",
+            true,
+            "test secret",
+        );
+        (c, t.join().unwrap())
+    }
+
+    #[test]
+    fn messages_of_every_size_cross_and_keepalives_do_not_show() {
+        let (c, s) = pair(b"secret", b"secret");
+        let (mut c, mut s) = (c.unwrap(), s.unwrap());
+        let big: Vec<u8> = (0..3 * CHUNK + 7).map(|i| i as u8).collect();
+        for m in [&b"hello"[..], &big, &[1u8; CHUNK], b"x"] {
+            c.tx.keepalive().unwrap();
+            c.tx.send(m).unwrap();
+            assert_eq!(s.rx.recv().unwrap(), m);
+            s.tx.send(m).unwrap();
+            assert_eq!(c.rx.recv().unwrap(), m);
+        }
+        drop(c);
+        assert!(matches!(s.rx.recv(), Err(ChannelError::Closed)));
+    }
+
+    #[test]
+    fn a_wrong_secret_is_refused_on_both_sides() {
+        let (c, s) = pair(b"secret", b"other");
+        assert!(
+            matches!(s, Err(ChannelError::Handshake(..))),
+            "{:?}",
+            s.err()
+        );
+        assert!(c.is_err());
+    }
+
+    #[test]
+    fn another_version_is_named() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            s.write_all(b"berth-channel 7\n").unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+        });
+        let e = open(
+            TcpStream::connect(addr).unwrap(),
+            b"s",
+            "test",
+            true,
+            "test secret",
+        )
+        .err()
+        .unwrap();
+        assert_eq!(
+            e.to_string(),
+            "the peer speaks berth channel protocol 7, this side 1; run the same berth release on both"
+        );
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn a_replayed_or_altered_message_does_not_decrypt_and_a_huge_one_is_refused() {
+        // A man in the middle that repeats the first message it relays.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut ch = open(s, b"k", "test", false, "test secret").unwrap();
+            let first = ch.rx.recv().unwrap();
+            (first, ch.rx.recv().map(|_| ()))
+        });
+        let s = TcpStream::connect(addr).unwrap();
+        let mut ch = open(s, b"k", "test", true, "test secret").unwrap();
+        // Send one message, then its very bytes again, as a replay would.
+        let mut out = Vec::new();
+        ch.tx.seal(&5u32.to_be_bytes(), &mut out).unwrap();
+        ch.tx.seal(b"hello", &mut out).unwrap();
+        ch.tx.stream.write_all(&out).unwrap();
+        ch.tx.stream.write_all(&out).unwrap();
+        let (first, second) = server.join().unwrap();
+        assert_eq!(first, b"hello");
+        assert!(matches!(second, Err(ChannelError::Corrupt)));
+
+        let (c, s) = pair(b"k", b"k");
+        let (mut c, mut s) = (c.unwrap(), s.unwrap());
+        let mut out = Vec::new();
+        c.tx.seal(&(MAX_MESSAGE as u32 + 1).to_be_bytes(), &mut out)
+            .unwrap();
+        c.tx.stream.write_all(&out).unwrap();
+        assert!(matches!(s.rx.recv(), Err(ChannelError::TooLarge(_))));
+    }
+
+    #[test]
+    fn a_silent_peer_is_noticed() {
+        let (c, s) = pair(b"k", b"k");
+        let (_c, mut s) = (c.unwrap(), s.unwrap());
+        s.rx.set_timeout(Some(Duration::from_millis(100))).unwrap();
+        assert!(matches!(s.rx.recv(), Err(ChannelError::Silent(_))));
+    }
+}
