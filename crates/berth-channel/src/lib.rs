@@ -244,6 +244,12 @@ impl Sender {
         self.stream.set_write_timeout(t)
     }
 
+    /// Says that nothing more will be sent: the peer's `recv` ends with
+    /// [`ChannelError::Closed`], while this side may still receive.
+    pub fn finish(&self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+    }
+
     /// Closes both directions of the connection (the receiver's `recv` then ends).
     pub fn shutdown(&self) {
         let _ = self.stream.shutdown(std::net::Shutdown::Both);

@@ -1,12 +1,15 @@
 //! The terminal of an interactive job (`berth run -I`): a pseudo-terminal on the tasker,
 //! relayed over TCP to the `berth run` that waits for it.
 //!
-//! The tasker connects to the submitting host (to 127.0.0.1 first when that is its own),
-//! sends `berth-terminal TOKEN` and a newline, and from then on the connection carries
-//! the terminal's bytes both ways, unencrypted. The job's output comes back as it is (and
-//! also goes to its log). The user's side is escaped: `FF FF` is a byte FF, and `FF 01`
-//! followed by rows and columns (two bytes each, big-endian) is a new window size.
+//! The tasker connects to the submitting host (to 127.0.0.1 when that is its own) and
+//! opens the secure channel of `berth-channel` on it, keyed with the job's one-time token
+//! (which only the submitter, the server and this tasker know: it proves each to the
+//! other, and never crosses the network itself). From then on the channel's messages
+//! carry the terminal's bytes both ways, encrypted. The job's output comes back as it is
+//! (and also goes to its log). The user's side is escaped: `FF FF` is a byte FF, and
+//! `FF 01` followed by rows and columns (two bytes each, big-endian) is a new window size.
 
+use berth_channel::Channel;
 use berth_proto::Interactive;
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -14,9 +17,14 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
 
+/// The channel's purpose for a terminal.
+pub const PURPOSE: &str = "terminal";
+/// How the token is named in errors.
+pub const SECRET_NAME: &str = "terminal token";
+
 /// The tasker's end of an interactive job's terminal.
 pub struct Terminal {
-    sock: TcpStream,
+    channel: Channel,
     master: File,
 }
 
@@ -64,7 +72,7 @@ impl Terminal {
                 }
             }
         }
-        let Some(mut sock) = sock else {
+        let Some(sock) = sock else {
             return Err(io::Error::new(
                 io::ErrorKind::NotConnected,
                 format!(
@@ -76,11 +84,20 @@ impl Terminal {
             ));
         };
         sock.set_nodelay(true)?;
-        sock.write_all(format!("berth-terminal {}\n", i.token).as_bytes())?;
+        let channel = berth_channel::open(sock, i.token.as_bytes(), PURPOSE, true, SECRET_NAME)
+            .map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "the terminal of `berth run -I` at {}:{}: {e}",
+                        i.host, i.port
+                    ),
+                )
+            })?;
         let (master, slave) = berth_sys::pty::openpty(i.rows.max(1), i.cols.max(1))?;
         Ok((
             Terminal {
-                sock,
+                channel,
                 master: File::from(master),
             },
             slave,
@@ -90,11 +107,11 @@ impl Terminal {
     /// Relays until the job's side of the terminal is closed by every process that had
     /// it; the job's output also goes to `log`.
     pub fn relay(self, log: Option<File>) -> Relay {
-        let Terminal { sock, master } = self;
+        let Terminal { channel, master } = self;
         let (done_tx, done) = std::sync::mpsc::channel();
-        let sock2 = sock.try_clone().ok();
+        let sock2 = channel.tx.stream().try_clone().ok();
         std::thread::spawn(move || {
-            relay(sock, master, log);
+            relay(channel, master, log);
             let _ = done_tx.send(());
         });
         Relay { done, sock: sock2 }
@@ -121,25 +138,36 @@ impl Relay {
     }
 }
 
-fn relay(mut sock: TcpStream, mut master: File, mut log: Option<File>) {
+fn relay(channel: Channel, mut master: File, mut log: Option<File>) {
+    let Channel { mut tx, mut rx } = channel;
     let mut buf = [0u8; 16 * 1024];
     let mut from_user = true;
     let mut input = Input::default();
     loop {
-        let fds = match berth_sys::poll_readable(&[
-            master.as_raw_fd(),
-            if from_user { sock.as_raw_fd() } else { -1 },
-        ]) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
+        // A message of the user's already read into the channel's buffer is not seen by
+        // poll: take it first.
+        let fds = if from_user && rx.buffered() {
+            vec![false, true]
+        } else {
+            match berth_sys::poll_readable(&[
+                master.as_raw_fd(),
+                if from_user {
+                    rx.stream().as_raw_fd()
+                } else {
+                    -1
+                },
+            ]) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
         };
         if fds[0] {
             match master.read(&mut buf) {
                 // EIO once no process has the slave open any more: the job is over.
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    let _ = sock.write_all(&buf[..n]);
+                    let _ = tx.send(&buf[..n]);
                     if let Some(l) = log.as_mut() {
                         // The terminal's line ends are \r\n; the log's are \n.
                         let text: Vec<u8> = buf[..n]
@@ -154,15 +182,15 @@ fn relay(mut sock: TcpStream, mut master: File, mut log: Option<File>) {
             }
         }
         if fds[1] {
-            match sock.read(&mut buf) {
-                Ok(0) | Err(_) => {
+            match rx.recv() {
+                Err(_) => {
                     // The user's input ended: an end-of-file character, as a terminal
                     // would give it.
                     from_user = false;
                     let _ = master.write_all(&[4]);
                 }
-                Ok(n) => {
-                    let (keys, sizes) = input.feed(&buf[..n]);
+                Ok(data) => {
+                    let (keys, sizes) = input.feed(&data);
                     for (rows, cols) in sizes {
                         let _ = berth_sys::pty::set_window_size(&master, rows, cols);
                     }
@@ -171,7 +199,7 @@ fn relay(mut sock: TcpStream, mut master: File, mut log: Option<File>) {
             }
         }
     }
-    let _ = sock.shutdown(std::net::Shutdown::Write);
+    tx.finish();
 }
 
 /// The user's side of the stream, unescaped; a message may span reads.

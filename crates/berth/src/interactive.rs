@@ -1,14 +1,15 @@
 //! `berth run -I`: the job's terminal is this one. berth run listens on a TCP port of its
 //! own, says where in the submission with a one-time token, and relays between this
 //! terminal (in raw mode, so that ^C and the like reach the job) and the tasker that
-//! connects with the token. Then it waits for the job's end and exits with its status.
+//! connects and proves the token (a secure channel keyed with it: the terminal's bytes
+//! are encrypted). Then it waits for the job's end and exits with its status.
 
 use crate::client::Client;
 use anyhow::{Context, Result};
 use berth_proto::{Interactive, JobView};
 use berth_tasker::terminal::{escape_keys, resize_message};
 use std::io::{IsTerminal, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,9 +18,9 @@ pub struct Listening {
     listener: TcpListener,
     /// What goes in the submission.
     pub interactive: Interactive,
-    /// The connection to the tasker, once there is one: the keys and the window sizes
+    /// The channel to the tasker, once there is one: the keys and the window sizes
     /// are written to it whole, one writer at a time.
-    to_job: Arc<Mutex<Option<TcpStream>>>,
+    to_job: Arc<Mutex<Option<berth_channel::Sender>>>,
 }
 
 /// Where to listen: the loopback address when every tasker runs on this host (the tasker
@@ -74,7 +75,7 @@ impl Listening {
             if sig == libc::SIGWINCH {
                 if let Some((rows, cols)) = berth_sys::pty::window_size(&std::io::stdin()) {
                     if let Some(s) = to_job.lock().expect("lock").as_mut() {
-                        let _ = s.write_all(&resize_message(rows, cols));
+                        let _ = s.send(&resize_message(rows, cols));
                     }
                 }
                 continue;
@@ -94,12 +95,12 @@ impl Listening {
     /// the job is over, and returns the job as it ended.
     pub fn attach(self, client: &Client, id: u64) -> Result<JobView> {
         let tty = std::io::stderr().is_terminal();
-        let sock = match self.accept(client, id, tty)? {
-            Ok(s) => s,
+        let channel = match self.accept(client, id, tty)? {
+            Ok(c) => c,
             Err(v) => return Ok(v), // ended without ever starting
         };
-        *self.to_job.lock().expect("lock") = Some(sock.try_clone()?);
-        relay(sock, self.to_job.clone())?;
+        *self.to_job.lock().expect("lock") = Some(channel.tx);
+        relay(channel.rx, self.to_job.clone())?;
         loop {
             let v: JobView = client.call("GET", &format!("/v1/jobs/{id}/wait?timeout=5"), None)?;
             if v.state.is_final() {
@@ -108,31 +109,29 @@ impl Listening {
         }
     }
 
-    /// The tasker's connection, once it has shown the token; or the job, if it ended
-    /// first.
+    /// The tasker's channel, once it has proven the token; or the job, if it ended first.
     fn accept(
         &self,
         client: &Client,
         id: u64,
         tty: bool,
-    ) -> Result<std::result::Result<TcpStream, JobView>> {
+    ) -> Result<std::result::Result<berth_channel::Channel, JobView>> {
         self.listener.set_nonblocking(true)?;
-        let want = Arc::new(format!("berth-terminal {}", self.interactive.token));
+        let want = Arc::new(self.interactive.token.clone());
         let mut said = false;
         let mut next_check = Instant::now() + Duration::from_millis(500);
         // Each connection shows its first line on a thread of its own, so that silent
         // ones (anyone on the host may connect) cannot keep the tasker's out; the first
         // that shows the token comes back here.
-        let (found_tx, found) = std::sync::mpsc::channel::<TcpStream>();
+        let (found_tx, found) = std::sync::mpsc::channel::<berth_channel::Channel>();
         let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         loop {
-            if let Ok(s) = found.try_recv() {
-                s.set_read_timeout(None)?;
-                s.set_nodelay(true)?;
+            if let Ok(c) = found.try_recv() {
+                c.rx.set_timeout(None)?;
                 if said {
                     eprint!("\r\x1b[K");
                 }
-                return Ok(Ok(s));
+                return Ok(Ok(c));
             }
             match self.listener.accept() {
                 Ok((s, _)) => {
@@ -142,11 +141,19 @@ impl Listening {
                         pending.fetch_add(1, Ordering::Relaxed);
                         let (want, tx, pending) = (want.clone(), found_tx.clone(), pending.clone());
                         std::thread::spawn(move || {
-                            let ok = s.set_nonblocking(false).is_ok()
-                                && s.set_read_timeout(Some(Duration::from_secs(10))).is_ok()
-                                && first_line(&s).is_some_and(|l| constant_eq(&l, want.as_bytes()));
-                            if ok {
-                                let _ = tx.send(s);
+                            // The handshake proves the token (within 10 s), or fails.
+                            let opened =
+                                s.set_nonblocking(false).is_ok() && s.set_nodelay(true).is_ok();
+                            if opened {
+                                if let Ok(c) = berth_channel::open(
+                                    s,
+                                    want.as_bytes(),
+                                    berth_tasker::terminal::PURPOSE,
+                                    false,
+                                    berth_tasker::terminal::SECRET_NAME,
+                                ) {
+                                    let _ = tx.send(c);
+                                }
                             }
                             pending.fetch_sub(1, Ordering::Relaxed);
                         });
@@ -182,28 +189,12 @@ impl Listening {
     }
 }
 
-/// The first line a connection sends, read a byte at a time so that nothing after it
-/// (the job's first output) is taken with it; None past 256 bytes or 10 s.
-fn first_line(mut s: &TcpStream) -> Option<Vec<u8>> {
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    while line.len() < 256 {
-        match s.read(&mut b) {
-            Ok(1) if b[0] == b'\n' => return Some(line),
-            Ok(1) => line.push(b[0]),
-            _ => return None,
-        }
-    }
-    None
-}
-
-fn constant_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
-}
-
 /// This terminal to the job and back, until the tasker closes the connection (the job
 /// and everything it started are gone).
-fn relay(sock: TcpStream, to_job: Arc<Mutex<Option<TcpStream>>>) -> Result<()> {
+fn relay(
+    mut from_job: berth_channel::Receiver,
+    to_job: Arc<Mutex<Option<berth_channel::Sender>>>,
+) -> Result<()> {
     let stdin = std::io::stdin();
     let raw = if stdin.is_terminal() {
         Some(berth_sys::pty::RawMode::enable(&stdin).context("putting the terminal in raw mode")?)
@@ -219,25 +210,18 @@ fn relay(sock: TcpStream, to_job: Arc<Mutex<Option<TcpStream>>>) -> Result<()> {
             let mut w = to_job.lock().expect("lock");
             let Some(s) = w.as_mut() else { return };
             if n == 0 {
-                let _ = s.shutdown(Shutdown::Write);
+                s.finish();
                 return;
             }
-            if s.write_all(&escape_keys(&buf[..n])).is_err() {
+            if s.send(&escape_keys(&buf[..n])).is_err() {
                 return;
             }
         }
     });
-    let mut from_job = sock;
     let mut out = std::io::stdout().lock();
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        match from_job.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                out.write_all(&buf[..n])?;
-                out.flush()?;
-            }
-        }
+    while let Ok(data) = from_job.recv() {
+        out.write_all(&data)?;
+        out.flush()?;
     }
     drop(raw);
     Ok(())

@@ -1265,3 +1265,93 @@ fn a_frozen_tasker_is_noticed_by_its_silence_and_rejoins() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["reason"], "lost");
 }
+
+/// Nothing of a job crosses the network in clear: everything the server and a tasker say
+/// to each other is captured on the way (a relay between them), and a secret in the job's
+/// environment and its command line is not in it.
+#[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
+fn a_jobs_environment_does_not_cross_the_network_in_clear() {
+    need_root!();
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
+    let fx = Fixture::new();
+    chmod(&fx.work, 0o1777);
+    let mut split = Split {
+        server: None,
+        tasker: None,
+        fx_swd: fx.swd.clone(),
+        grace: "30".into(),
+    };
+    split.start_server("127.0.0.1:0");
+    // The relay: every byte both ways is kept.
+    let seen = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let relay = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let relay_addr = relay.local_addr().unwrap().to_string();
+    let server_addr = split.addr();
+    {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            for c in relay.incoming() {
+                let Ok(c) = c else { return };
+                let Ok(s) = std::net::TcpStream::connect(&server_addr) else {
+                    return;
+                };
+                for (mut from, mut to) in [(c.try_clone().unwrap(), s.try_clone().unwrap()), (s, c)]
+                {
+                    let seen = seen.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 65536];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                            seen.lock().unwrap().extend_from_slice(&buf[..n]);
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+    }
+    split.tasker = Some(spawn_quiet(
+        &[
+            "tasker",
+            "--name",
+            "t1",
+            "--slots",
+            "2",
+            "--server",
+            &relay_addr,
+        ],
+        &fx.swd,
+    ));
+    let swd = fx.swd.clone();
+    wait_until("the tasker to join through the relay", T, || {
+        let out = Command::new(berth())
+            .args(["taskers", "--json"])
+            .env("BERTH_SWD", &swd)
+            .output()
+            .unwrap();
+        stdout(&out).contains("\"t1\"")
+    });
+    let mut c = fx.berth(&["run", "-w", "--", "sh", "-c", "echo license-$LICENSE_KEY"]);
+    c.uid(NOBODY)
+        .gid(NOBODY)
+        .env("LICENSE_KEY", "s3cr3t-f00d-cafe-4242");
+    let out = output_within(&mut c, T);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        fx.read_work("berth-1.log"),
+        "license-s3cr3t-f00d-cafe-4242\n"
+    );
+    let seen = seen.lock().unwrap();
+    assert!(seen.len() > 1000, "the relay saw {} bytes", seen.len());
+    let has = |needle: &[u8]| seen.windows(needle.len()).any(|w| w == needle);
+    assert!(
+        !has(b"s3cr3t-f00d-cafe-4242"),
+        "the secret crossed in clear"
+    );
+    assert!(!has(b"LICENSE_KEY"), "the environment crossed in clear");
+    assert!(!has(b"echo license"), "the command line crossed in clear");
+}
