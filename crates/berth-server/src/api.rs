@@ -172,7 +172,9 @@ fn json<T: serde::Serialize>(r: Result<T, String>) -> (u16, Vec<u8>) {
     match r {
         Ok(v) => (200, serde_json::to_vec(&v).unwrap_or_default()),
         Err(e) => {
-            let status = if e.starts_with("no job") {
+            let status = if e.starts_with("the server could not record") {
+                503
+            } else if e.starts_with("no job") {
                 404
             } else if e.contains("only an administrator") {
                 403

@@ -187,6 +187,11 @@ impl Core {
         lost
     }
 
+    /// Where a running job runs: its tasker and slot.
+    pub fn running_at(&self, id: u64) -> Option<(&str, u32)> {
+        self.running.get(&id).map(|r| (r.tasker.as_str(), r.slot))
+    }
+
     /// A job ended: its slot and resources are given back, exactly once.
     pub fn ended(&mut self, id: u64) -> bool {
         let Some(r) = self.running.remove(&id) else {

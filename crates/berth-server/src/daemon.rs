@@ -119,6 +119,23 @@ struct Meta {
     priority: i32,
 }
 
+/// Changes of state not yet on disk.
+#[derive(Default)]
+struct Unwritten {
+    /// Ends, with where their jobs ran.
+    ends: Vec<(String, JobEnd, Option<u32>)>,
+    /// Jobs lost with their tasker.
+    lost: Vec<u64>,
+    /// Queued jobs stopped.
+    stopped: Vec<u64>,
+}
+
+impl Unwritten {
+    fn is_empty(&self) -> bool {
+        self.ends.is_empty() && self.lost.is_empty() && self.stopped.is_empty()
+    }
+}
+
 /// The server's state outside the core.
 pub struct Server {
     store: Store,
@@ -130,6 +147,10 @@ pub struct Server {
     unfinished: HashMap<u64, Meta>,
     /// How many unfinished jobs each user has, for [`Server::max_unfinished_per_user`].
     per_uid: HashMap<u32, u64>,
+    /// What a turn decided but could not write (the store's disk full or read-only): kept,
+    /// its jobs counted as they were, and written by a later turn. No end is dropped, no
+    /// job that ended is called lost.
+    unwritten: Unwritten,
     /// Jobs recorded as Running, and where.
     running_on: HashMap<u64, String>,
     /// Which run (incarnation) of its tasker each running job's start was sent to.
@@ -205,6 +226,7 @@ impl Server {
                 away: HashMap::new(),
                 tasker_grace: Duration::from_secs(30),
                 per_uid,
+                unwritten: Unwritten::default(),
                 max_unfinished_per_user: crate::policy::DEFAULT_MAX_UNFINISHED_PER_USER,
             },
             Handle(tx),
@@ -243,6 +265,8 @@ impl Server {
         let mut queries = Vec::new();
         let mut submits = Vec::new();
         let mut ends: Vec<(String, JobEnd)> = Vec::new();
+        // Where each ended job ran, to count it there again if its end cannot be written.
+        let mut end_slots: HashMap<u64, u32> = HashMap::new();
         let mut requeued: Vec<u64> = Vec::new();
         let mut lost: Vec<u64> = Vec::new();
         let mut stopped: Vec<u64> = Vec::new();
@@ -301,6 +325,9 @@ impl Server {
                         if self.running_on.get(&end.job) == Some(&name)
                             && !ends.iter().any(|(_, e)| e.job == end.job)
                         {
+                            if let Some((_, slot)) = self.core.running_at(end.job) {
+                                end_slots.insert(end.job, slot);
+                            }
                             self.core.ended(end.job);
                             ends.push((name.clone(), end));
                         }
@@ -310,6 +337,9 @@ impl Server {
                     if self.running_on.get(&end.job) == Some(&name)
                         && !ends.iter().any(|(_, e)| e.job == end.job)
                     {
+                        if let Some((_, slot)) = self.core.running_at(end.job) {
+                            end_slots.insert(end.job, slot);
+                        }
                         self.core.ended(end.job);
                         ends.push((name, end));
                     } else if let Some(t) = self.taskers.get(&name) {
@@ -337,6 +367,24 @@ impl Server {
             }
         }
 
+        // What an earlier turn could not write, written with this one.
+        let earlier = std::mem::take(&mut self.unwritten);
+        for (name, end, slot) in earlier.ends {
+            if !ends.iter().any(|(_, e)| e.job == end.job) {
+                if let Some(slot) = slot {
+                    end_slots.insert(end.job, slot);
+                }
+                self.core.ended(end.job);
+                ends.push((name, end));
+            }
+        }
+        for id in earlier.lost {
+            if !lost.contains(&id) {
+                lost.push(id);
+            }
+        }
+        stopped.extend(earlier.stopped);
+
         let now = Instant::now();
         let expired: Vec<String> = self
             .away
@@ -357,6 +405,7 @@ impl Server {
         }
         let idle = submits.is_empty()
             && ends.is_empty()
+            && self.unwritten.is_empty()
             && lost.is_empty()
             && requeued.is_empty()
             && stopped.is_empty()
@@ -453,14 +502,38 @@ impl Server {
         });
         let committed = res.is_ok();
         self.after_starts(starts, res.as_ref().map(|_| ()).map_err(|e| e.to_string()));
-        if let Err(e) = res {
-            eprintln!("berth server: {e}");
+        if let Err(e) = &res {
+            eprintln!(
+                "berth server: cannot write to the state directory ({e}); the jobs' ends and \
+                 losses are kept and written once it can be written again"
+            );
             for (reply, _, _) in accepted.drain(..) {
                 refused.push(reply);
             }
             for r in refused {
-                let _ = r.send(Err(format!("the server could not record the jobs: {e}")));
+                let _ = r.send(Err(format!(
+                    "the server could not record the jobs: {e}; its state directory is full or \
+                     read-only (try again later; an administrator should free space)"
+                )));
             }
+            // Nothing of this turn is on disk: its ended jobs count as running where they
+            // ran (their slots were given back above), until their ends are written.
+            for (name, end) in ends.drain(..) {
+                let slot = end_slots.get(&end.job).copied();
+                if let Some(slot) = slot {
+                    let req = self
+                        .store
+                        .run_spec(end.job)
+                        .ok()
+                        .flatten()
+                        .and_then(|s| s.resources);
+                    self.core
+                        .adopt_running(end.job, &name, slot, req.as_deref());
+                }
+                self.unwritten.ends.push((name, end, slot));
+            }
+            self.unwritten.lost.append(&mut lost);
+            self.unwritten.stopped.append(&mut stopped);
         }
 
         // 3. After the commit: the core learns, and everyone is answered.

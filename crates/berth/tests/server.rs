@@ -1355,3 +1355,84 @@ fn a_jobs_environment_does_not_cross_the_network_in_clear() {
     assert!(!has(b"LICENSE_KEY"), "the environment crossed in clear");
     assert!(!has(b"echo license"), "the command line crossed in clear");
 }
+
+/// Unmounts a test's filesystem when dropped, even when the test fails.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// With the SWD's filesystem full, jobs that end are not dropped nor called lost: the
+/// server keeps their ends, says so to whoever submits (503), and writes them once there
+/// is room again.
+#[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
+fn ends_are_kept_while_the_state_directory_is_full_and_written_after() {
+    need_root!();
+    let fx = Fixture::new();
+    chmod(&fx.work, 0o1777);
+    // The SWD on a filesystem of its own, small enough to fill.
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m,mode=0755", "berth-test-swd"])
+        .arg(&fx.swd)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let _unmount = Unmount(fx.swd.clone());
+    std::fs::create_dir_all(fx.swd.join("containers")).unwrap();
+    let up = Up::start(&fx, &["--slots", "4", "-r", "CORES/4"]);
+    let out = as_nobody(
+        &fx,
+        &[
+            "run",
+            "--array",
+            "4",
+            "--",
+            "sh",
+            "-c",
+            "until [ -e go ]; do sleep 0.05; done",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let count = |state: &str| {
+        let out = fx.run(&["list", "--json", "--state", state], T);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v.as_array().map(|a| a.len()).unwrap_or(0)
+    };
+    wait_until("the four jobs to run", T, || count("Running") == 4);
+    // Fill the filesystem to the last byte.
+    let filler = fx.swd.join("filler");
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=64k"])
+        .arg(format!("of={}", filler.display()))
+        .stderr(Stdio::null())
+        .status();
+    std::fs::write(fx.work.join("go"), "").unwrap();
+    wait_until("the jobs' processes to end", T, || {
+        let out = Command::new("pgrep")
+            .args(["-f", "until \\[ -e go \\]"])
+            .output()
+            .unwrap();
+        stdout(&out).trim().is_empty()
+    });
+    // Their ends cannot be written: they are neither Done nor lost yet.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(count("Running"), 4);
+    assert_eq!(count("Failed"), 0);
+    let out = as_nobody(&fx, &["run", "--", "true"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("state directory is full or read-only"),
+        "{}",
+        text(&out)
+    );
+    // Room again: the ends are written, as they were.
+    std::fs::remove_file(&filler).unwrap();
+    let out = fx.run(&["wait", "--timeout", "30", "1", "2", "3", "4"], T);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(count("Done"), 4);
+    drop(up);
+}
