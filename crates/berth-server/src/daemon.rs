@@ -63,6 +63,9 @@ pub enum Event {
     Tasker(String, FromTasker),
     /// A tasker's link broke: its name, the link's serial, and when it was last heard.
     Gone(String, u64, Instant),
+    /// Start no more jobs (the first step of a clean stop); what runs goes on, and its
+    /// ends are recorded.
+    Drain,
     /// Stop the actor.
     Shutdown,
 }
@@ -151,6 +154,8 @@ pub struct Server {
     /// its jobs counted as they were, and written by a later turn. No end is dropped, no
     /// job that ended is called lost.
     unwritten: Unwritten,
+    /// Stopping: no job is started any more.
+    draining: bool,
     /// Jobs recorded as Running, and where.
     running_on: HashMap<u64, String>,
     /// Which run (incarnation) of its tasker each running job's start was sent to.
@@ -227,6 +232,7 @@ impl Server {
                 tasker_grace: Duration::from_secs(30),
                 per_uid,
                 unwritten: Unwritten::default(),
+                draining: false,
                 max_unfinished_per_user: crate::policy::DEFAULT_MAX_UNFINISHED_PER_USER,
             },
             Handle(tx),
@@ -363,6 +369,7 @@ impl Server {
                     stop_answers.push((reply, answer));
                 }
                 Event::Shutdown => {}
+                Event::Drain => self.draining = true,
                 q => queries.push(q),
             }
         }
@@ -837,6 +844,9 @@ impl Server {
     /// The core's choice of jobs to start, each with what its tasker needs to run it.
     fn choose_starts(&mut self) -> Vec<(Dispatch, Assignment)> {
         let mut ready = Vec::new();
+        if self.draining {
+            return ready;
+        }
         for d in self.core.schedule() {
             match self.store.run_spec(d.job) {
                 Ok(Some(spec)) => ready.push((d, spec)),

@@ -525,6 +525,7 @@ pub fn server(o: ServerArgs) -> Result<i32> {
         "berth server: {}: stopping; taskers keep their jobs running",
         lifecycle::signal_name(sig)
     );
+    running.handle.send(Event::Drain);
     running.stop();
     Ok(0)
 }
@@ -573,6 +574,8 @@ pub fn up(o: Up) -> Result<i32> {
 
     let sig = signals.wait();
     eprintln!("berth up: {}: stopping", lifecycle::signal_name(sig));
+    // First no new start, then the running jobs' ends, recorded before the actor stops.
+    running.handle.send(Event::Drain);
     shutdown(&agent);
     running.stop();
     Ok(0)

@@ -1436,3 +1436,57 @@ fn ends_are_kept_while_the_state_directory_is_full_and_written_after() {
     assert_eq!(count("Done"), 4);
     drop(up);
 }
+
+/// A clean stop of `berth up` first starts no more jobs, then records the end of every
+/// job it stopped: none starts after the signal, none is lost.
+#[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
+fn a_clean_stop_starts_nothing_more_and_loses_nothing() {
+    need_root!();
+    let fx = Fixture::new();
+    chmod(&fx.work, 0o1777);
+    let mut up = Up::start(&fx, &["--slots", "2", "-r", "License:x/2 CORES/2"]);
+    let out = as_nobody(
+        &fx,
+        &[
+            "run",
+            "--array",
+            "200",
+            "-r",
+            "License:x/1",
+            "--",
+            "sleep",
+            "0.1",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let count = |state: &str| {
+        let out = fx.run(&["list", "--json", "--state", state], T);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v.as_array().map(|a| a.len()).unwrap_or(0)
+    };
+    wait_until("some jobs done", T, || count("Done") >= 6);
+    let signalled_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    up.stop();
+    // Again, with nothing that offers License:x, so that nothing starts: only to look.
+    let _up = Up::start(&fx, &["--slots", "2"]);
+    let out = fx.run(&["list", "--json", "--limit", "1000"], T);
+    let jobs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(jobs.len(), 200);
+    let late: Vec<u64> = jobs
+        .iter()
+        .filter(|j| {
+            j["started_ms"]
+                .as_u64()
+                .is_some_and(|s| s > signalled_ms + 250)
+        })
+        .map(|j| j["id"].as_u64().unwrap())
+        .collect();
+    assert!(late.is_empty(), "jobs started after the stop: {late:?}");
+    let lost = jobs.iter().filter(|j| j["reason"] == "lost").count();
+    let running = jobs.iter().filter(|j| j["state"] == "Running").count();
+    assert_eq!((lost, running), (0, 0), "{}", text(&out));
+}

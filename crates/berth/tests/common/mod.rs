@@ -356,6 +356,14 @@ impl Up {
             .unwrap()
     }
 
+    /// Stops it with SIGTERM, as an administrator would, and waits for its end.
+    pub fn stop(&mut self) {
+        let c = self.child.take().unwrap();
+        signal(&c, libc::SIGTERM);
+        let st = wait_status(c, T);
+        assert!(st.success(), "berth up ended with {st}");
+    }
+
     pub fn kill9(&mut self) {
         let mut c = self.child.take().unwrap();
         signal(&c, libc::SIGKILL);
