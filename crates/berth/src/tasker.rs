@@ -46,9 +46,10 @@ pub fn tasker(a: TaskerArgs) -> Result<i32> {
         .secret
         .clone()
         .unwrap_or_else(|| swd.join("cluster.secret"));
-    let secret = std::fs::read(&secret_path)
-        .with_context(|| format!("reading the cluster secret {}", secret_path.display()))?;
-    let secret = secret.trim_ascii().to_vec();
+    // A host of its own needs nothing made beforehand: its SWD (local state, the job
+    // wrapper, its container configurations) is made here, and checked to be root's.
+    crate::up::own_swd(&swd)?;
+    let secret = read_secret(&secret_path)?;
     let outbox = Arc::new(Outbox::default());
     let ob = outbox.clone();
     let agent = make_agent(&swd, &a.agent, Box::new(move |m| ob.push(m)))?;
@@ -111,6 +112,24 @@ pub fn tasker(a: TaskerArgs) -> Result<i32> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The cluster secret, from a file no one but its owner may read.
+fn read_secret(path: &std::path::Path) -> Result<Vec<u8>> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("reading the cluster secret {}", path.display()))?;
+    if meta.mode() & 0o077 != 0 {
+        bail!(
+            "the cluster secret {} is readable by others (mode {:o}); run: chmod 600 {}",
+            path.display(),
+            meta.mode() & 0o777,
+            path.display()
+        );
+    }
+    let secret = std::fs::read(path)
+        .with_context(|| format!("reading the cluster secret {}", path.display()))?;
+    Ok(secret.trim_ascii().to_vec())
 }
 
 fn session(

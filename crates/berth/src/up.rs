@@ -292,7 +292,7 @@ pub struct Running {
 
 /// Makes the SWD if need be, and refuses one that another user could change: the server
 /// keeps its database there, and the tasker its records and the wrapper it runs as root.
-fn own_swd(swd: &Path) -> Result<()> {
+pub(crate) fn own_swd(swd: &Path) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     std::fs::create_dir_all(swd).with_context(|| format!("creating {}", swd.display()))?;
     let me = berth_sys::euid();
@@ -307,6 +307,8 @@ fn own_swd(swd: &Path) -> Result<()> {
         );
     }
     std::fs::set_permissions(swd, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::create_dir_all(swd::containers(swd))
+        .with_context(|| format!("creating {}", swd::containers(swd).display()))?;
     if me == 0 {
         if let Some(parent) = swd.parent() {
             berth_container::check::safe_dirs(parent).map_err(|d| {

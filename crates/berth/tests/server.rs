@@ -1490,3 +1490,67 @@ fn a_clean_stop_starts_nothing_more_and_loses_nothing() {
     let running = jobs.iter().filter(|j| j["state"] == "Running").count();
     assert_eq!((lost, running), (0, 0), "{}", text(&out));
 }
+
+/// A host joins with two things, the server's address and the cluster secret: a tasker
+/// whose SWD does not exist yet, and that shares no directory with the server, makes its
+/// own state and runs jobs; a secret others can read is refused.
+#[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
+fn a_host_joins_with_the_address_and_the_secret_alone() {
+    need_root!();
+    let fx = Fixture::new();
+    chmod(&fx.work, 0o1777);
+    let mut split = Split {
+        server: None,
+        tasker: None,
+        fx_swd: fx.swd.clone(),
+        grace: "30".into(),
+    };
+    split.start_server("127.0.0.1:0");
+    // The "other host": a directory of its own, with only a copy of the secret.
+    let host = tempfile::Builder::new()
+        .prefix("berth-host-")
+        .tempdir()
+        .unwrap();
+    chmod(host.path(), 0o755);
+    let secret = host.path().join("cluster.secret");
+    std::fs::copy(fx.swd.join("cluster.secret"), &secret).unwrap();
+    chmod(&secret, 0o644);
+    let own_swd = host.path().join("berth");
+    let args = |s: &std::path::Path| {
+        vec![
+            "tasker".to_string(),
+            "--swd".into(),
+            own_swd.display().to_string(),
+            "--name".into(),
+            "far".into(),
+            "--server".into(),
+            split.addr(),
+            "--secret".into(),
+            s.display().to_string(),
+        ]
+    };
+    let a = args(&secret);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let out = fx.run(&a, T);
+    assert!(
+        stderr(&out).contains("is readable by others (mode 644); run: chmod 600"),
+        "{}",
+        text(&out)
+    );
+    chmod(&secret, 0o600);
+    split.tasker = Some(spawn_quiet(&a, host.path()));
+    let swd = fx.swd.clone();
+    wait_until("the far tasker to join", T, || {
+        let out = Command::new(berth())
+            .args(["taskers", "--json"])
+            .env("BERTH_SWD", &swd)
+            .output()
+            .unwrap();
+        stdout(&out).contains("\"far\"")
+    });
+    let out = as_nobody(&fx, &["run", "-w", "--", "sh", "-c", "echo far away"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(fx.read_work("berth-1.log"), "far away\n");
+    assert!(own_swd.join("bin/berth-vw").exists());
+}
