@@ -48,11 +48,17 @@ impl Client {
         )
         .into_bytes();
         req.extend_from_slice(body);
-        s.write_all(&req).context("sending to the server")?;
+        // A server that refuses the connection (too many of this user's) answers and
+        // closes before reading: its answer is still there to read.
+        let sent = s.write_all(&req);
         let mut r = BufReader::new(s);
         let mut status = String::new();
-        r.read_line(&mut status)
-            .context("reading the server's answer")?;
+        match (r.read_line(&mut status), sent) {
+            (Ok(n), _) if n > 0 => {}
+            (_, Err(e)) => return Err(e).context("sending to the server"),
+            (Err(e), Ok(())) => return Err(e).context("reading the server's answer"),
+            (Ok(_), Ok(())) => bail!("the server closed the connection without an answer"),
+        }
         let code: u16 = status
             .split_whitespace()
             .nth(1)
