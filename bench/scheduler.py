@@ -14,7 +14,8 @@ file written):
   - N jobs submitted by one `berth run` process each, 8 at a time, until all are Done;
   - submit -> start and submit -> Done of one job, median of N, back to back and with a
     0.5 s pause before each.
-Then HyperQueue's real `hq` binary (../shared/peers/hq, or --hq) in the same run, side by
+Then the same array on `berth server` with --remote taskers (default 4, of 4 slots each)
+joined over the secure channel on loopback. Then HyperQueue's real `hq` binary (../shared/peers/hq, or --hq) in the same run, side by
 side: one server and one worker of 16 cpus, the same array with --stdout/--stderr none, and
 one-job latency by the client's clock (`hq submit --wait`).
 It prints figures and asserts nothing. Every file it makes is under a temporary directory.
@@ -150,6 +151,43 @@ class Berth:
         self.up.wait(timeout=60)
 
 
+class Remote(Berth):
+    """`berth server --listen 127.0.0.1:0` and `taskers` `berth tasker` processes of
+    `slots` slots each, on loopback, over the secure channel."""
+
+    def __init__(self, berth, root, taskers, slots):
+        self.berth = berth
+        self.swd = os.path.join(root, "swd")
+        self.work = os.path.join(root, "work")
+        os.makedirs(self.work)
+        os.chown(self.work, 65534, 65534)
+        self.env = dict(os.environ, BERTH_SWD=self.swd)
+        q = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.env)
+        self.up = subprocess.Popen([berth, "server", "--swd", self.swd, "--listen", "127.0.0.1:0"], **q)
+        deadline = time.time() + 30
+        while not os.path.exists(os.path.join(self.swd, "listen.addr")):
+            if time.time() > deadline:
+                sys.exit("scheduler.py: berth server did not start")
+            time.sleep(0.05)
+        self.taskers = [subprocess.Popen(
+            [berth, "tasker", "--swd", self.swd, "--name", f"t{i}", "--slots", str(slots),
+             "-r", f"CORES/{slots}"], **q) for i in range(taskers)]
+        while True:
+            out = subprocess.run([berth, "taskers", "--json"], env=self.env, capture_output=True,
+                                 text=True).stdout
+            if out.count('"slots"') >= taskers:
+                break
+            if time.time() > deadline:
+                sys.exit("scheduler.py: the taskers did not join")
+            time.sleep(0.1)
+
+    def stop(self):
+        for p in self.taskers + [self.up]:
+            p.terminate()
+        for p in self.taskers + [self.up]:
+            p.wait(timeout=60)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--array", type=int, default=10000)
@@ -161,6 +199,8 @@ def main():
     ap.add_argument("--hq", default=os.path.join(os.path.dirname(REPO), "shared/peers/hq"),
                     help="HyperQueue's hq binary, measured side by side")
     ap.add_argument("--no-hq", action="store_true")
+    ap.add_argument("--remote", type=int, default=4,
+                    help="taskers of SLOTS/4 slots each for the remote run (0: none)")
     a = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("scheduler.py: run as root (jobs run as nobody)")
@@ -215,6 +255,17 @@ def main():
                   f"(durability costs {100 * (1 - r / r2):.0f} %)")
         finally:
             b.stop()
+
+        if a.remote:
+            per = max(1, a.slots // a.remote)
+            rb = Remote(berth, os.path.join(root, "remote"), a.remote, per)
+            try:
+                rr = rb.array(a.array)
+                print(f"array of {a.array}, {a.remote} remote taskers of {per} slots (berth server + "
+                      f"berth tasker on loopback, secure channel): {rr:8.0f} jobs/s "
+                      f"({100 * rr / r:.0f} % of the embedded)")
+            finally:
+                rb.stop()
 
         if a.no_hq or not os.access(a.hq, os.X_OK):
             print(f"hyperqueue: not measured ({'--no-hq' if a.no_hq else a.hq + ' not found'})")
