@@ -429,16 +429,35 @@ impl Expr {
         }
     }
 
-    /// The quantity of `name` the request asks for at top level, in any of its forms
-    /// (`name/N`, `name#N`; a bare attribute counts as 1).
+    /// The quantity of `name` the request asks for at top level, in any of its forms: the
+    /// sum of what it consumes (`name/N` twice takes both, as a tasker's ledger does), and
+    /// at least the largest `name#N` (a bare attribute counts as 1).
     pub fn quantity(&self, name: &str) -> Option<u64> {
-        self.required_terms()
+        let terms: Vec<&Term> = self
+            .required_terms()
             .into_iter()
-            .find(|t| t.name == name)
+            .filter(|t| t.name == name)
+            .collect();
+        if terms.is_empty() {
+            return None;
+        }
+        let consumed: u64 = terms
+            .iter()
             .map(|t| match t.kind {
+                Kind::Consumes(n) => n,
                 Kind::Attribute => 1,
-                Kind::AtLeast(n) | Kind::Consumes(n) => n,
+                Kind::AtLeast(_) => 0,
             })
+            .fold(0u64, u64::saturating_add);
+        let at_least = terms
+            .iter()
+            .map(|t| match t.kind {
+                Kind::AtLeast(n) => n,
+                _ => 0,
+            })
+            .max()
+            .unwrap_or(0);
+        Some(consumed.max(at_least))
     }
 
     /// The container configurations the job may run in (`Container:NAME` terms not under
@@ -684,6 +703,16 @@ mod tests {
                 .join();
             proptest::prop_assert!(r.is_ok(), "the parser panicked or overflowed");
         }
+    }
+
+    #[test]
+    fn quantities_add_up_as_a_ledger_takes_them() {
+        let q = |r: &str, n: &str| parse(r).unwrap().quantity(n);
+        assert_eq!(q("CORES/1 Container:c1 CORES/3", "CORES"), Some(4));
+        assert_eq!(q("RAM#100 RAM/50", "RAM"), Some(100));
+        assert_eq!(q("RAM#10 RAM/50", "RAM"), Some(50));
+        assert_eq!(q("CORES/2 | CORES/9", "CORES"), None);
+        assert_eq!(q("GPU", "GPU"), Some(1));
     }
 
     #[test]

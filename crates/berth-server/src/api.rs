@@ -186,6 +186,25 @@ fn json<T: serde::Serialize>(r: Result<T, String>) -> (u16, Vec<u8>) {
     }
 }
 
+/// The most jobs `GET /v1/jobs` returns without a `limit`, and with one.
+const LIST_DEFAULT: u32 = 10_000;
+const LIST_MAX: u32 = 100_000;
+
+/// Another user's job as a listing shows it to someone who is not an administrator: who,
+/// what state, when and where, but not its command, directory, log, request or reasons.
+fn redacted(mut v: JobView, caller: &Caller) -> JobView {
+    if v.uid != caller.uid && !caller.admin {
+        v.command = Vec::new();
+        v.dir = String::new();
+        v.log = String::new();
+        v.resources = None;
+        v.reason = v.reason.map(|_| "(another user's job)".to_string());
+        v.hook_failures = Vec::new();
+        v.why_waiting = None;
+    }
+    v
+}
+
 /// A job's details (its command, directory, log, request) only for its owner or an
 /// administrator (SPEC §9).
 fn mine(v: Result<JobView, String>, caller: &Caller) -> Result<JobView, String> {
@@ -255,8 +274,18 @@ fn route(req: &Request, caller: &Caller, h: &Handle, policy: &Policy) -> (u16, V
                 }
             }
             f.name = req.param("name").map(str::to_string);
-            f.limit = req.param("limit").and_then(|l| l.parse().ok());
-            json(h.ask(|r| Event::List(f, r)))
+            // Bounded, so that one request cannot make the server build any length of list.
+            f.limit = Some(
+                req.param("limit")
+                    .and_then(|l| l.parse().ok())
+                    .unwrap_or(LIST_DEFAULT)
+                    .min(LIST_MAX),
+            );
+            json(h.ask(|r| Event::List(f, r)).map(|jobs| {
+                jobs.into_iter()
+                    .map(|v| redacted(v, caller))
+                    .collect::<Vec<_>>()
+            }))
         }
         ("GET", ["v1", "jobs", id]) => match id.parse() {
             Ok(id) => json(mine(h.ask(|r| Event::Info(id, r)), caller)),

@@ -10,7 +10,49 @@ use std::time::{Duration, Instant};
 pub const MAX_HEAD: usize = 16 * 1024;
 /// The largest body accepted (a submission of many jobs with their environments; `berth
 /// run -f` sends larger files in several submissions).
-pub const MAX_BODY: usize = 16 * 1024 * 1024;
+pub const MAX_BODY: usize = 8 * 1024 * 1024;
+/// A body larger than this is read and parsed only while one of [`BIG_AT_ONCE`] places is
+/// free: parsed, a body takes several times its size in memory, and users have many
+/// connections.
+pub const BIG_BODY: usize = 64 * 1024;
+/// How many large bodies the server takes at once, from all users.
+pub const BIG_AT_ONCE: usize = 2;
+
+/// The places for large bodies.
+static BIG: (std::sync::Mutex<usize>, std::sync::Condvar) =
+    (std::sync::Mutex::new(0), std::sync::Condvar::new());
+
+/// A place for a large body, given back when the request is dropped.
+#[derive(Debug)]
+pub struct BigPlace(());
+
+impl BigPlace {
+    /// Waits for a place until `deadline`.
+    fn take(deadline: Instant) -> Option<BigPlace> {
+        let mut n = BIG.0.lock().unwrap_or_else(|e| e.into_inner());
+        while *n >= BIG_AT_ONCE {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            n = BIG
+                .1
+                .wait_timeout(n, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        *n += 1;
+        Some(BigPlace(()))
+    }
+}
+
+impl Drop for BigPlace {
+    fn drop(&mut self) {
+        let mut n = BIG.0.lock().unwrap_or_else(|e| e.into_inner());
+        *n -= 1;
+        BIG.1.notify_one();
+    }
+}
 /// The most headers a request may have.
 const MAX_HEADERS: usize = 32;
 /// How long a request may take to arrive, from its first byte to its last.
@@ -65,6 +107,8 @@ pub struct Request {
     pub body: Vec<u8>,
     /// Whether the client asked to close the connection after the answer.
     pub close: bool,
+    /// For a large body, its place, held while the request is handled.
+    pub place: Option<BigPlace>,
 }
 
 impl Request {
@@ -245,6 +289,11 @@ impl<R: Timed> Conn<R> {
             return Err(ReadError::BodyTooLarge(len));
         }
         let len = len as usize;
+        let place = if len > BIG_BODY {
+            Some(BigPlace::take(deadline).ok_or(ReadError::TooSlow)?)
+        } else {
+            None
+        };
         // The body: the buffer grows only as its bytes arrive.
         while self.buf.len() < head_len + len {
             if !self.fill(deadline, false)? {
@@ -268,6 +317,7 @@ impl<R: Timed> Conn<R> {
             query,
             body,
             close,
+            place,
         }))
     }
 }

@@ -31,6 +31,12 @@ impl Default for Policy {
     }
 }
 
+/// The most bytes a submission may come to once its array is made: its jobs' command
+/// lines (each job keeps its own) and environments (kept once for all).
+pub const MAX_SUBMISSION_BYTES: u64 = 64 * 1024 * 1024;
+/// The longest command line or environment of one job, as the kernel would take at exec.
+pub const MAX_JOB_BYTES: usize = 2 * 1024 * 1024;
+
 /// The default of [`Policy::max_jobs_per_submission`].
 pub const DEFAULT_MAX_JOBS_PER_SUBMISSION: u64 = 100_000;
 /// The default of [`Policy::max_unfinished_per_user`].
@@ -87,6 +93,27 @@ impl Policy {
             ));
         }
         let admin = self.is_admin(uid);
+        // What the submission comes to on disk: a job of a large command line repeated by
+        // an array would otherwise make gigabytes, and hold the server while it did.
+        let mut bytes: u64 = 0;
+        for j in &req.jobs {
+            let command: usize = j.command.iter().map(|a| a.len() + 1).sum();
+            let env: usize = j.env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+            if command > MAX_JOB_BYTES || env > MAX_JOB_BYTES {
+                return Err(format!(
+                    "a job's command line ({command} bytes) or environment ({env} bytes) is \
+                     longer than the {MAX_JOB_BYTES} bytes a program can be given"
+                ));
+            }
+            let times = if req.array.is_some() { n } else { 1 };
+            bytes = bytes.saturating_add(times.saturating_mul(command as u64) + env as u64);
+        }
+        if bytes > MAX_SUBMISSION_BYTES {
+            return Err(format!(
+                "the submission comes to {bytes} bytes, above the {MAX_SUBMISSION_BYTES} one \
+                 submission may make; submit fewer or shorter jobs at a time"
+            ));
+        }
         // A request's verdict is the same for every job that makes it: checked once.
         let mut seen: HashMap<Option<&str>, ()> = HashMap::new();
         for j in &req.jobs {
@@ -95,6 +122,13 @@ impl Policy {
             }
             if !j.dir.starts_with('/') {
                 return Err(format!("the job directory {:?} is not absolute", j.dir));
+            }
+            if let Some(log) = &j.log {
+                if !log.starts_with('/') {
+                    return Err(format!(
+                        "the log {log:?} is not an absolute path (berth run makes -l absolute)"
+                    ));
+                }
             }
             if let Some(i) = &j.interactive {
                 valid_terminal(i)?;
@@ -187,11 +221,18 @@ mod tests {
         let p = Policy {
             admins: vec![1000],
             containers: Some(d.path().to_path_buf()),
-            max_jobs_per_submission: 10,
+            max_jobs_per_submission: 100,
             ..Policy::default()
         };
         let one = |r: Option<&str>, pri: i32| SubmitRequest {
             jobs: vec![job(r, pri)],
+            array: None,
+        };
+        let one_with = |command: Vec<String>| SubmitRequest {
+            jobs: vec![Submit {
+                command,
+                ..job(None, 0)
+            }],
             array: None,
         };
         let cases: Vec<(&str, SubmitRequest, u32, Result<(), &str>)> = vec![
@@ -245,10 +286,10 @@ mod tests {
                 "too many jobs",
                 SubmitRequest {
                     jobs: vec![job(None, 0)],
-                    array: Some((1, 11)),
+                    array: Some((1, 101)),
                 },
                 65534,
-                Err("the submission makes 11 jobs, above the limit of 10 jobs per submission"),
+                Err("the submission makes 101 jobs, above the limit of 100 jobs per submission"),
             ),
             (
                 "a token that is not 64 hex digits",
@@ -273,6 +314,48 @@ mod tests {
                 },
                 65534,
                 Err("-I: port 25 is privileged"),
+            ),
+            (
+                "an array of a command line of 1 MiB",
+                SubmitRequest {
+                    jobs: vec![Submit {
+                        command: vec!["true".into(), "A".repeat(1 << 20)],
+                        ..job(None, 0)
+                    }],
+                    array: Some((1, 10)),
+                },
+                65534,
+                Ok(()),
+            ),
+            (
+                "an array of 100 jobs of a command line of 1 MiB",
+                SubmitRequest {
+                    jobs: vec![Submit {
+                        command: vec!["true".into(), "A".repeat(1 << 20)],
+                        ..job(None, 0)
+                    }],
+                    array: Some((1, 100)),
+                },
+                65534,
+                Err("above the 67108864 one submission may make"),
+            ),
+            (
+                "a command line longer than a program can take",
+                one_with(vec!["x".repeat(3 << 20)]),
+                65534,
+                Err("is longer than the 2097152 bytes a program can be given"),
+            ),
+            (
+                "a relative log",
+                SubmitRequest {
+                    jobs: vec![Submit {
+                        log: Some("relative.log".into()),
+                        ..job(None, 0)
+                    }],
+                    array: None,
+                },
+                65534,
+                Err("the log \"relative.log\" is not an absolute path"),
             ),
             (
                 "a bad request",

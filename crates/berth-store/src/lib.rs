@@ -34,6 +34,14 @@ pub enum StoreError {
         /// Ours.
         known: i64,
     },
+    /// The database file could not be made private.
+    #[error("job store {path}: {source}")]
+    Io {
+        /// The database file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// A row that does not read back (a damaged database).
     #[error("job store {path}: job {id}: {what}")]
     Corrupt {
@@ -85,6 +93,27 @@ const MIGRATIONS: &[&str] = &[
     // 4: the submitter's umask, for the job and its log (022 for jobs from before)
     "ALTER TABLE jobs ADD COLUMN umask INTEGER NOT NULL DEFAULT 18;",
 ];
+
+/// Makes `path` (if it does not exist) and its WAL and shared-memory files readable by
+/// their owner alone.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        match std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
 
 /// The job store.
 pub struct Store {
@@ -173,6 +202,13 @@ impl Store {
             path: path.to_path_buf(),
             source,
         };
+        // The store holds every job's environment and every interactive job's token: root's
+        // alone. The file is made 0600 before SQLite opens it; SQLite gives its WAL and
+        // shared-memory files the database's mode, and those of an older store are set too.
+        private_file(path).map_err(|e| StoreError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
         let conn = Connection::open(path).map_err(err)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;

@@ -65,6 +65,9 @@ pub struct Spawn<'a> {
     pub cgroup: Option<Join>,
     /// The child's umask (None: this process's).
     pub umask: Option<u32>,
+    /// Enter this opened directory (`fchdir`) rather than looking `dir` up again: for a
+    /// root hook, the job's directory as its owner opened it.
+    pub dir_fd: Option<RawFd>,
 }
 
 /// How a child joins a cgroup, so that every process it starts is tracked.
@@ -165,6 +168,8 @@ struct Prepared {
     cgroup: RawFd,
     /// The umask to set, if any.
     umask: Option<u32>,
+    /// The directory to enter by descriptor, or -1.
+    dir_fd: RawFd,
     /// An empty path for `execveat`.
     empty: CString,
     /// Written by the child when it fails before or at exec: the errno.
@@ -295,6 +300,7 @@ pub fn spawn(s: &Spawn<'_>) -> io::Result<Child> {
             _ => -1,
         },
         umask: s.umask,
+        dir_fd: s.dir_fd.unwrap_or(-1),
         empty: CString::default(),
         err: 0,
         step: Step::Exec,
@@ -500,7 +506,12 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
         if let Some(m) = (*p).umask {
             libc::syscall(libc::SYS_umask, m & 0o777);
         }
-        if libc::syscall(libc::SYS_chdir, (*p).dir.as_ptr()) != 0 {
+        let entered = if (*p).dir_fd >= 0 {
+            libc::syscall(libc::SYS_fchdir, (*p).dir_fd)
+        } else {
+            libc::syscall(libc::SYS_chdir, (*p).dir.as_ptr())
+        };
+        if entered != 0 {
             fail(p, Step::Directory, errno());
         }
         // Descriptors leaked by a library (without close-on-exec) do not reach the child.
@@ -693,6 +704,7 @@ mod tests {
             exec_fd: None,
             cgroup: None,
             umask: None,
+            dir_fd: None,
         })
         .unwrap();
         let mut o = String::new();
@@ -716,6 +728,7 @@ mod tests {
             exec_fd: None,
             cgroup: None,
             umask: None,
+            dir_fd: None,
         })
         .unwrap();
         let (mut o, mut e) = (String::new(), String::new());
@@ -742,6 +755,7 @@ mod tests {
                 exec_fd: None,
                 cgroup: None,
                 umask: None,
+                dir_fd: None,
             })
         };
         assert_eq!(
@@ -839,6 +853,7 @@ mod tests {
             exec_fd: None,
             cgroup: Some(Join::Dir(fd.as_raw_fd())),
             umask: None,
+            dir_fd: None,
         })
         .unwrap();
         let mut o = String::new();
@@ -877,6 +892,7 @@ mod tests {
             exec_fd: Some(f.as_raw_fd()),
             cgroup: None,
             umask: None,
+            dir_fd: None,
         })
         .unwrap();
         let mut o = String::new();

@@ -225,6 +225,8 @@ struct HookRun<'a> {
     cgroup: Option<&'a crate::cgroup::JobCgroup>,
     /// The job's umask, for a user hook.
     umask: u32,
+    /// The job's directory opened by its owner, when the hooks run there.
+    dir_fd: Option<std::os::fd::RawFd>,
 }
 
 fn run_hook(r: &HookRun<'_>, on_start: impl FnOnce(u32)) -> HookEnd {
@@ -253,6 +255,9 @@ fn run_hook(r: &HookRun<'_>, on_start: impl FnOnce(u32)) -> HookEnd {
         exec_fd: Some(r.hook.file.as_raw_fd()),
         cgroup: r.cgroup.map(|c| c.join()),
         umask: who.map(|_| r.umask),
+        // A root hook enters the job's directory as its owner opened it: never one the
+        // owner could not enter, nor one swapped since.
+        dir_fd: if who.is_none() { r.dir_fd } else { None },
     }) {
         Ok(c) => c,
         Err(e) => {
@@ -403,6 +408,25 @@ fn env_file_text(env: &[(OsString, OsString)]) -> (Vec<u8>, Vec<String>) {
         out.push(b'\n');
     }
     (out, skipped)
+}
+
+/// The job's directory, opened as its owner (who must be able to enter it): hooks run
+/// there, root ones too, so a directory the owner cannot enter is refused.
+pub(crate) fn enter_as_owner(job: &Job) -> Result<std::fs::File, String> {
+    let dot = job.dir.join(".");
+    sys::as_user(&job.owner, || {
+        std::fs::File::options()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(&dot)
+    })
+    .map_err(|e| {
+        format!(
+            "the job's directory {}: {} cannot enter it: {e}",
+            job.dir.display(),
+            job.owner.name
+        )
+    })
 }
 
 /// Reads the wrapper's report, as the job's owner, and removes it. A report that is not a
@@ -573,6 +597,10 @@ fn run_with_sink(host: &Host, job: &Job, cfg: &Config, stop: &Stop, sink: &Arc<S
         Ok(l) => l,
         Err(e) => return Outcome::refused(e.to_string()),
     };
+    let job_dir = match enter_as_owner(job) {
+        Ok(d) => d,
+        Err(why) => return Outcome::refused(why),
+    };
     if sys::euid() != 0 {
         if let Some(h) = cfg.hooks.iter().find(|h| h.privilege == Privilege::Root) {
             return Outcome::refused(format!(
@@ -669,6 +697,7 @@ fn run_with_sink(host: &Host, job: &Job, cfg: &Config, stop: &Stop, sink: &Arc<S
                 tty,
                 cgroup: job.cgroup.as_deref(),
                 umask: job.umask,
+                dir_fd: (prepared.hook_dir == job.dir).then(|| job_dir.as_raw_fd()),
             },
             on_start,
         )
@@ -1053,6 +1082,7 @@ fn recover_hook(
             tty: None,
             cgroup: None,
             umask: 0o022,
+            dir_fd: None,
         },
         |_| {},
     );

@@ -62,6 +62,7 @@ pub fn run(job: &Job, grace: Duration, stop: &Stop, on_start: &mut dyn FnMut(u32
         exec_fd: None,
         cgroup: job.cgroup.as_ref().map(|c| c.join()),
         umask: Some(job.umask),
+        dir_fd: None,
     });
     // The relay ends once no process has the terminal open: not while we do.
     drop(slave);

@@ -237,6 +237,26 @@ fn submit(client: &crate::client::Client, req: SubmitRequest) -> Result<Submitte
     Ok(all)
 }
 
+/// A user's text as it may be shown on a terminal: control characters (an escape
+/// sequence that would clear the screen or retitle the window, a carriage return that
+/// would overwrite a line) as `\xNN`.
+pub fn shown(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    format!("\\x{:02x}", c as u32)
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
+}
+
 /// `ID STATE[: REASON]`.
 fn ended(v: &JobView) -> String {
     format!(
@@ -245,9 +265,21 @@ fn ended(v: &JobView) -> String {
         v.state.as_str(),
         v.reason
             .as_deref()
-            .map(|r| format!(": {r}"))
+            .map(|r| format!(": {}", shown(r)))
             .unwrap_or_default()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn control_characters_are_shown_not_obeyed() {
+        assert_eq!(super::shown("plain text"), "plain text");
+        assert_eq!(
+            super::shown("x\x1b]0;OWNED\x07\x1b[2J\rFAKE"),
+            "x\\x1b]0;OWNED\\x07\\x1b[2J\\x0dFAKE"
+        );
+    }
 }
 
 fn exit_of(views: &[JobView]) -> i32 {
@@ -391,11 +423,11 @@ pub fn list(l: List) -> Result<i32> {
             j.id,
             j.state.as_str(),
             j.user,
-            j.name.as_deref().unwrap_or("-"),
+            shown(j.name.as_deref().unwrap_or("-")),
             j.exit_code
                 .map(|c| c.to_string())
                 .unwrap_or_else(|| "-".into()),
-            j.command.join(" ")
+            shown(&j.command.join(" "))
         );
     }
     Ok(0)
@@ -477,7 +509,7 @@ pub fn info(i: Info) -> Result<i32> {
         ),
     ];
     for (k, val) in rows {
-        println!("{k:>13}: {val}");
+        println!("{k:>13}: {}", shown(&val));
     }
     Ok(0)
 }

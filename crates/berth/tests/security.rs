@@ -209,11 +209,20 @@ fn a_hook_swapped_between_check_and_exec_never_runs() {
         evil.lines().count()
     );
     eprintln!("{done} jobs ran the checked hook, {mismatch} were refused, 0 ran another");
-    assert!(done > 0, "no job ran: {mismatch} refused");
     assert!(
         flipping,
         "the flipper stopped before the jobs ended: the attack was not exercised"
     );
+    // The link at the checked hook again: a job runs it (a flipper stopped on the other
+    // program, as a loaded machine may leave it, refuses them all above).
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink("good.sh", &link).unwrap();
+    std::os::unix::fs::lchown(&link, Some(NOBODY), Some(NOBODY)).unwrap();
+    let out = as_nobody(&fx, &["run", "-w", "-r", "Container:asuser", "--", "true"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(std::fs::read_to_string(marks.join("evil-ran"))
+        .unwrap_or_default()
+        .is_empty());
 }
 
 /// `berth up --examples` runs its install scripts from a directory only root can have
@@ -784,4 +793,159 @@ fn silent_connections_do_not_keep_an_interactive_job_from_its_terminal() {
     let _ = wait_status(silent, T);
     assert!(out.status.success(), "{}", text(&out));
     assert!(stdout(&out).contains("interactive-ok"), "{}", text(&out));
+}
+
+/// The job store is root's alone (it holds every job's environment and every interactive
+/// job's token), and a listing shows another user's jobs without their details.
+#[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
+fn no_user_reads_another_users_job_from_the_store_or_a_listing() {
+    need_root!();
+    let fx = Fixture::new();
+    chmod(&fx.work, 0o1777);
+    let _up = Up::start(&fx, &["--slots", "2"]);
+    let mut c = fx.berth(&["run", "-w", "--", "sh", "-c", "echo done"]);
+    c.uid(test_user())
+        .gid(test_user())
+        .env("SECRET_TOKEN", "hunter2-in-the-env");
+    let out = output_within(&mut c, T);
+    assert!(out.status.success(), "{}", text(&out));
+    for f in ["berth.db", "berth.db-wal", "berth.db-shm"] {
+        use std::os::unix::fs::PermissionsExt;
+        let p = fx.swd.join(f);
+        if let Ok(m) = std::fs::metadata(&p) {
+            assert_eq!(
+                m.permissions().mode() & 0o077,
+                0,
+                "{f} is readable by others"
+            );
+        }
+    }
+    let out = Command::new("sh")
+        .args(["-c", "cat berth.db* 2>&1 | grep -c hunter2 || true"])
+        .current_dir(&fx.swd)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .unwrap();
+    assert_eq!(
+        stdout(&out).trim(),
+        "0",
+        "nobody read the store: {}",
+        text(&out)
+    );
+    let out = as_nobody(&fx, &["list", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let theirs = &v[0];
+    assert_eq!(theirs["user"], "berth-test");
+    assert_eq!(theirs["command"], serde_json::json!([]));
+    assert_eq!(theirs["dir"], "");
+    assert_eq!(theirs["log"], "");
+    let out = fx.run(&["list", "--json"], T);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["command"][0], "sh", "an administrator sees it all");
+}
+
+/// A root hook runs in the job's directory only if the job's owner can enter it: a job
+/// of nobody's that names /root as its directory is refused before any hook runs.
+#[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
+fn root_hooks_never_run_in_a_directory_the_owner_cannot_enter() {
+    need_root!();
+    let fx = Fixture::new();
+    let marks = fx.root.join("marks");
+    std::fs::create_dir(&marks).unwrap();
+    let setup = fx.hook(
+        "setup.sh",
+        &format!("#!/bin/sh\npwd >> {}/setup-ran\n", marks.display()),
+    );
+    let enter = fx.hook("enter.sh", "#!/bin/sh\nexec \"$@\"\n");
+    fx.cfg(
+        "c1",
+        &format!(
+            "containerHook setup root {s} SIG({s})\ncontainerHook enter user {e} SIG({e})\n",
+            s = setup.display(),
+            e = enter.display()
+        ),
+    );
+    let _up = Up::start(&fx, &["--slots", "2"]);
+    let body = serde_json::json!({
+        "jobs": [{"command": ["true"], "dir": "/root", "env": [], "resources": "Container:c1",
+                  "log": fx.work.join("r.log").to_str().unwrap(), "name": null}],
+        "array": null
+    })
+    .to_string();
+    let out = Command::new("curl")
+        .args(["-s", "--unix-socket"])
+        .arg(fx.swd.join("berth.sock"))
+        .args(["-X", "POST", "-d", &body, "http://berth/v1/jobs"])
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .unwrap();
+    assert!(stdout(&out).contains("\"ids\":[1]"), "{}", text(&out));
+    let out = fx.run(&["wait", "1"], T);
+    assert!(!out.status.success());
+    let v = info(&fx, "1");
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("the job's directory /root: nobody cannot enter it"),
+        "{v}"
+    );
+    assert!(
+        !marks.join("setup-ran").exists(),
+        "a root hook ran in /root for nobody"
+    );
+}
+
+/// Large bodies are parsed two at a time, from all users: sixteen submissions of 8 MiB of
+/// tiny JSON strings at once (each parsed takes many times its size) leave the server's
+/// peak memory bounded.
+#[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
+fn large_bodies_at_once_do_not_blow_the_servers_memory() {
+    need_root!();
+    let fx = Fixture::new();
+    let up = Up::start(&fx, &["--slots", "2"]);
+    let peak = || {
+        std::fs::read_to_string(format!("/proc/{}/status", up.pid()))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap()
+    };
+    let before = peak();
+    let flood = r#"
+import socket, sys, threading
+path = sys.argv[1]
+n = (8 * 1024 * 1024 - 200) // 3
+body = b'{"jobs":[{"command":[' + b'"",' * n + b'""],"dir":"rel","env":[]}],"array":null}'
+answers = []
+def one():
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    s.sendall(b"POST /v1/jobs HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    answers.append(s.recv(64).split(b" ")[1])
+ts = [threading.Thread(target=one) for _ in range(16)]
+[t.start() for t in ts]
+[t.join() for t in ts]
+print(sorted(set(answers)))
+"#;
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", flood])
+        .arg(fx.swd.join("berth.sock"))
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .unwrap();
+    assert!(stdout(&out).contains("b'400'"), "{}", text(&out));
+    let after = peak();
+    eprintln!("berth up's peak memory: {before} kB before, {after} kB after");
+    assert!(
+        after < before + 400 * 1024,
+        "the server's peak memory grew from {before} kB to {after} kB"
+    );
 }
