@@ -97,6 +97,30 @@ pub struct Channel {
     pub tx: Sender,
     /// Receives.
     pub rx: Receiver,
+    /// The handshake's hash: the same on both ends of this channel and no other, for
+    /// binding a credential to it.
+    pub hash: Vec<u8>,
+}
+
+/// How a channel is keyed.
+pub enum Keying<'a> {
+    /// A secret both ends hold (`NNpsk0`): taskers and the server, a terminal.
+    Shared(&'a [u8], SecretName),
+    /// The server's static key (`NK`): a client that knows the server's public key, and
+    /// proves who it is afterwards (with MUNGE).
+    ServerPublic(&'a [u8]),
+    /// The server's side of `ServerPublic`.
+    ServerPrivate(&'a [u8]),
+}
+
+const PATTERN_NK: &str = "Noise_NK_25519_ChaChaPoly_BLAKE2s";
+
+/// A new static key pair for a server: (private, public), 32 bytes each.
+pub fn generate_keypair() -> (Vec<u8>, Vec<u8>) {
+    let kp = snow::Builder::new(PATTERN_NK.parse().expect("a valid pattern"))
+        .generate_keypair()
+        .expect("a key pair from the system's randomness");
+    (kp.private, kp.public)
 }
 
 fn version_line() -> String {
@@ -148,7 +172,25 @@ pub fn open(
     initiator: bool,
     secret_name: SecretName,
 ) -> Result<Channel, ChannelError> {
-    let psk = psk(secret, purpose);
+    open_keyed(
+        stream,
+        Keying::Shared(secret, secret_name),
+        purpose,
+        initiator,
+    )
+}
+
+/// Opens a channel keyed as `keying` says.
+pub fn open_keyed(
+    stream: TcpStream,
+    keying: Keying<'_>,
+    purpose: &str,
+    initiator: bool,
+) -> Result<Channel, ChannelError> {
+    let (psk, secret_name) = match keying {
+        Keying::Shared(secret, name) => (psk(secret, purpose), name),
+        _ => ([0u8; 32], "server key (SWD/server.pub)"),
+    };
     stream.set_read_timeout(Some(HANDSHAKE_TIME))?;
     stream.set_write_timeout(Some(HANDSHAKE_TIME))?;
     let mut w = stream.try_clone()?;
@@ -156,9 +198,21 @@ pub fn open(
     w.write_all(version_line().as_bytes())?;
     read_version(&mut r)?;
     let prologue = format!("berth-channel {VERSION} {purpose}");
-    let builder = snow::Builder::new(PATTERN.parse().expect("a valid pattern"))
-        .psk(0, &psk)
-        .prologue(prologue.as_bytes());
+    let builder = match keying {
+        Keying::Shared(..) => snow::Builder::new(PATTERN.parse().expect("a valid pattern"))
+            .psk(0, &psk)
+            .prologue(prologue.as_bytes()),
+        Keying::ServerPublic(public) => {
+            snow::Builder::new(PATTERN_NK.parse().expect("a valid pattern"))
+                .remote_public_key(public)
+                .prologue(prologue.as_bytes())
+        }
+        Keying::ServerPrivate(private) => {
+            snow::Builder::new(PATTERN_NK.parse().expect("a valid pattern"))
+                .local_private_key(private)
+                .prologue(prologue.as_bytes())
+        }
+    };
     let mut hs = if initiator {
         builder.build_initiator()
     } else {
@@ -186,6 +240,7 @@ pub fn open(
         let n = hs.write_message(&[], &mut msg).map_err(refused)?;
         write_noise(&mut w, &msg[..n])?;
     }
+    let hash = hs.get_handshake_hash().to_vec();
     let state = Arc::new(
         hs.into_stateless_transport_mode()
             .map_err(|e| ChannelError::Handshake(e.to_string(), secret_name))?,
@@ -205,6 +260,7 @@ pub fn open(
             nonce: 0,
             buf: Vec::new(),
         },
+        hash,
     })
 }
 
@@ -460,6 +516,36 @@ mod tests {
             .unwrap();
         c.tx.stream.write_all(&out).unwrap();
         assert!(matches!(s.rx.recv(), Err(ChannelError::TooLarge(_))));
+    }
+
+    #[test]
+    fn a_client_reaches_only_the_server_whose_key_it_knows() {
+        let (private, public) = generate_keypair();
+        let (_, other_public) = generate_keypair();
+        for (known, works) in [(public.clone(), true), (other_public, false)] {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            let private = private.clone();
+            let t = std::thread::spawn(move || {
+                let (s, _) = l.accept().unwrap();
+                open_keyed(s, Keying::ServerPrivate(&private), "client", false)
+            });
+            let c = open_keyed(
+                TcpStream::connect(addr).unwrap(),
+                Keying::ServerPublic(&known),
+                "client",
+                true,
+            );
+            let s = t.join().unwrap();
+            if works {
+                let (mut c, mut s) = (c.unwrap(), s.unwrap());
+                assert_eq!(c.hash, s.hash);
+                c.tx.send(b"hi").unwrap();
+                assert_eq!(s.rx.recv().unwrap(), b"hi");
+            } else {
+                assert!(s.is_err() || c.is_err());
+            }
+        }
     }
 
     #[test]

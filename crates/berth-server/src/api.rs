@@ -138,6 +138,7 @@ fn connection(conn: UnixStream, cred: berth_sys::PeerCred, handle: Handle, polic
     let Ok(mut write) = conn.try_clone() else {
         return;
     };
+    let here = berth_sys::short_hostname();
     let _ = write.set_write_timeout(Some(WRITE_TIME));
     let mut read = Conn::new(conn);
     loop {
@@ -154,8 +155,183 @@ fn connection(conn: UnixStream, cred: berth_sys::PeerCred, handle: Handle, polic
                 return;
             }
         };
-        let (status, body) = route(&req, &caller, &handle, policy);
+        let (status, body) = route(&req, &caller, &handle, policy, &here);
         if write_response(&mut write, status, &body).is_err() || req.close {
+            return;
+        }
+    }
+}
+
+/// What remote clients need: the server's private key and the munged to ask.
+pub struct Remote {
+    /// The server's static private key (`SWD/server.key`).
+    pub private: Vec<u8>,
+    /// The munged socket (None: libmunge's default).
+    pub munge_socket: Option<std::path::PathBuf>,
+}
+
+/// Serves users on other hosts at `listener`: the secure channel with the server's key,
+/// then a MUNGE credential that holds the channel's hash (so it proves who is at the
+/// other end of this channel, and of no other), then requests, each answered as the
+/// credential's uid. Without MUNGE here, every such user is told so and refused.
+pub fn serve_remote(
+    listener: std::net::TcpListener,
+    handle: Handle,
+    policy: Policy,
+    remote: Remote,
+) {
+    let policy = Arc::new(policy);
+    let remote = Arc::new(remote);
+    let open: &'static Mutex<Open> = Box::leak(Box::default());
+    let handshaking = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let conn = match listener.accept() {
+            Ok((c, _)) => {
+                backoff = Duration::from_millis(10);
+                c
+            }
+            Err(e) => {
+                eprintln!("berth server: accepting a remote client: {e}; waiting {backoff:?}");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        // Who a connection is is known only once it proves it: at most 64 at once may
+        // still be proving it.
+        use std::sync::atomic::Ordering;
+        if handshaking.load(Ordering::Relaxed) >= 64 {
+            continue;
+        }
+        handshaking.fetch_add(1, Ordering::Relaxed);
+        let (handle, policy, remote, handshaking) = (
+            handle.clone(),
+            policy.clone(),
+            remote.clone(),
+            handshaking.clone(),
+        );
+        std::thread::spawn(move || {
+            let peer = conn
+                .peer_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default();
+            let authed = remote_client(conn, &remote, &policy);
+            handshaking.fetch_sub(1, Ordering::Relaxed);
+            match authed {
+                Ok((ch, caller)) => {
+                    let slot = match take_slot(open, caller.uid) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            let mut tx = ch.tx;
+                            let mut buf = Vec::new();
+                            let _ = write_response(&mut buf, 429, &error_body(&e));
+                            let _ = tx.send(&buf);
+                            return;
+                        }
+                    };
+                    remote_requests(ch, &caller, &handle, &policy, &peer);
+                    drop(slot);
+                }
+                Err(e) => eprintln!("berth server: remote client {peer}: {e}"),
+            }
+        });
+    }
+}
+
+/// The channel and the credential: who is at the other end.
+fn remote_client(
+    conn: std::net::TcpStream,
+    remote: &Remote,
+    policy: &Policy,
+) -> Result<(berth_channel::Channel, Caller), String> {
+    let _ = conn.set_nodelay(true);
+    let mut ch = berth_channel::open_keyed(
+        conn,
+        berth_channel::Keying::ServerPrivate(&remote.private),
+        "client",
+        false,
+    )
+    .map_err(|e| e.to_string())?;
+    ch.rx
+        .set_timeout(Some(berth_channel::HANDSHAKE_TIME))
+        .map_err(|e| e.to_string())?;
+    let first: serde_json::Value =
+        serde_json::from_slice(&ch.rx.recv().map_err(|e| e.to_string())?)
+            .map_err(|e| format!("bad first message: {e}"))?;
+    let refuse = |ch: &mut berth_channel::Channel, why: String| {
+        let _ = ch
+            .tx
+            .send(serde_json::json!({ "error": why }).to_string().as_bytes());
+        Err(why)
+    };
+    let Some(cred) = first["munge"].as_str() else {
+        return refuse(&mut ch, "no MUNGE credential".into());
+    };
+    let munge = match berth_sys::munge::load() {
+        Ok(m) => m,
+        Err(e) => {
+            return refuse(
+                &mut ch,
+                format!("the server cannot check MUNGE credentials: {e}"),
+            )
+        }
+    };
+    let (payload, uid, gid) = match munge.decode(remote.munge_socket.as_deref(), cred) {
+        Ok(d) => d,
+        Err(e) => return refuse(&mut ch, format!("the credential does not hold: {e}")),
+    };
+    if payload != ch.hash {
+        return refuse(
+            &mut ch,
+            "the credential was made for another connection".into(),
+        );
+    }
+    let user = berth_sys::identity_by_uid(uid)
+        .map(|i| i.name)
+        .unwrap_or_else(|_| uid.to_string());
+    let caller = Caller {
+        uid,
+        gid,
+        user,
+        // root of another host is not this farm's administrator.
+        admin: uid != 0 && policy.is_admin(uid),
+    };
+    let _ = ch.tx.send(
+        serde_json::json!({ "ok": true, "uid": uid })
+            .to_string()
+            .as_bytes(),
+    );
+    let _ = ch.rx.set_timeout(Some(crate::http::IDLE_TIME));
+    Ok((ch, caller))
+}
+
+/// A remote client's requests, one a message, each answered in one.
+fn remote_requests(
+    mut ch: berth_channel::Channel,
+    caller: &Caller,
+    h: &Handle,
+    policy: &Policy,
+    peer: &str,
+) {
+    let _ = ch.tx.set_timeout(Some(WRITE_TIME));
+    while let Ok(msg) = ch.rx.recv() {
+        let mut answer = Vec::new();
+        match Conn::new(&msg[..]).read_request() {
+            Ok(Some(req)) => {
+                let (status, body) = route(&req, caller, h, policy, peer);
+                let _ = write_response(&mut answer, status, &body);
+            }
+            Ok(None) => return,
+            Err(e) => {
+                let _ = write_response(
+                    &mut answer,
+                    e.status(),
+                    &error_body(&format!("bad request: {e}")),
+                );
+            }
+        }
+        if ch.tx.send(&answer).is_err() {
             return;
         }
     }
@@ -217,16 +393,22 @@ fn mine(v: Result<JobView, String>, caller: &Caller) -> Result<JobView, String> 
     }
 }
 
-fn route(req: &Request, caller: &Caller, h: &Handle, policy: &Policy) -> (u16, Vec<u8>) {
+fn route(
+    req: &Request,
+    caller: &Caller,
+    h: &Handle,
+    policy: &Policy,
+    client_host: &str,
+) -> (u16, Vec<u8>) {
     let parts: Vec<&str> = req.path.trim_matches('/').split('/').collect();
     match (req.method.as_str(), parts.as_slice()) {
         ("POST", ["v1", "jobs"]) => match serde_json::from_slice::<SubmitRequest>(&req.body) {
             Ok(mut s) => match policy.check(&s, caller.uid) {
                 Ok(()) => {
-                    // The client is on this host (the socket is local): its terminal is
-                    // here, whatever the submission says, so that a tasker never connects
-                    // to a host of the submitter's choosing.
-                    let here = berth_sys::short_hostname();
+                    // The client's host is the one its connection came from (this one,
+                    // for the local socket), whatever the submission says, so that a
+                    // tasker never connects to a host of the submitter's choosing.
+                    let here = client_host.to_string();
                     for j in &mut s.jobs {
                         if let Some(i) = &mut j.interactive {
                             i.host = here.clone();

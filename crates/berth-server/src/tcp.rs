@@ -67,6 +67,39 @@ pub fn cluster_secret(swd: &Path) -> io::Result<Vec<u8>> {
     }
 }
 
+/// The server's static key pair for remote clients: `SWD/server.key` (private, mode
+/// 0600) and `SWD/server.pub` (public, to copy to client hosts), made on first use.
+pub fn server_key(swd: &Path) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let p = swd.join("server.key");
+    match std::fs::read_to_string(&p) {
+        Ok(text) => {
+            if std::fs::metadata(&p)?.mode() & 0o077 != 0 {
+                return Err(io::Error::other(format!(
+                    "{}: readable by others; run: chmod 600 {}",
+                    p.display(),
+                    p.display()
+                )));
+            }
+            hex::decode(text.trim()).map_err(|_| {
+                io::Error::other(format!("{}: not a key (64 hex digits)", p.display()))
+            })
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let (private, public) = berth_channel::generate_keypair();
+            std::fs::File::options()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&p)?
+                .write_all(hex::encode(&private).as_bytes())?;
+            std::fs::write(swd.join("server.pub"), hex::encode(&public) + "\n")?;
+            Ok(private)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// The server's end of a tasker's connection: messages go to its writer thread.
 struct TcpLink(mpsc::Sender<ToTasker>, u64);
 
@@ -129,7 +162,8 @@ fn writer(mut tx: berth_channel::Sender, rx: mpsc::Receiver<ToTasker>, name: Str
 
 fn tasker_conn(conn: TcpStream, handle: &Handle, secret: &[u8]) -> Result<(), ChannelError> {
     conn.set_nodelay(true)?;
-    let Channel { tx, mut rx } = berth_channel::open(conn, secret, PURPOSE, false, SECRET_NAME)?;
+    let Channel { tx, mut rx, .. } =
+        berth_channel::open(conn, secret, PURPOSE, false, SECRET_NAME)?;
     rx.set_timeout(Some(berth_channel::HANDSHAKE_TIME))?;
     let hello: Hello = serde_json::from_slice(&rx.recv()?)
         .map_err(|e| io::Error::other(format!("bad first message: {e}")))?;

@@ -5,6 +5,7 @@
 // The one library crate that makes system calls: every other crate denies unsafe code.
 #![allow(unsafe_code)]
 
+pub mod munge;
 pub mod pty;
 pub mod spawn;
 pub mod walk;

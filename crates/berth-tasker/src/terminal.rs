@@ -139,7 +139,7 @@ impl Relay {
 }
 
 fn relay(channel: Channel, mut master: File, mut log: Option<File>) {
-    let Channel { mut tx, mut rx } = channel;
+    let Channel { mut tx, mut rx, .. } = channel;
     let mut buf = [0u8; 16 * 1024];
     let mut from_user = true;
     let mut input = Input::default();

@@ -14,15 +14,27 @@ pub struct Conn {
     /// The server working directory (default: $BERTH_SWD, else ./berth.swd).
     #[arg(long, value_name = "DIR")]
     swd: Option<PathBuf>,
-    /// The server's socket (default: $BERTH_SERVER, else SWD/berth.sock).
-    #[arg(long, value_name = "SOCKET")]
+    /// The server: its socket on this host, or HOST:PORT of its `--clients` address on
+    /// another (default: $BERTH_SERVER, else SWD/berth.sock).
+    #[arg(long, value_name = "SOCKET|HOST:PORT")]
     server: Option<PathBuf>,
+    /// The server's public key, for HOST:PORT (default: $BERTH_SERVER_KEY, else
+    /// /etc/berth/server.pub, else SWD/server.pub).
+    #[arg(long, value_name = "FILE")]
+    server_key: Option<PathBuf>,
 }
 
 impl Conn {
     fn client(&self) -> Client {
         let swd = swd::resolve(self.swd.as_deref());
-        Client::new(socket(&swd, self.server.as_deref()))
+        let target = socket(&swd, self.server.as_deref());
+        match crate::client::remote_address(&target) {
+            Some(addr) => Client::remote(
+                addr,
+                crate::client::server_key_file(&swd, self.server_key.as_deref()),
+            ),
+            None => Client::new(target),
+        }
     }
 }
 

@@ -143,7 +143,8 @@ fn session(
     conn.set_nodelay(true)?;
     // The server must prove it holds the secret too (the handshake fails otherwise): jobs
     // name the uid they run as.
-    let Channel { mut tx, mut rx } = berth_channel::open(conn, secret, PURPOSE, true, SECRET_NAME)?;
+    let Channel { mut tx, mut rx, .. } =
+        berth_channel::open(conn, secret, PURPOSE, true, SECRET_NAME)?;
     tx.send(
         &serde_json::to_vec(&Hello {
             name: name.to_string(),

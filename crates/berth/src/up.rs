@@ -74,6 +74,21 @@ pub struct Up {
     no_fsync: bool,
     #[command(flatten)]
     policy: PolicyArgs,
+    #[command(flatten)]
+    remote: RemoteArgs,
+}
+
+/// Users on other hosts.
+#[derive(clap::Args, Clone)]
+pub struct RemoteArgs {
+    /// Accept users of other hosts at ADDR (e.g. 0.0.0.0:7601), over the secure channel
+    /// with the server's key (SWD/server.pub, to copy to their hosts), each proven by a
+    /// MUNGE credential.
+    #[arg(long, value_name = "ADDR")]
+    clients: Option<String>,
+    /// The munged socket that checks their credentials (default: libmunge's own).
+    #[arg(long, value_name = "SOCKET")]
+    munge_socket: Option<PathBuf>,
 }
 
 /// Who may do what, and the limits that keep one user from stalling the others.
@@ -132,6 +147,8 @@ pub struct ServerArgs {
     no_fsync: bool,
     #[command(flatten)]
     policy: PolicyArgs,
+    #[command(flatten)]
+    remote: RemoteArgs,
 }
 
 struct LocalLink(Arc<Agent>);
@@ -332,6 +349,7 @@ fn start_server(
     grace: Duration,
     no_fsync: bool,
     policy: &PolicyArgs,
+    remote: &RemoteArgs,
 ) -> Result<Running> {
     let policy = policy.policy(swd)?;
     if let Err(e) = berth_sys::raise_open_files() {
@@ -362,9 +380,30 @@ fn start_server(
         UnixListener::bind(&sock).with_context(|| format!("listening on {}", sock.display()))?;
     // Anyone on the host may connect; the kernel tells the server who they are.
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666))?;
+    let remote_policy = policy.clone();
     {
         let handle = handle.clone();
         std::thread::spawn(move || berth_server::api::serve(listener, handle, policy));
+    }
+    if let Some(addr) = &remote.clients {
+        let private = berth_server::tcp::server_key(swd).context("the server's key")?;
+        let l = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("listening for remote users on {addr}"))?;
+        let bound = l.local_addr()?.to_string();
+        std::fs::write(swd.join("clients.addr"), format!("{bound}\n"))?;
+        if let Err(e) = berth_sys::munge::load() {
+            eprintln!("berth: warning: {e}; remote users are refused until it is");
+        }
+        eprintln!(
+            "berth: users of other hosts reach this server at {bound} with {}",
+            swd.join("server.pub").display()
+        );
+        let (handle, policy) = (handle.clone(), remote_policy.clone());
+        let r = berth_server::api::Remote {
+            private,
+            munge_socket: remote.munge_socket.clone(),
+        };
+        std::thread::spawn(move || berth_server::api::serve_remote(l, handle, policy, r));
     }
     if let Some(addr) = listen {
         let secret = berth_server::tcp::cluster_secret(swd).context("the cluster secret")?;
@@ -516,6 +555,7 @@ pub fn server(o: ServerArgs) -> Result<i32> {
         Duration::from_secs(o.tasker_grace),
         o.no_fsync,
         &o.policy,
+        &o.remote,
     )?;
     eprintln!(
         "berth server: serving {} (SWD {}); stop with Ctrl-C",
@@ -547,6 +587,7 @@ pub fn up(o: Up) -> Result<i32> {
         Duration::from_secs(30),
         o.no_fsync,
         &o.policy,
+        &o.remote,
     )?;
     let handle = running.handle.clone();
     let report_handle = handle.clone();

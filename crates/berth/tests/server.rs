@@ -564,6 +564,7 @@ fn a_tasker_without_the_secret_is_refused_and_a_client_cannot_claim_another_user
     let _split = Split::start(&fx, "2");
     let bad = fx.root.join("bad.secret");
     std::fs::write(&bad, "not the secret").unwrap();
+    chmod(&bad, 0o600);
     let out = fx.run(
         &[
             "tasker",
