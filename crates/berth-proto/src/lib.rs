@@ -225,6 +225,9 @@ pub enum ToTasker {
     Stop(u64),
     /// These jobs' ends are recorded: forget them.
     Ack(Vec<u64>),
+    /// Read part of a job's log, as its owner, for a user who cannot read it from where
+    /// they are (another host): answered with [`FromTasker::Log`].
+    ReadLog(LogRead),
 }
 
 /// How a job ended, as its tasker reports it.
@@ -266,4 +269,36 @@ pub enum FromTasker {
     },
     /// A job ended.
     Ended(JobEnd),
+    /// Part of a job's log, for a [`ToTasker::ReadLog`].
+    Log(LogPart),
+}
+
+/// Which part of which log to read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRead {
+    /// The request's number, for the answer.
+    pub req: u64,
+    /// The job.
+    pub job: u64,
+    /// Its owner, as whom the log is opened.
+    pub uid: u32,
+    /// The log's path.
+    pub path: String,
+    /// From this byte.
+    pub offset: u64,
+    /// At most this many bytes.
+    pub max: u32,
+}
+
+/// Part of a log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogPart {
+    /// The request's number.
+    pub req: u64,
+    /// The bytes, in hex.
+    pub data: String,
+    /// The log's length now.
+    pub size: u64,
+    /// Why it could not be read.
+    pub error: Option<String>,
 }

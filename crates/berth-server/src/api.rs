@@ -497,6 +497,28 @@ fn route(
                 }
             }
         }
+        ("GET", ["v1", "jobs", id, "log"]) => {
+            let Ok(id) = id.parse::<u64>() else {
+                return (400, error_body(&format!("{id:?} is not a job id")));
+            };
+            let offset = req
+                .param("offset")
+                .and_then(|o| o.parse().ok())
+                .unwrap_or(0);
+            let (tx, rx) = mpsc::channel();
+            if !h.send(Event::ReadLog(id, caller.clone(), offset, tx)) {
+                return (503, error_body("the server is shutting down"));
+            }
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(r) => json(r),
+                Err(_) => (
+                    504,
+                    error_body(&format!(
+                        "job {id}: its tasker did not send the log in time"
+                    )),
+                ),
+            }
+        }
         ("POST", ["v1", "jobs", id, "stop"]) => match id.parse() {
             Ok(id) => json(
                 h.ask(|r| Event::Stop(caller.clone(), id, r))

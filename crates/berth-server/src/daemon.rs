@@ -49,6 +49,8 @@ pub enum Event {
     List(Filter, Reply<Vec<JobView>>),
     /// One job, with why it waits.
     Info(u64, Reply<JobView>),
+    /// Part of a job's log from its tasker: the job, who asks, from which byte.
+    ReadLog(u64, Caller, u64, Reply<berth_proto::LogPart>),
     /// Answer when the job is over.
     Wait(u64, u64, Reply<JobView>),
     /// The waiter of that job with that token gave up (its poll timed out).
@@ -156,6 +158,9 @@ pub struct Server {
     unwritten: Unwritten,
     /// Stopping: no job is started any more.
     draining: bool,
+    /// Log reads sent to taskers, by request number.
+    log_reads: HashMap<u64, (String, Reply<berth_proto::LogPart>)>,
+    next_log_read: u64,
     /// Jobs recorded as Running, and where.
     running_on: HashMap<u64, String>,
     /// Which run (incarnation) of its tasker each running job's start was sent to.
@@ -233,6 +238,8 @@ impl Server {
                 per_uid,
                 unwritten: Unwritten::default(),
                 draining: false,
+                log_reads: HashMap::new(),
+                next_log_read: 1,
                 max_unfinished_per_user: crate::policy::DEFAULT_MAX_UNFINISHED_PER_USER,
             },
             Handle(tx),
@@ -336,6 +343,13 @@ impl Server {
                             }
                             self.core.ended(end.job);
                             ends.push((name.clone(), end));
+                        }
+                    }
+                }
+                Event::Tasker(name, FromTasker::Log(part)) => {
+                    if let Some((from, reply)) = self.log_reads.remove(&part.req) {
+                        if from == name {
+                            let _ = reply.send(Ok(part));
                         }
                     }
                 }
@@ -772,6 +786,49 @@ impl Server {
             }
             Event::Info(id, reply) => {
                 let _ = reply.send(self.view(id).ok_or_else(|| format!("no job {id}")));
+            }
+            Event::ReadLog(id, caller, offset, reply) => {
+                let Some(v) = self.view(id) else {
+                    let _ = reply.send(Err(format!("no job {id}")));
+                    return;
+                };
+                if v.uid != caller.uid && !caller.admin {
+                    let _ = reply.send(Err(format!(
+                        "job {id} is {}'s: only an administrator may see another user's job, its details or its log",
+                        v.user
+                    )));
+                    return;
+                }
+                let Some(tasker) = v.tasker.clone() else {
+                    let _ = reply.send(Err(format!("job {id} has not started: no log yet")));
+                    return;
+                };
+                let Some(t) = self.taskers.get(&tasker) else {
+                    let _ = reply.send(Err(format!(
+                        "job {id} ran on {tasker}, which is not connected: its log cannot be read from here"
+                    )));
+                    return;
+                };
+                let req = self.next_log_read;
+                self.next_log_read += 1;
+                // Answers that never come (a tasker gone) are dropped with their waiters.
+                if self.log_reads.len() > 10_000 {
+                    self.log_reads.clear();
+                }
+                if t.link.send(ToTasker::ReadLog(berth_proto::LogRead {
+                    req,
+                    job: id,
+                    uid: v.uid,
+                    path: v.log.clone(),
+                    offset,
+                    max: 1 << 20,
+                })) {
+                    self.log_reads.insert(req, (tasker, reply));
+                } else {
+                    let _ = reply.send(Err(format!(
+                        "job {id}: its tasker {tasker} cannot be reached"
+                    )));
+                }
             }
             Event::Unwait(id, token) => {
                 if let Some(ws) = self.waiters.get_mut(&id) {

@@ -362,6 +362,10 @@ impl Agent {
                     u.remove(&j);
                 }
             }
+            ToTasker::ReadLog(r) => {
+                let part = read_log(&r);
+                (self.report)(FromTasker::Log(part));
+            }
             ToTasker::Stop(job) => {
                 if let Some((_, s)) = self.running.lock().expect("lock").get(&job) {
                     s.trigger();
@@ -562,6 +566,36 @@ impl Agent {
                 more.join(", ")
             )),
         }
+    }
+}
+
+/// Part of a job's log, read as its owner (never blocking, a regular file only).
+fn read_log(r: &berth_proto::LogRead) -> berth_proto::LogPart {
+    use std::io::{Read, Seek};
+    let part = |data: Vec<u8>, size: u64, error: Option<String>| berth_proto::LogPart {
+        req: r.req,
+        data: hex::encode(data),
+        size,
+        error,
+    };
+    let owner = match berth_sys::identity_by_uid(r.uid) {
+        Ok(o) => o,
+        Err(e) => return part(Vec::new(), 0, Some(format!("the job's owner: {e}"))),
+    };
+    let read = berth_sys::as_user(&owner, || -> std::io::Result<(Vec<u8>, u64)> {
+        let mut o = std::fs::File::options();
+        o.read(true);
+        let mut f = crate::log::open_regular(&mut o, std::path::Path::new(&r.path))?;
+        let size = f.metadata()?.len();
+        f.seek(std::io::SeekFrom::Start(r.offset.min(size)))?;
+        let mut data = Vec::new();
+        f.take(u64::from(r.max.min(1 << 20)))
+            .read_to_end(&mut data)?;
+        Ok((data, size))
+    });
+    match read {
+        Ok((data, size)) => part(data, size, None),
+        Err(e) => part(Vec::new(), 0, Some(format!("job {}: {e}", r.job))),
     }
 }
 

@@ -75,6 +75,11 @@ impl Client {
         }
     }
 
+    /// Whether the server is on another host.
+    pub fn is_remote(&self) -> bool {
+        matches!(self.target, Target::Remote { .. })
+    }
+
     /// One request over the secure channel to a remote server: the channel, a MUNGE
     /// credential of ours holding the channel's hash, then the request and its answer.
     fn remote_exchange(addr: &str, key: &Path, request: &[u8]) -> Result<Vec<u8>> {

@@ -568,15 +568,39 @@ pub fn getlog(g: Getlog) -> Result<i32> {
     let v: JobView = c.call("GET", &format!("/v1/jobs/{}", g.job), None)?;
     let mut pos = 0u64;
     let mut out = std::io::stdout();
+    // From another host the log is read by the job's tasker, as the job's owner; here,
+    // from the file itself.
+    let remote = c.is_remote();
+    // Once the job is over, one more read takes what it wrote last.
+    let mut over = false;
     loop {
-        // Read as the caller: the log is the job owner's file.
-        if let Ok(mut f) = std::fs::File::open(&v.log) {
+        let mut size = None;
+        if remote {
+            let part: berth_proto::LogPart =
+                c.call("GET", &format!("/v1/jobs/{}/log?offset={pos}", g.job), None)?;
+            match part.error {
+                Some(e) if !g.follow => bail!("{e}"),
+                Some(_) => {}
+                None => {
+                    let data = hex::decode(&part.data).context("the log's bytes")?;
+                    pos += data.len() as u64;
+                    out.write_all(&data)?;
+                    out.flush()?;
+                    size = Some(part.size);
+                    if (pos as u128) < part.size as u128 {
+                        continue; // more than one part: at once
+                    }
+                }
+            }
+        } else if let Ok(mut f) = std::fs::File::open(&v.log) {
+            // Read as the caller: the log is the job owner's file.
             f.seek(std::io::SeekFrom::Start(pos))?;
             let mut buf = Vec::new();
             f.read_to_end(&mut buf)?;
             pos += buf.len() as u64;
             out.write_all(&buf)?;
             out.flush()?;
+            size = std::fs::metadata(&v.log).ok().map(|m| m.len());
         } else if !g.follow {
             bail!(
                 "job {}: no log at {} (yet), or it is not readable by you",
@@ -584,16 +608,13 @@ pub fn getlog(g: Getlog) -> Result<i32> {
                 v.log
             );
         }
-        if !g.follow {
+        if !g.follow || (over && size.is_none_or(|s| s <= pos)) {
             return Ok(0);
         }
-        let now: JobView = c.call("GET", &format!("/v1/jobs/{}/wait?timeout=1", g.job), None)?;
-        if now.state.is_final()
-            && std::fs::metadata(&v.log)
-                .map(|m| m.len() <= pos)
-                .unwrap_or(true)
-        {
-            return Ok(0);
+        if !over {
+            let now: JobView =
+                c.call("GET", &format!("/v1/jobs/{}/wait?timeout=1", g.job), None)?;
+            over = now.state.is_final();
         }
     }
 }

@@ -143,6 +143,38 @@ fn a_user_of_another_host_submits_waits_lists_and_stops() {
     );
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(fx.read_work("berth-1.log"), format!("I am {NOBODY}\n"));
+    // The log, read by the job's tasker (the client's host need not share the files),
+    // and followed while a job writes it.
+    let out = remote(&fx, NOBODY, &server, &munge.sock, &["getlog", "1"]);
+    assert_eq!(stdout(&out), format!("I am {NOBODY}\n"), "{}", text(&out));
+    let out = remote(
+        &fx,
+        NOBODY,
+        &server,
+        &munge.sock,
+        &[
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "for i in 1 2 3; do echo line $i; sleep 0.3; done",
+        ],
+    );
+    let follow_id = stdout(&out).trim().to_string();
+    let out = remote(
+        &fx,
+        NOBODY,
+        &server,
+        &munge.sock,
+        &["getlog", "-f", &follow_id],
+    );
+    assert_eq!(stdout(&out), "line 1\nline 2\nline 3\n", "{}", text(&out));
+    let out = remote(&fx, test_user(), &server, &munge.sock, &["getlog", "1"]);
+    assert!(
+        stderr(&out).contains("only an administrator may see another user's job"),
+        "{}",
+        text(&out)
+    );
     let out = remote(&fx, NOBODY, &server, &munge.sock, &["info", "--json", "1"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
@@ -176,7 +208,7 @@ fn a_user_of_another_host_submits_waits_lists_and_stops() {
     );
     let out = remote(&fx, NOBODY, &server, &munge.sock, &["list", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v.as_array().unwrap().len(), 2);
+    assert_eq!(v.as_array().unwrap().len(), 3);
 }
 
 #[test]
