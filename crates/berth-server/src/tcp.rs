@@ -148,7 +148,18 @@ fn writer(mut tx: berth_channel::Sender, rx: mpsc::Receiver<ToTasker>, name: Str
     let _ = tx.set_timeout(Some(WRITE_TIME));
     loop {
         let sent = match rx.recv_timeout(HEARTBEAT) {
-            Ok(m) => tx.send(&serde_json::to_vec(&m).unwrap_or_default()),
+            Ok(m) => {
+                // What else is waiting goes in the same write.
+                let mut batch = vec![serde_json::to_vec(&m).unwrap_or_default()];
+                while batch.len() < 256 {
+                    match rx.try_recv() {
+                        Ok(m) => batch.push(serde_json::to_vec(&m).unwrap_or_default()),
+                        Err(_) => break,
+                    }
+                }
+                let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
+                tx.send_all(&refs)
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => tx.keepalive(),
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };

@@ -161,21 +161,32 @@ fn session(
         let alive = alive.clone();
         std::thread::spawn(move || {
             while alive.load(std::sync::atomic::Ordering::SeqCst) {
-                let m = {
+                // Everything waiting goes in one write.
+                let batch: Vec<FromTasker> = {
                     let mut q = outbox.q.lock().expect("lock");
                     if q.is_empty() && alive.load(std::sync::atomic::Ordering::SeqCst) {
                         q = outbox.cv.wait_timeout(q, HEARTBEAT).expect("lock").0;
                     }
-                    q.pop_front()
+                    let n = q.len().min(256);
+                    q.drain(..n).collect()
                 };
-                let sent = match &m {
-                    Some(m) => tx.send(&serde_json::to_vec(m).unwrap_or_default()),
-                    None => tx.keepalive(),
+                let sent = if batch.is_empty() {
+                    tx.keepalive()
+                } else {
+                    let bodies: Vec<Vec<u8>> = batch
+                        .iter()
+                        .map(|m| serde_json::to_vec(m).unwrap_or_default())
+                        .collect();
+                    let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+                    tx.send_all(&refs)
                 };
                 if sent.is_err() {
-                    // A hello is stale on the next connection; an end is kept.
-                    if let Some(m @ FromTasker::Ended(_)) = m {
-                        outbox.q.lock().expect("lock").push_front(m);
+                    // A hello is stale on the next connection; the ends are kept.
+                    let mut q = outbox.q.lock().expect("lock");
+                    for m in batch.into_iter().rev() {
+                        if matches!(m, FromTasker::Ended(_)) {
+                            q.push_front(m);
+                        }
                     }
                     break;
                 }
