@@ -284,7 +284,10 @@ impl Sender {
     /// Sends several messages in one write: a burst of starts costs one system call and,
     /// with `TCP_NODELAY`, not a packet each.
     pub fn send_all(&mut self, msgs: &[&[u8]]) -> Result<(), ChannelError> {
-        let total: usize = msgs.iter().map(|m| m.len() + 64 + 18 * (m.len() / CHUNK + 1)).sum();
+        let total: usize = msgs
+            .iter()
+            .map(|m| m.len() + 64 + 18 * (m.len() / CHUNK + 1))
+            .sum();
         let mut out = Vec::with_capacity(total);
         for msg in msgs {
             if msg.len() > MAX_MESSAGE {

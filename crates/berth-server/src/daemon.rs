@@ -1200,4 +1200,216 @@ mod tests {
         h.send(Event::Shutdown);
         actor.join().unwrap();
     }
+
+    /// What a simulated tasker does, in a random sequence.
+    #[derive(Debug, Clone)]
+    enum Act {
+        Submit(u8),
+        End(u8),
+        Vanish,
+        Return { restarted: bool },
+        UserStop(u8),
+    }
+
+    fn act() -> impl proptest::strategy::Strategy<Value = Act> {
+        use proptest::prelude::*;
+        prop_oneof![
+            3 => (1u8..4).prop_map(Act::Submit),
+            4 => any::<u8>().prop_map(Act::End),
+            1 => Just(Act::Vanish),
+            1 => any::<bool>().prop_map(|restarted| Act::Return { restarted }),
+            1 => any::<u8>().prop_map(Act::UserStop),
+        ]
+    }
+
+    /// The tasker as the test plays it: what it runs, by slot; the ends the server has not
+    /// acknowledged; how many times it was asked to run each job.
+    struct Sim {
+        link: Fake,
+        seen: usize,
+        connected: bool,
+        incarnation: u32,
+        running: std::collections::BTreeMap<u32, u64>,
+        unacked: Vec<JobEnd>,
+        runs: HashMap<u64, usize>,
+    }
+
+    impl Sim {
+        fn hello(&mut self, h: &Handle) {
+            self.link = Fake::default();
+            self.seen = 0;
+            hello(
+                h,
+                &self.link,
+                &self.incarnation.to_string(),
+                self.running.iter().map(|(s, j)| (*j, *s)).collect(),
+                self.unacked.clone(),
+            );
+            self.connected = true;
+        }
+
+        /// Takes what the server sent: runs (each in a free slot, each job once), stops,
+        /// acknowledgements.
+        fn take(&mut self, h: &Handle) {
+            let msgs: Vec<ToTasker> = self.link.0.lock().unwrap()[self.seen..].to_vec();
+            self.seen += msgs.len();
+            for m in msgs {
+                match m {
+                    ToTasker::Run(a) => {
+                        assert!(
+                            !self.running.contains_key(&a.slot),
+                            "job {} sent to slot {}, which runs job {}",
+                            a.job,
+                            a.slot,
+                            self.running[&a.slot]
+                        );
+                        *self.runs.entry(a.job).or_default() += 1;
+                        self.running.insert(a.slot, a.job);
+                    }
+                    ToTasker::Stop(job) => {
+                        if let Some(slot) = self
+                            .running
+                            .iter()
+                            .find(|(_, j)| **j == job)
+                            .map(|(s, _)| *s)
+                        {
+                            self.end_slot(h, slot, false);
+                        }
+                    }
+                    ToTasker::Ack(jobs) => self.unacked.retain(|e| !jobs.contains(&e.job)),
+                    ToTasker::ReadLog(_) => {}
+                }
+            }
+        }
+
+        fn end_slot(&mut self, h: &Handle, slot: u32, ok: bool) {
+            let job = self.running.remove(&slot).unwrap();
+            let end = JobEnd {
+                job,
+                exit_code: Some(if ok { 0 } else { 143 }),
+                failure: (!ok).then(|| "stopped by request".to_string()),
+                hook_failures: vec![],
+            };
+            self.unacked.push(end.clone());
+            if self.connected {
+                h.send(Event::Tasker("t1".into(), FromTasker::Ended(end)));
+            }
+        }
+    }
+
+    /// Every event the actor has so far is handled once this returns.
+    fn sync(h: &Handle) {
+        let _ = h.ask(Event::Taskers);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 48,
+            failure_persistence: None,
+            ..Default::default()
+        })]
+        /// Whatever a tasker does (vanishes, returns, restarts) while jobs are submitted,
+        /// end and are stopped: no slot is given twice, no job is run twice, no accepted
+        /// job is lost unless its tasker lost it, and the consumables all come back.
+        #[test]
+        fn the_server_keeps_its_promises_whatever_a_tasker_does(
+            acts in proptest::collection::vec(act(), 1..40)
+        ) {
+            let tmp = tempfile::tempdir().unwrap();
+            let (mut server, h) = Server::open(Store::open(&tmp.path().join("b.db")).unwrap()).unwrap();
+            server.tasker_grace = Duration::ZERO;
+            let actor = std::thread::spawn(move || server.run());
+            let mut sim = Sim {
+                link: Fake::default(),
+                seen: 0,
+                connected: false,
+                incarnation: 1,
+                running: Default::default(),
+                unacked: vec![],
+                runs: HashMap::new(),
+            };
+            sim.hello(&h);
+            let mut ids: Vec<u64> = Vec::new();
+            for a in &acts {
+                match a {
+                    Act::Submit(n) => {
+                        for _ in 0..*n {
+                            ids.push(submit(&h));
+                        }
+                    }
+                    Act::End(i) => {
+                        let slots: Vec<u32> = sim.running.keys().copied().collect();
+                        if !slots.is_empty() {
+                            let slot = slots[*i as usize % slots.len()];
+                            sim.end_slot(&h, slot, true);
+                        }
+                    }
+                    Act::Vanish => {
+                        if sim.connected {
+                            sim.connected = false;
+                            h.send(Event::Gone("t1".into(), 0, Instant::now()));
+                        }
+                    }
+                    Act::Return { restarted } => {
+                        if !sim.connected {
+                            if *restarted {
+                                // A new process: what the old one ran is gone with it.
+                                sim.incarnation += 1;
+                                sim.running.clear();
+                                sim.unacked.clear();
+                            }
+                            sim.hello(&h);
+                        }
+                    }
+                    Act::UserStop(i) => {
+                        if !ids.is_empty() {
+                            let id = ids[*i as usize % ids.len()];
+                            let admin = Caller { admin: true, ..caller() };
+                            let _ = h.ask(|r| Event::Stop(admin, id, r));
+                        }
+                    }
+                }
+                sync(&h);
+                sim.take(&h);
+                sync(&h);
+                sim.take(&h);
+            }
+            // The end of the day: the tasker back, everything it runs ends, until the
+            // queue is empty.
+            if !sim.connected {
+                sim.hello(&h);
+            }
+            for _ in 0..200 {
+                sync(&h);
+                sim.take(&h);
+                let slots: Vec<u32> = sim.running.keys().copied().collect();
+                for s in slots {
+                    sim.end_slot(&h, s, true);
+                }
+                sync(&h);
+                sim.take(&h);
+                let unfinished = ids.iter().any(|id| !state(&h, *id).state.is_final());
+                if !unfinished && sim.running.is_empty() {
+                    break;
+                }
+            }
+            for id in &ids {
+                let v = state(&h, *id);
+                proptest::prop_assert!(v.state.is_final(), "job {id} is {:?}", v.state);
+                proptest::prop_assert!(sim.runs.get(id).copied().unwrap_or(0) <= 1, "job {id} ran twice");
+                if v.state == State::Failed {
+                    let r = v.reason.unwrap_or_default();
+                    proptest::prop_assert!(
+                        r == "lost" || r.contains("stopped"),
+                        "job {id}: {r}"
+                    );
+                }
+            }
+            let t = &h.ask(Event::Taskers).unwrap()[0];
+            proptest::prop_assert_eq!(t.running, 0);
+            proptest::prop_assert_eq!(&t.free, "CORES/2 SLOTS/2");
+            h.send(Event::Shutdown);
+            actor.join().unwrap();
+        }
+    }
 }
