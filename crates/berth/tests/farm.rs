@@ -7,6 +7,7 @@
 mod common;
 
 use common::*;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -18,6 +19,10 @@ struct Farm {
     taskers: Vec<Option<Child>>,
     fx: Fixture,
     port: u16,
+    /// The munged of each host (the server's first, then the workstation's), all of one key.
+    munged: Vec<(Child, std::path::PathBuf)>,
+    /// A namespace with no tasker, for a user's workstation.
+    workstation: Option<usize>,
 }
 
 fn ip(args: &[&str]) {
@@ -33,6 +38,15 @@ fn ip(args: &[&str]) {
 impl Farm {
     /// A server and `hosts` tasker hosts of 4 slots each, with a grace of `grace` s.
     fn new(hosts: usize, grace: &str) -> Farm {
+        Farm::build(hosts, grace, false)
+    }
+
+    /// The same, and a workstation: a host of its own with MUNGE, from which a user works.
+    fn with_workstation(hosts: usize, grace: &str) -> Farm {
+        Farm::build(hosts, grace, true)
+    }
+
+    fn build(hosts: usize, grace: &str, workstation: bool) -> Farm {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let id = format!(
             "b{}{}",
@@ -48,13 +62,16 @@ impl Farm {
             taskers: Vec::new(),
             fx,
             port: 7600,
+            munged: Vec::new(),
+            workstation: workstation.then_some(hosts + 1),
         };
         let hub = format!("{id}-hub");
         ip(&["netns", "add", &hub]);
         farm.namespaces.push(hub.clone());
         ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"]);
         ip(&["-n", &hub, "link", "set", "br0", "up"]);
-        for i in 0..=hosts {
+        let last = if workstation { hosts + 1 } else { hosts };
+        for i in 0..=last {
             let ns = farm.ns(i);
             ip(&["netns", "add", &ns]);
             farm.namespaces.push(ns.clone());
@@ -76,18 +93,36 @@ impl Farm {
             ip(&["-n", &ns, "link", "set", "eth0", "up"]);
             ip(&["-n", &ns, "link", "set", "lo", "up"]);
         }
-        farm.server = Some(farm.spawn_in(
-            0,
-            &[
-                "server",
-                "--swd",
-                farm.fx.swd.to_str().unwrap(),
-                "--listen",
-                &format!("198.18.0.1:{}", farm.port),
-                "--tasker-grace",
-                grace,
-            ],
-        ));
+        if workstation {
+            for host in ["srv", "ws"] {
+                farm.munged
+                    .push(start_munged(&farm.fx.root.join(format!("munge-{host}"))));
+            }
+        }
+        let munge_sock = farm
+            .munged
+            .first()
+            .map(|(_, s)| s.display().to_string())
+            .unwrap_or_default();
+        let mut args: Vec<String> = vec![
+            "server".into(),
+            "--swd".into(),
+            farm.fx.swd.display().to_string(),
+            "--listen".into(),
+            format!("198.18.0.1:{}", farm.port),
+            "--tasker-grace".into(),
+            grace.into(),
+        ];
+        if workstation {
+            args.extend([
+                "--clients".into(),
+                format!("198.18.0.1:{}", farm.port + 1),
+                "--munge-socket".into(),
+                munge_sock,
+            ]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        farm.server = Some(farm.spawn_in(0, &args));
         let sock = farm.fx.swd.join("berth.sock");
         wait_until("the server", T, || {
             std::os::unix::net::UnixStream::connect(&sock).is_ok()
@@ -101,15 +136,40 @@ impl Farm {
 
     /// Host `i`'s namespace (0 is the server's).
     fn ns(&self, i: usize) -> String {
-        format!(
-            "{}-{}",
-            self.id,
-            if i == 0 {
-                "srv".into()
-            } else {
-                format!("h{i}")
-            }
-        )
+        let name = match i {
+            0 => "srv".to_string(),
+            i if Some(i) == self.workstation => "ws".to_string(),
+            i => format!("h{i}"),
+        };
+        format!("{}-{}", self.id, name)
+    }
+
+    /// `berth ARGS --server` the server's client address, as `uid` on the workstation,
+    /// with the workstation's munged and the server's public key.
+    fn from_workstation(
+        &self,
+        uid: u32,
+        munge: &std::path::Path,
+        args: &[&str],
+    ) -> std::process::Output {
+        let ws = self.workstation.expect("a workstation");
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns(ws), "setpriv"])
+            .arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={uid}"))
+            .args(["--clear-groups", "--"])
+            .arg(berth())
+            .arg(args[0])
+            .args(["--server", &format!("198.18.0.1:{}", self.port + 1)])
+            .arg("--server-key")
+            .arg(self.fx.swd.join("server.pub"))
+            .args(&args[1..])
+            .current_dir(&self.fx.work)
+            .env_remove("BERTH_SWD")
+            .env("BERTH_MUNGE_SOCKET", munge)
+            .env("HOME", "/nonexistent")
+            .stdin(Stdio::null());
+        output_within(&mut c, T)
     }
 
     /// Host `i`'s end of its link, in the hub.
@@ -225,6 +285,10 @@ impl Drop for Farm {
             signal(c, libc::SIGKILL);
             let _ = c.wait();
         }
+        for (c, _) in &mut self.munged {
+            signal(c, libc::SIGTERM);
+            let _ = c.wait();
+        }
         // The jobs the taskers ran (their sleeps) go with their cgroups' owners: end them.
         let _ = Command::new("pkill")
             .args(["-f", &format!("farm-job-{}", self.id)])
@@ -233,6 +297,35 @@ impl Drop for Farm {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }
+}
+
+/// A munged of the farm's key, its socket in `dir`.
+fn start_munged(dir: &std::path::Path) -> (Child, std::path::PathBuf) {
+    start_munged_with(dir, 7)
+}
+
+/// A munged whose key is the byte `key` repeated.
+fn start_munged_with(dir: &std::path::Path, key: u8) -> (Child, std::path::PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    chmod(dir, 0o755);
+    let k = dir.join("munge.key");
+    std::fs::write(&k, [key; 1024]).unwrap();
+    chmod(&k, 0o400);
+    let sock = dir.join("munge.sock");
+    let child = Command::new("munged")
+        .arg("--foreground")
+        .arg("--force")
+        .arg(format!("--key-file={}", k.display()))
+        .arg(format!("--socket={}", sock.display()))
+        .arg(format!("--pid-file={}", dir.join("pid").display()))
+        .arg(format!("--log-file={}", dir.join("log").display()))
+        .arg(format!("--seed-file={}", dir.join("seed").display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("munged (apt-get install munge)");
+    wait_until("munged", T, || sock.exists());
+    (child, sock)
 }
 
 /// Submits `n` jobs that each append their index to `ran` and sleep `secs`.
@@ -386,4 +479,123 @@ fn the_server_killed_and_restarted_loses_nothing() {
     });
     let (done, lost) = check_end(&farm, n);
     assert_eq!((done, lost), (n, 0));
+}
+
+#[test]
+#[ignore = "needs root (network namespaces) and munge: .ci/run runs it with --include-ignored"]
+fn a_user_on_a_workstation_submits_follows_and_stops_and_no_one_else_passes_for_them() {
+    need_root!();
+    let farm = Farm::with_workstation(2, "30");
+    let ws_munge = farm.munged[1].1.clone();
+    let out = farm.from_workstation(
+        NOBODY,
+        &ws_munge,
+        &[
+            "run",
+            "-w",
+            "--",
+            "sh",
+            "-c",
+            "echo from the workstation as $(id -u)",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = farm.from_workstation(
+        NOBODY,
+        &ws_munge,
+        &[
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "for i in 1 2 3; do echo tick $i; sleep 0.2; done",
+        ],
+    );
+    let follow = stdout(&out).trim().to_string();
+    let out = farm.from_workstation(NOBODY, &ws_munge, &["getlog", "-f", &follow]);
+    assert_eq!(stdout(&out), "tick 1\ntick 2\ntick 3\n", "{}", text(&out));
+    let out = farm.from_workstation(NOBODY, &ws_munge, &["getlog", "1"]);
+    assert_eq!(
+        stdout(&out),
+        format!("from the workstation as {NOBODY}\n"),
+        "{}",
+        text(&out)
+    );
+    let out = farm.from_workstation(NOBODY, &ws_munge, &["run", "--", "sleep", "300"]);
+    let long = stdout(&out).trim().to_string();
+    let out = farm.from_workstation(NOBODY, &ws_munge, &["stop", &long]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = farm.from_workstation(NOBODY, &ws_munge, &["wait", &long]);
+    assert!(
+        stdout(&out).contains("stopped by request"),
+        "{}",
+        text(&out)
+    );
+    // Another farm's credentials are refused.
+    let (mut other, other_sock) = start_munged_with(&farm.fx.root.join("munge-other"), 9);
+    let out = farm.from_workstation(NOBODY, &other_sock, &["list"]);
+    signal(&other, libc::SIGTERM);
+    let _ = other.wait();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("the credential does not hold"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+#[ignore = "needs root (network namespaces) and tcpdump: .ci/run runs it with --include-ignored"]
+fn a_packet_capture_of_a_link_shows_no_job_secret() {
+    need_root!();
+    let farm = Farm::new(2, "30");
+    let pcap = farm.fx.root.join("h1.pcap");
+    let mut dump = Command::new("ip")
+        .args(["netns", "exec", &farm.namespaces[0], "tcpdump", "-U", "-i"])
+        .arg(farm.link(1))
+        .arg("-w")
+        .arg(&pcap)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("tcpdump to start", T, || pcap.exists());
+    std::thread::sleep(Duration::from_millis(500));
+    let mut c = farm.fx.berth(&[
+        "run",
+        "-w",
+        "-r",
+        "NAME:h1",
+        "--",
+        "sh",
+        "-c",
+        "echo license-$LICENSE_KEY",
+    ]);
+    c.uid(NOBODY)
+        .gid(NOBODY)
+        .env("LICENSE_KEY", "s3cr3t-on-the-wire-9921");
+    let out = output_within(&mut c, T);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        farm.fx.read_work("berth-1.log"),
+        "license-s3cr3t-on-the-wire-9921\n"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    signal(&dump, libc::SIGINT);
+    let _ = dump.wait();
+    let captured = std::fs::read(&pcap).unwrap();
+    assert!(
+        captured.len() > 2000,
+        "the capture holds {} bytes",
+        captured.len()
+    );
+    let has = |needle: &[u8]| captured.windows(needle.len()).any(|w| w == needle);
+    assert!(
+        !has(b"s3cr3t-on-the-wire-9921"),
+        "the secret crossed the link in clear"
+    );
+    assert!(
+        !has(b"LICENSE_KEY"),
+        "the environment crossed the link in clear"
+    );
 }
