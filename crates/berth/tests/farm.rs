@@ -146,7 +146,7 @@ impl Farm {
 
     /// `berth ARGS --server` the server's client address, as `uid` on the workstation,
     /// with the workstation's munged and the server's public key.
-    fn from_workstation(
+    fn on_workstation(
         &self,
         uid: u32,
         munge: &std::path::Path,
@@ -487,7 +487,7 @@ fn a_user_on_a_workstation_submits_follows_and_stops_and_no_one_else_passes_for_
     need_root!();
     let farm = Farm::with_workstation(2, "30");
     let ws_munge = farm.munged[1].1.clone();
-    let out = farm.from_workstation(
+    let out = farm.on_workstation(
         NOBODY,
         &ws_munge,
         &[
@@ -500,7 +500,7 @@ fn a_user_on_a_workstation_submits_follows_and_stops_and_no_one_else_passes_for_
         ],
     );
     assert!(out.status.success(), "{}", text(&out));
-    let out = farm.from_workstation(
+    let out = farm.on_workstation(
         NOBODY,
         &ws_munge,
         &[
@@ -512,20 +512,20 @@ fn a_user_on_a_workstation_submits_follows_and_stops_and_no_one_else_passes_for_
         ],
     );
     let follow = stdout(&out).trim().to_string();
-    let out = farm.from_workstation(NOBODY, &ws_munge, &["getlog", "-f", &follow]);
+    let out = farm.on_workstation(NOBODY, &ws_munge, &["getlog", "-f", &follow]);
     assert_eq!(stdout(&out), "tick 1\ntick 2\ntick 3\n", "{}", text(&out));
-    let out = farm.from_workstation(NOBODY, &ws_munge, &["getlog", "1"]);
+    let out = farm.on_workstation(NOBODY, &ws_munge, &["getlog", "1"]);
     assert_eq!(
         stdout(&out),
         format!("from the workstation as {NOBODY}\n"),
         "{}",
         text(&out)
     );
-    let out = farm.from_workstation(NOBODY, &ws_munge, &["run", "--", "sleep", "300"]);
+    let out = farm.on_workstation(NOBODY, &ws_munge, &["run", "--", "sleep", "300"]);
     let long = stdout(&out).trim().to_string();
-    let out = farm.from_workstation(NOBODY, &ws_munge, &["stop", &long]);
+    let out = farm.on_workstation(NOBODY, &ws_munge, &["stop", &long]);
     assert!(out.status.success(), "{}", text(&out));
-    let out = farm.from_workstation(NOBODY, &ws_munge, &["wait", &long]);
+    let out = farm.on_workstation(NOBODY, &ws_munge, &["wait", &long]);
     assert!(
         stdout(&out).contains("stopped by request"),
         "{}",
@@ -533,7 +533,7 @@ fn a_user_on_a_workstation_submits_follows_and_stops_and_no_one_else_passes_for_
     );
     // Another farm's credentials are refused.
     let (mut other, other_sock) = start_munged_with(&farm.fx.root.join("munge-other"), 9);
-    let out = farm.from_workstation(NOBODY, &other_sock, &["list"]);
+    let out = farm.on_workstation(NOBODY, &other_sock, &["list"]);
     signal(&other, libc::SIGTERM);
     let _ = other.wait();
     assert!(!out.status.success());
