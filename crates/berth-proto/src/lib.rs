@@ -214,6 +214,22 @@ pub struct Assignment {
     /// The submitter's umask.
     #[serde(default = "default_umask")]
     pub umask: u32,
+    /// Over a network link: which environment of this connection's this is; when
+    /// `elided`, `env` is empty and the tasker takes the one it was sent before under this
+    /// number (a submitter's jobs share one environment, often of kilobytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_ref: Option<EnvRef>,
+}
+
+/// A number for an environment sent on one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvRef {
+    /// Numbers are valid within an epoch; a new one forgets the old.
+    pub epoch: u32,
+    /// The environment's number.
+    pub id: u32,
+    /// The environment was left out: the tasker has it.
+    pub elided: bool,
 }
 
 /// What the server tells a tasker.

@@ -11,6 +11,7 @@
 use crate::daemon::{Event, Handle, TaskerLink};
 use berth_channel::{Channel, ChannelError};
 use berth_proto::{FromTasker, ToTasker};
+use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -144,16 +145,60 @@ pub fn serve_taskers(listener: TcpListener, handle: Handle, secret: Vec<u8>) {
 
 /// Sends what the actor hands over, and a keepalive when there is nothing; ends the
 /// connection when a write does not go through in time.
+/// The environments already sent on one connection, by content, numbered; a job whose
+/// environment was sent goes without it (see `berth_proto::EnvRef`).
+#[derive(Default)]
+struct Envs {
+    epoch: u32,
+    ids: HashMap<Vec<(String, String)>, u32>,
+}
+
+impl Envs {
+    /// The most environments remembered at once, on both ends.
+    const MAX: usize = 256;
+
+    fn encode(&mut self, m: ToTasker) -> Vec<u8> {
+        let m = match m {
+            ToTasker::Run(mut a) => {
+                if self.ids.len() >= Envs::MAX {
+                    self.ids.clear();
+                    self.epoch += 1;
+                }
+                let (id, elided) = match self.ids.get(&a.env) {
+                    Some(id) => (*id, true),
+                    None => {
+                        let id = self.ids.len() as u32;
+                        self.ids.insert(a.env.clone(), id);
+                        (id, false)
+                    }
+                };
+                if elided {
+                    a.env = Vec::new();
+                }
+                a.env_ref = Some(berth_proto::EnvRef {
+                    epoch: self.epoch,
+                    id,
+                    elided,
+                });
+                ToTasker::Run(a)
+            }
+            m => m,
+        };
+        serde_json::to_vec(&m).unwrap_or_default()
+    }
+}
+
 fn writer(mut tx: berth_channel::Sender, rx: mpsc::Receiver<ToTasker>, name: String) {
     let _ = tx.set_timeout(Some(WRITE_TIME));
+    let mut envs = Envs::default();
     loop {
         let sent = match rx.recv_timeout(HEARTBEAT) {
             Ok(m) => {
                 // What else is waiting goes in the same write.
-                let mut batch = vec![serde_json::to_vec(&m).unwrap_or_default()];
+                let mut batch = vec![envs.encode(m)];
                 while batch.len() < 256 {
                     match rx.try_recv() {
-                        Ok(m) => batch.push(serde_json::to_vec(&m).unwrap_or_default()),
+                        Ok(m) => batch.push(envs.encode(m)),
                         Err(_) => break,
                     }
                 }

@@ -374,6 +374,7 @@ impl Store {
             interactive,
             container: None,
             umask,
+            env_ref: None,
         }))
     }
 

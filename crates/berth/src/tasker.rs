@@ -6,7 +6,7 @@ use crate::up::{make_agent, AgentOpts};
 use anyhow::{bail, Context, Result};
 use berth_channel::{Channel, ChannelError};
 use berth_proto::{FromTasker, ToTasker};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
@@ -194,9 +194,32 @@ fn session(
             tx.shutdown();
         })
     };
+    // The environments the server sent on this connection, by number (see EnvRef).
+    let mut envs: (u32, HashMap<u32, Vec<(String, String)>>) = (0, HashMap::new());
     let why = loop {
         match rx.recv() {
             Ok(body) => match serde_json::from_slice::<ToTasker>(&body) {
+                Ok(ToTasker::Run(mut a)) => {
+                    if let Some(r) = a.env_ref {
+                        if r.epoch != envs.0 {
+                            envs = (r.epoch, HashMap::new());
+                        }
+                        if r.elided {
+                            match envs.1.get(&r.id) {
+                                Some(env) => a.env = env.clone(),
+                                None => {
+                                    // Never run a job with another environment than its
+                                    // own: the connection ends, the job is sent again.
+                                    eprintln!("berth tasker {name}: job {}: an environment the server did not send; reconnecting", a.job);
+                                    break ChannelError::Corrupt;
+                                }
+                            }
+                        } else {
+                            envs.1.insert(r.id, a.env.clone());
+                        }
+                    }
+                    agent.handle(ToTasker::Run(a))
+                }
                 Ok(m) => agent.handle(m),
                 Err(e) => eprintln!("berth tasker {name}: bad message from the server: {e}"),
             },

@@ -1555,3 +1555,38 @@ fn a_host_joins_with_the_address_and_the_secret_alone() {
     assert_eq!(fx.read_work("berth-1.log"), "far away\n");
     assert!(own_swd.join("bin/berth-vw").exists());
 }
+
+/// A remote tasker is sent each environment once per connection and each job after with
+/// its number: jobs of two users, interleaved, each run with its own environment.
+#[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
+fn jobs_on_a_remote_tasker_each_get_their_own_environment() {
+    need_root!();
+    let fx = Fixture::new();
+    chmod(&fx.work, 0o1777);
+    let _split = Split::start(&fx, "2");
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let (uid, value) = if i % 2 == 0 {
+            (NOBODY, "of-nobody")
+        } else {
+            (test_user(), "of-berth-test")
+        };
+        let mut c = fx.berth(&["run", "--", "sh", "-c", "echo $WHOSE $(id -u)"]);
+        c.uid(uid).gid(uid).env("WHOSE", value);
+        let out = output_within(&mut c, T);
+        assert!(out.status.success(), "{}", text(&out));
+        ids.push((stdout(&out).trim().to_string(), uid, value));
+    }
+    for (id, _, _) in &ids {
+        let out = fx.run(&["wait", id], T);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    for (id, uid, value) in &ids {
+        assert_eq!(
+            fx.read_work(&format!("berth-{id}.log")),
+            format!("{value} {uid}\n"),
+            "job {id}"
+        );
+    }
+}
