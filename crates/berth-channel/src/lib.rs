@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The version of this protocol; both ends must speak the same.
 pub const VERSION: u32 = 1;
@@ -162,6 +162,55 @@ fn read_noise(r: &mut impl Read, into: &mut Vec<u8>) -> io::Result<()> {
     r.read_exact(into)
 }
 
+/// `read_exact` that gives up at `deadline`, however slowly the bytes come.
+fn read_exact_by(
+    r: &mut BufReader<TcpStream>,
+    buf: &mut [u8],
+    deadline: Instant,
+) -> io::Result<()> {
+    let mut at = 0;
+    while at < buf.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "too slow"));
+        }
+        r.get_ref().set_read_timeout(Some(left))?;
+        match r.read(&mut buf[at..]) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => at += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Shuts a connection down at a deadline unless told not to: a handshake trickled a byte
+/// at a time must not last for ever.
+struct Watchdog(Option<std::sync::mpsc::Sender<()>>);
+
+impl Watchdog {
+    fn start(stream: &TcpStream, limit: Duration) -> io::Result<Watchdog> {
+        let s = stream.try_clone()?;
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("berth-handshake".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+                    let _ = s.shutdown(std::net::Shutdown::Both);
+                }
+            })?;
+        Ok(Watchdog(Some(tx)))
+    }
+
+    fn done(mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
 /// Opens a channel on `stream`: the initiator (the side that connected) or the responder.
 /// `purpose` binds the channel to its use (`tasker`, `terminal`); `secret_name` says, in
 /// errors, which secret must match.
@@ -193,6 +242,8 @@ pub fn open_keyed(
     };
     stream.set_read_timeout(Some(HANDSHAKE_TIME))?;
     stream.set_write_timeout(Some(HANDSHAKE_TIME))?;
+    // The whole handshake within its time, however slowly the peer sends.
+    let watchdog = Watchdog::start(&stream, HANDSHAKE_TIME)?;
     let mut w = stream.try_clone()?;
     let mut r = BufReader::new(stream.try_clone()?);
     w.write_all(version_line().as_bytes())?;
@@ -241,6 +292,7 @@ pub fn open_keyed(
         write_noise(&mut w, &msg[..n])?;
     }
     let hash = hs.get_handshake_hash().to_vec();
+    watchdog.done();
     let state = Arc::new(
         hs.into_stateless_transport_mode()
             .map_err(|e| ChannelError::Handshake(e.to_string(), secret_name))?,
@@ -349,6 +401,96 @@ impl Receiver {
         };
         self.buf = sealed;
         r
+    }
+
+    /// The next message, of at most `max` bytes (a longer one is refused before any of it
+    /// is read), which must have arrived whole `within` of its first byte; the first byte
+    /// is waited for as the read timeout says. `admit` is told the length first, and may
+    /// refuse it (or wait for room) by returning false.
+    pub fn recv_bounded(
+        &mut self,
+        max: usize,
+        within: Duration,
+        admit: &mut dyn FnMut(usize) -> bool,
+    ) -> Result<Vec<u8>, ChannelError> {
+        let idle = self.stream.get_ref().read_timeout().ok().flatten();
+        let r = self.recv_by(max, within, admit);
+        let _ = self.stream.get_ref().set_read_timeout(idle);
+        r
+    }
+
+    fn recv_by(
+        &mut self,
+        max: usize,
+        within: Duration,
+        admit: &mut dyn FnMut(usize) -> bool,
+    ) -> Result<Vec<u8>, ChannelError> {
+        loop {
+            // The first byte as long as the idle timeout allows, then the message by its
+            // deadline.
+            let mut first = [0u8; 1];
+            if let Err(e) = self.stream.read_exact(&mut first) {
+                return Err(self.map_end(e.into()));
+            }
+            let deadline = Instant::now() + within;
+            let mut head = Vec::with_capacity(4);
+            self.open_one_by(Some(first[0]), deadline, &mut head)?;
+            let Ok(len) = <[u8; 4]>::try_from(head.as_slice()) else {
+                return Err(ChannelError::Corrupt);
+            };
+            let len = u32::from_be_bytes(len) as usize;
+            if len > max.min(MAX_MESSAGE) {
+                return Err(ChannelError::TooLarge(len as u64));
+            }
+            if len == 0 {
+                continue;
+            }
+            if !admit(len) {
+                return Err(ChannelError::TooLarge(len as u64));
+            }
+            let mut msg = Vec::with_capacity(len.min(1 << 20));
+            while msg.len() < len {
+                self.open_one_by(None, deadline, &mut msg)?;
+            }
+            if msg.len() != len {
+                return Err(ChannelError::Corrupt);
+            }
+            return Ok(msg);
+        }
+    }
+
+    /// One Noise message read by `deadline` (its first byte maybe read already).
+    fn open_one_by(
+        &mut self,
+        first: Option<u8>,
+        deadline: Instant,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ChannelError> {
+        let mut len = [0u8; 2];
+        let timed = |e: io::Error| match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                ChannelError::Silent(Duration::ZERO)
+            }
+            io::ErrorKind::UnexpectedEof => ChannelError::Closed,
+            _ => ChannelError::Io(e),
+        };
+        match first {
+            Some(b) => {
+                len[0] = b;
+                read_exact_by(&mut self.stream, &mut len[1..], deadline).map_err(timed)?;
+            }
+            None => read_exact_by(&mut self.stream, &mut len, deadline).map_err(timed)?,
+        }
+        let mut sealed = vec![0u8; u16::from_be_bytes(len) as usize];
+        read_exact_by(&mut self.stream, &mut sealed, deadline).map_err(timed)?;
+        let mut plain = vec![0u8; sealed.len()];
+        let n = self
+            .state
+            .read_message(self.nonce, &sealed, &mut plain)
+            .map_err(|_| ChannelError::Corrupt)?;
+        self.nonce += 1;
+        out.extend_from_slice(&plain[..n]);
+        Ok(())
     }
 
     /// The next message; keepalives are taken and not returned. With a read timeout set,
@@ -558,6 +700,38 @@ mod tests {
                 assert!(s.is_err() || c.is_err());
             }
         }
+    }
+
+    #[test]
+    fn a_trickled_or_too_large_message_is_cut_off() {
+        let (c, s) = pair(b"k", b"k");
+        let (mut c, mut s) = (c.unwrap(), s.unwrap());
+        // Its bytes one at a time, slower than the message may take.
+        let mut out = Vec::new();
+        c.tx.seal(&5u32.to_be_bytes(), &mut out).unwrap();
+        c.tx.seal(b"hello", &mut out).unwrap();
+        let t = std::thread::spawn(move || {
+            for b in out {
+                if c.tx.stream.write_all(&[b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(30));
+            }
+        });
+        let e =
+            s.rx.recv_bounded(1024, Duration::from_millis(300), &mut |_| true)
+                .unwrap_err();
+        assert!(matches!(e, ChannelError::Silent(_)), "{e}");
+        t.join().unwrap();
+
+        let (c, s) = pair(b"k", b"k");
+        let (mut c, mut s) = (c.unwrap(), s.unwrap());
+        c.tx.send(&[0u8; 5000]).unwrap();
+        let e =
+            s.rx.recv_bounded(4096, Duration::from_secs(5), &mut |_| true)
+                .unwrap_err();
+        assert!(matches!(e, ChannelError::TooLarge(5000)), "{e}");
+        c.tx.send(b"x").unwrap();
     }
 
     #[test]

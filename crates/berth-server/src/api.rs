@@ -21,6 +21,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
+use std::time::Instant;
 
 /// The most connections open at once, in all.
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -80,9 +81,59 @@ fn take_slot(open: &Mutex<Open>, uid: u32) -> Result<Slot<'_>, String> {
 /// a submission may ask). Each connection has a thread; their number is bounded in all and
 /// per user, each request's size and time is bounded, and an error of `accept` (such as
 /// running out of descriptors) is waited out rather than retried at once.
+/// The connections open now, local and remote: one table, so that a user's limit counts
+/// both.
+static OPEN: std::sync::LazyLock<Mutex<Open>> = std::sync::LazyLock::new(Mutex::default);
+
+/// Connections still proving who they are, by address: past a few from one address or
+/// many in all, a new one is closed at once, so that silent connections cannot hold every
+/// place or every descriptor.
+pub(crate) struct Unproven {
+    by_ip: Mutex<HashMap<std::net::IpAddr, usize>>,
+}
+
+/// The most connections still proving who they are, from one address.
+pub(crate) const UNPROVEN_PER_ADDRESS: usize = 8;
+/// The most in all.
+pub(crate) const UNPROVEN: usize = 64;
+
+/// A place among the unproven, given back when dropped.
+pub(crate) struct UnprovenPlace<'a>(&'a Unproven, std::net::IpAddr);
+
+impl Unproven {
+    pub(crate) fn new() -> Unproven {
+        Unproven {
+            by_ip: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn take(&self, ip: std::net::IpAddr) -> Option<UnprovenPlace<'_>> {
+        let mut m = self.by_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let all: usize = m.values().sum();
+        let mine = m.get(&ip).copied().unwrap_or(0);
+        if all >= UNPROVEN || mine >= UNPROVEN_PER_ADDRESS {
+            return None;
+        }
+        *m.entry(ip).or_default() += 1;
+        Some(UnprovenPlace(self, ip))
+    }
+}
+
+impl Drop for UnprovenPlace<'_> {
+    fn drop(&mut self) {
+        let mut m = self.0.by_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.1);
+            }
+        }
+    }
+}
+
 pub fn serve(listener: UnixListener, handle: Handle, policy: Policy) {
     let policy = Arc::new(policy);
-    let open: &'static Mutex<Open> = Box::leak(Box::default());
+    let open: &'static Mutex<Open> = &OPEN;
     let mut backoff = Duration::from_millis(10);
     loop {
         let conn = match listener.accept() {
@@ -182,8 +233,8 @@ pub fn serve_remote(
 ) {
     let policy = Arc::new(policy);
     let remote = Arc::new(remote);
-    let open: &'static Mutex<Open> = Box::leak(Box::default());
-    let handshaking = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let open: &'static Mutex<Open> = &OPEN;
+    let unproven: &'static Unproven = Box::leak(Box::new(Unproven::new()));
     let mut backoff = Duration::from_millis(10);
     loop {
         let conn = match listener.accept() {
@@ -198,44 +249,43 @@ pub fn serve_remote(
                 continue;
             }
         };
-        // Who a connection is is known only once it proves it: at most 64 at once may
-        // still be proving it.
-        use std::sync::atomic::Ordering;
-        if handshaking.load(Ordering::Relaxed) >= 64 {
+        // Who a connection is is known only once it proves it: few at once may still be
+        // proving it, from one address and in all.
+        let Ok(ip) = conn.peer_addr().map(|a| a.ip()) else {
             continue;
-        }
-        handshaking.fetch_add(1, Ordering::Relaxed);
-        let (handle, policy, remote, handshaking) = (
-            handle.clone(),
-            policy.clone(),
-            remote.clone(),
-            handshaking.clone(),
-        );
-        std::thread::spawn(move || {
-            let peer = conn
-                .peer_addr()
-                .map(|a| a.ip().to_string())
-                .unwrap_or_default();
-            let authed = remote_client(conn, &remote, &policy);
-            handshaking.fetch_sub(1, Ordering::Relaxed);
-            match authed {
-                Ok((ch, caller)) => {
-                    let slot = match take_slot(open, caller.uid) {
-                        Ok(s) => s,
-                        Err(e) => {
-                            let mut tx = ch.tx;
-                            let mut buf = Vec::new();
-                            let _ = write_response(&mut buf, 429, &error_body(&e));
-                            let _ = tx.send(&buf);
-                            return;
-                        }
-                    };
-                    remote_requests(ch, &caller, &handle, &policy, &peer);
-                    drop(slot);
+        };
+        let Some(place) = unproven.take(ip) else {
+            continue;
+        };
+        let (handle, policy, remote) = (handle.clone(), policy.clone(), remote.clone());
+        let spawned = std::thread::Builder::new()
+            .name("berth-remote".into())
+            .spawn(move || {
+                let peer = ip.to_string();
+                let authed = remote_client(conn, &remote, &policy);
+                drop(place);
+                match authed {
+                    Ok((ch, caller)) => {
+                        let slot = match take_slot(open, caller.uid) {
+                            Ok(s) => s,
+                            Err(e) => {
+                                let mut tx = ch.tx;
+                                let mut buf = Vec::new();
+                                let _ = write_response(&mut buf, 429, &error_body(&e));
+                                let _ = tx.send(&buf);
+                                return;
+                            }
+                        };
+                        remote_requests(ch, &caller, &handle, &policy, &peer);
+                        drop(slot);
+                    }
+                    Err(e) => eprintln!("berth server: remote client {peer}: {e}"),
                 }
-                Err(e) => eprintln!("berth server: remote client {peer}: {e}"),
-            }
-        });
+            });
+        if let Err(e) = spawned {
+            eprintln!("berth server: no thread for a remote client: {e}; waiting {backoff:?}");
+            std::thread::sleep(backoff);
+        }
     }
 }
 
@@ -256,9 +306,13 @@ fn remote_client(
     ch.rx
         .set_timeout(Some(berth_channel::HANDSHAKE_TIME))
         .map_err(|e| e.to_string())?;
+    // The credential: a few KiB, whole within the handshake's time.
+    let first = ch
+        .rx
+        .recv_bounded(16 * 1024, berth_channel::HANDSHAKE_TIME, &mut |_| true)
+        .map_err(|e| e.to_string())?;
     let first: serde_json::Value =
-        serde_json::from_slice(&ch.rx.recv().map_err(|e| e.to_string())?)
-            .map_err(|e| format!("bad first message: {e}"))?;
+        serde_json::from_slice(&first).map_err(|e| format!("bad first message: {e}"))?;
     let refuse = |ch: &mut berth_channel::Channel, why: String| {
         let _ = ch
             .tx
@@ -315,7 +369,24 @@ fn remote_requests(
     peer: &str,
 ) {
     let _ = ch.tx.set_timeout(Some(WRITE_TIME));
-    while let Ok(msg) = ch.rx.recv() {
+    loop {
+        // As on the local socket: a request's size and time bounded, and a large body
+        // taken only while one of the few places for one is free.
+        let mut place = None;
+        let msg = match ch.rx.recv_bounded(
+            crate::http::MAX_HEAD + crate::http::MAX_BODY,
+            crate::http::REQUEST_TIME,
+            &mut |len| {
+                if len <= crate::http::BIG_BODY {
+                    return true;
+                }
+                place = crate::http::BigPlace::take(Instant::now() + crate::http::REQUEST_TIME);
+                place.is_some()
+            },
+        ) {
+            Ok(m) => m,
+            Err(_) => return,
+        };
         let mut answer = Vec::new();
         match Conn::new(&msg[..]).read_request() {
             Ok(Some(req)) => {
@@ -331,6 +402,7 @@ fn remote_requests(
                 );
             }
         }
+        drop(place);
         if ch.tx.send(&answer).is_err() {
             return;
         }

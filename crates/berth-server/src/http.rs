@@ -28,7 +28,7 @@ pub struct BigPlace(());
 
 impl BigPlace {
     /// Waits for a place until `deadline`.
-    fn take(deadline: Instant) -> Option<BigPlace> {
+    pub fn take(deadline: Instant) -> Option<BigPlace> {
         let mut n = BIG.0.lock().unwrap_or_else(|e| e.into_inner());
         while *n >= BIG_AT_ONCE {
             let left = deadline.saturating_duration_since(Instant::now());

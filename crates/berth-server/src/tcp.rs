@@ -119,6 +119,7 @@ impl TaskerLink for TcpLink {
 /// Accepts taskers until the listener fails.
 pub fn serve_taskers(listener: TcpListener, handle: Handle, secret: Vec<u8>) {
     let mut backoff = Duration::from_millis(10);
+    let unproven: &'static crate::api::Unproven = Box::leak(Box::new(crate::api::Unproven::new()));
     loop {
         let conn = match listener.accept() {
             Ok((c, _)) => {
@@ -132,14 +133,28 @@ pub fn serve_taskers(listener: TcpListener, handle: Handle, secret: Vec<u8>) {
                 continue;
             }
         };
+        // Few connections at once may still be proving they hold the secret, from one
+        // address and in all: silent ones cannot take the server's descriptors.
+        let Ok(ip) = conn.peer_addr().map(|a| a.ip()) else {
+            continue;
+        };
+        let Some(place) = unproven.take(ip) else {
+            continue;
+        };
         let handle = handle.clone();
         let secret = secret.clone();
-        std::thread::spawn(move || {
-            let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-            if let Err(e) = tasker_conn(conn, &handle, &secret) {
-                eprintln!("berth server: tasker connection from {peer}: {e}");
-            }
-        });
+        let spawned = std::thread::Builder::new()
+            .name("berth-tasker-link".into())
+            .spawn(move || {
+                let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+                if let Err(e) = tasker_conn(conn, &handle, &secret, place) {
+                    eprintln!("berth server: tasker connection from {peer}: {e}");
+                }
+            });
+        if let Err(e) = spawned {
+            eprintln!("berth server: no thread for a tasker: {e}; waiting {backoff:?}");
+            std::thread::sleep(backoff);
+        }
     }
 }
 
@@ -216,12 +231,19 @@ fn writer(mut tx: berth_channel::Sender, rx: mpsc::Receiver<ToTasker>, name: Str
     tx.shutdown();
 }
 
-fn tasker_conn(conn: TcpStream, handle: &Handle, secret: &[u8]) -> Result<(), ChannelError> {
+fn tasker_conn(
+    conn: TcpStream,
+    handle: &Handle,
+    secret: &[u8],
+    place: crate::api::UnprovenPlace<'_>,
+) -> Result<(), ChannelError> {
     conn.set_nodelay(true)?;
     let Channel { tx, mut rx, .. } =
         berth_channel::open(conn, secret, PURPOSE, false, SECRET_NAME)?;
     rx.set_timeout(Some(berth_channel::HANDSHAKE_TIME))?;
-    let hello: Hello = serde_json::from_slice(&rx.recv()?)
+    let first = rx.recv_bounded(4096, berth_channel::HANDSHAKE_TIME, &mut |_| true)?;
+    drop(place);
+    let hello: Hello = serde_json::from_slice(&first)
         .map_err(|e| io::Error::other(format!("bad first message: {e}")))?;
     if hello.name.is_empty()
         || hello.name.len() > 200

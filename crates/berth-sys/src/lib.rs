@@ -492,6 +492,30 @@ pub fn poll_readable(fds: &[RawFd]) -> io::Result<Vec<bool>> {
     Ok(p.iter().map(|x| x.revents != 0).collect())
 }
 
+/// Whether an open file lies on a filesystem of the kernel's (proc, sysfs, cgroup, debugfs,
+/// tracefs, securityfs, bpf, configfs): no job's log is one, and reading or writing one as
+/// a user from within the tasker's process would reach the tasker itself (`/proc/self`).
+pub fn on_kernel_fs(f: &impl AsRawFd) -> bool {
+    // SAFETY: fstatfs writes into a zeroed local.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: f is open; st is a valid out-pointer.
+    if unsafe { libc::fstatfs(f.as_raw_fd(), &mut st) } != 0 {
+        return true;
+    }
+    const KERNEL: [i64; 9] = [
+        0x9fa0,     // proc
+        0x62656572, // sysfs
+        0x27e0eb,   // cgroup
+        0x63677270, // cgroup2
+        0x64626720, // debugfs
+        0x74726163, // tracefs
+        0x73636673, // securityfs
+        0xcafe4a11, // bpf
+        0x62656570, // configfs
+    ];
+    KERNEL.contains(&(st.f_type as i64))
+}
+
 /// This process's umask, read without changing it (from /proc/self/status), else 022.
 pub fn current_umask() -> u32 {
     std::fs::read_to_string("/proc/self/status")

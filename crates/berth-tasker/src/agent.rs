@@ -363,8 +363,15 @@ impl Agent {
                 }
             }
             ToTasker::ReadLog(r) => {
-                let part = read_log(&r);
-                (self.report)(FromTasker::Log(part));
+                // Off the link's thread: a slow filesystem must not hold the tasker's
+                // messages.
+                let me = self.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("berth-log-read".into())
+                    .spawn(move || (me.report)(FromTasker::Log(read_log(&r))));
+                if let Err(e) = spawned {
+                    eprintln!("berth tasker {}: no thread to read a log: {e}", self.name);
+                }
             }
             ToTasker::Stop(job) => {
                 if let Some((_, s)) = self.running.lock().expect("lock").get(&job) {

@@ -145,6 +145,15 @@ pub(crate) fn open_regular(o: &mut std::fs::OpenOptions, p: &Path) -> io::Result
         Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", p.display()))),
     };
     let ft = f.metadata()?.file_type();
+    if ft.is_file() && sys::on_kernel_fs(&f) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{}: is a file of the kernel's (/proc, /sys), not a regular file; give a path to a regular file",
+                p.display()
+            ),
+        ));
+    }
     if !ft.is_file() {
         let what = if ft.is_fifo() {
             "a FIFO"

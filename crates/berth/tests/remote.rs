@@ -175,6 +175,22 @@ fn a_user_of_another_host_submits_waits_lists_and_stops() {
         "{}",
         text(&out)
     );
+    // A log in the kernel's files (the tasker's own /proc/self) is refused, written or read.
+    let out = remote(
+        &fx,
+        NOBODY,
+        &server,
+        &munge.sock,
+        &["run", "-w", "-l", "/proc/self/maps", "--", "true"],
+    );
+    assert!(!out.status.success());
+    let proc_job = "3";
+    let out = remote(&fx, NOBODY, &server, &munge.sock, &["getlog", proc_job]);
+    assert!(
+        !stdout(&out).contains("r-xp") && stderr(&out).contains("a file of the kernel's"),
+        "{}",
+        text(&out)
+    );
     let out = remote(&fx, NOBODY, &server, &munge.sock, &["info", "--json", "1"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
@@ -208,7 +224,7 @@ fn a_user_of_another_host_submits_waits_lists_and_stops() {
     );
     let out = remote(&fx, NOBODY, &server, &munge.sock, &["list", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v.as_array().unwrap().len(), 3);
+    assert_eq!(v.as_array().unwrap().len(), 4);
 }
 
 #[test]

@@ -1590,3 +1590,60 @@ fn jobs_on_a_remote_tasker_each_get_their_own_environment() {
         );
     }
 }
+
+/// Silent connections to the tasker port, which prove nothing, hold a few places for a
+/// few seconds and no more: the server's descriptors stay few, and a tasker from another
+/// address joins meanwhile.
+#[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
+fn silent_connections_to_the_tasker_port_hold_nothing() {
+    need_root!();
+    let fx = Fixture::new();
+    let mut split = Split {
+        server: None,
+        tasker: None,
+        fx_swd: fx.swd.clone(),
+        grace: "30".into(),
+    };
+    split.start_server("127.0.0.1:0");
+    let port = split.addr().rsplit(':').next().unwrap().to_string();
+    let silent = r#"
+import socket, sys
+held = []
+for _ in range(300):
+    s = socket.socket()
+    s.bind(("127.0.0.2", 0))
+    s.connect(("127.0.0.1", int(sys.argv[1])))
+    s.send(b"berth-channel 1\n")
+    held.append(s)
+print("holding", len(held), flush=True)
+sys.stdin.read()
+"#;
+    let mut py = Command::new("/usr/bin/python3")
+        .args(["-c", silent, &port])
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(py.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "holding 300\n");
+    }
+    let server_pid = split.server.as_ref().unwrap().id();
+    let fds = std::fs::read_dir(format!("/proc/{server_pid}/fd"))
+        .unwrap()
+        .count();
+    assert!(
+        fds < 100,
+        "the server holds {fds} descriptors for 300 silent connections"
+    );
+    split.start_tasker("2");
+    drop(py.stdin.take());
+    let _ = wait_status(py, T);
+}
