@@ -131,6 +131,37 @@ impl Drop for UnprovenPlace<'_> {
     }
 }
 
+/// The next connection with a place among the unproven (few at once may still be proving
+/// who they are, from one address and in all; the others are closed at once), waiting
+/// out errors of `accept` (such as running out of descriptors).
+pub(crate) fn accept_unproven<'a>(
+    listener: &std::net::TcpListener,
+    unproven: &'a Unproven,
+    what: &str,
+    backoff: &mut Duration,
+) -> (std::net::TcpStream, std::net::IpAddr, UnprovenPlace<'a>) {
+    loop {
+        let conn = match listener.accept() {
+            Ok((c, _)) => {
+                *backoff = Duration::from_millis(10);
+                c
+            }
+            Err(e) => {
+                eprintln!("berth server: accepting {what}: {e}; waiting {backoff:?}");
+                std::thread::sleep(*backoff);
+                *backoff = (*backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Ok(ip) = conn.peer_addr().map(|a| a.ip()) else {
+            continue;
+        };
+        if let Some(place) = unproven.take(ip) {
+            return (conn, ip, place);
+        }
+    }
+}
+
 pub fn serve(listener: UnixListener, handle: Handle, policy: Policy) {
     let policy = Arc::new(policy);
     let open: &'static Mutex<Open> = &OPEN;
@@ -237,26 +268,9 @@ pub fn serve_remote(
     let unproven: &'static Unproven = Box::leak(Box::new(Unproven::new()));
     let mut backoff = Duration::from_millis(10);
     loop {
-        let conn = match listener.accept() {
-            Ok((c, _)) => {
-                backoff = Duration::from_millis(10);
-                c
-            }
-            Err(e) => {
-                eprintln!("berth server: accepting a remote client: {e}; waiting {backoff:?}");
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
-        // Who a connection is is known only once it proves it: few at once may still be
-        // proving it, from one address and in all.
-        let Ok(ip) = conn.peer_addr().map(|a| a.ip()) else {
-            continue;
-        };
-        let Some(place) = unproven.take(ip) else {
-            continue;
-        };
+        // Who a connection is is known only once it proves it.
+        let (conn, ip, place) =
+            accept_unproven(&listener, unproven, "a remote client", &mut backoff);
         let (handle, policy, remote) = (handle.clone(), policy.clone(), remote.clone());
         let spawned = std::thread::Builder::new()
             .name("berth-remote".into())

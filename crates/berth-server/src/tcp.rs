@@ -121,26 +121,10 @@ pub fn serve_taskers(listener: TcpListener, handle: Handle, secret: Vec<u8>) {
     let mut backoff = Duration::from_millis(10);
     let unproven: &'static crate::api::Unproven = Box::leak(Box::new(crate::api::Unproven::new()));
     loop {
-        let conn = match listener.accept() {
-            Ok((c, _)) => {
-                backoff = Duration::from_millis(10);
-                c
-            }
-            Err(e) => {
-                eprintln!("berth server: accepting a tasker: {e}; waiting {backoff:?}");
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
-        // Few connections at once may still be proving they hold the secret, from one
-        // address and in all: silent ones cannot take the server's descriptors.
-        let Ok(ip) = conn.peer_addr().map(|a| a.ip()) else {
-            continue;
-        };
-        let Some(place) = unproven.take(ip) else {
-            continue;
-        };
+        // Few connections at once may still be proving they hold the secret: silent ones
+        // cannot take the server's descriptors.
+        let (conn, _, place) =
+            crate::api::accept_unproven(&listener, unproven, "a tasker", &mut backoff);
         let handle = handle.clone();
         let secret = secret.clone();
         let spawned = std::thread::Builder::new()

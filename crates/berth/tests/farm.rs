@@ -96,7 +96,7 @@ impl Farm {
         if workstation {
             for host in ["srv", "ws"] {
                 farm.munged
-                    .push(start_munged(&farm.fx.root.join(format!("munge-{host}"))));
+                    .push(farm_munged(&farm.fx.root.join(format!("munge-{host}"))));
             }
         }
         let munge_sock = farm
@@ -300,32 +300,8 @@ impl Drop for Farm {
 }
 
 /// A munged of the farm's key, its socket in `dir`.
-fn start_munged(dir: &std::path::Path) -> (Child, std::path::PathBuf) {
-    start_munged_with(dir, 7)
-}
-
-/// A munged whose key is the byte `key` repeated.
-fn start_munged_with(dir: &std::path::Path, key: u8) -> (Child, std::path::PathBuf) {
-    std::fs::create_dir_all(dir).unwrap();
-    chmod(dir, 0o755);
-    let k = dir.join("munge.key");
-    std::fs::write(&k, [key; 1024]).unwrap();
-    chmod(&k, 0o400);
-    let sock = dir.join("munge.sock");
-    let child = Command::new("munged")
-        .arg("--foreground")
-        .arg("--force")
-        .arg(format!("--key-file={}", k.display()))
-        .arg(format!("--socket={}", sock.display()))
-        .arg(format!("--pid-file={}", dir.join("pid").display()))
-        .arg(format!("--log-file={}", dir.join("log").display()))
-        .arg(format!("--seed-file={}", dir.join("seed").display()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("munged (apt-get install munge)");
-    wait_until("munged", T, || sock.exists());
-    (child, sock)
+fn farm_munged(dir: &std::path::Path) -> (Child, std::path::PathBuf) {
+    start_munged(dir, 7)
 }
 
 /// Submits `n` jobs that each append their index to `ran` and sleep `secs`.
@@ -532,7 +508,7 @@ fn a_user_on_a_workstation_submits_follows_and_stops_and_no_one_else_passes_for_
         text(&out)
     );
     // Another farm's credentials are refused.
-    let (mut other, other_sock) = start_munged_with(&farm.fx.root.join("munge-other"), 9);
+    let (mut other, other_sock) = start_munged(&farm.fx.root.join("munge-other"), 9);
     let out = farm.on_workstation(NOBODY, &other_sock, &["list"]);
     signal(&other, libc::SIGTERM);
     let _ = other.wait();

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// A munged with `key`, its socket in `dir` (which others may enter, as a host's is).
+/// A munged with `key`, stopped when dropped.
 struct Munged {
     child: Child,
     sock: PathBuf,
@@ -18,25 +18,7 @@ struct Munged {
 
 impl Munged {
     fn start(dir: &Path, key: u8) -> Munged {
-        std::fs::create_dir_all(dir).unwrap();
-        chmod(dir, 0o755);
-        let k = dir.join("munge.key");
-        std::fs::write(&k, [key; 1024]).unwrap();
-        chmod(&k, 0o400);
-        let sock = dir.join("munge.sock");
-        let child = Command::new("munged")
-            .arg("--foreground")
-            .arg("--force")
-            .arg(format!("--key-file={}", k.display()))
-            .arg(format!("--socket={}", sock.display()))
-            .arg(format!("--pid-file={}", dir.join("munged.pid").display()))
-            .arg(format!("--log-file={}", dir.join("munged.log").display()))
-            .arg(format!("--seed-file={}", dir.join("munged.seed").display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("munged (apt-get install munge)");
-        wait_until("munged", T, || sock.exists());
+        let (child, sock) = start_munged(dir, key);
         Munged { child, sock }
     }
 }

@@ -437,3 +437,28 @@ pub fn as_nobody(fx: &Fixture, args: &[&str]) -> std::process::Output {
         .env("USER", "nobody");
     output_within(&mut c, T)
 }
+
+/// A munged of the test's own whose key is the byte `key` repeated, its socket in `dir`
+/// (which others may enter, as a host's is). Killed with the returned child.
+pub fn start_munged(dir: &Path, key: u8) -> (Child, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    chmod(dir, 0o755);
+    let k = dir.join("munge.key");
+    std::fs::write(&k, [key; 1024]).unwrap();
+    chmod(&k, 0o400);
+    let sock = dir.join("munge.sock");
+    let child = Command::new("munged")
+        .arg("--foreground")
+        .arg("--force")
+        .arg(format!("--key-file={}", k.display()))
+        .arg(format!("--socket={}", sock.display()))
+        .arg(format!("--pid-file={}", dir.join("pid").display()))
+        .arg(format!("--log-file={}", dir.join("log").display()))
+        .arg(format!("--seed-file={}", dir.join("seed").display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("munged (apt-get install munge)");
+    wait_until("munged", T, || sock.exists());
+    (child, sock)
+}
