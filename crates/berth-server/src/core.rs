@@ -69,6 +69,51 @@ pub enum StopWhat {
     Unknown,
 }
 
+/// What a tasker's hello means for the jobs: the rules of a tasker that (re)joins,
+/// decided with no I/O (the daemon applies them).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct HelloVerdict {
+    /// Jobs recorded as running there that it still runs, with their slots: they keep
+    /// them.
+    pub keep: Vec<(u64, u32)>,
+    /// Jobs recorded as running there that it neither runs nor has ended, sent to this
+    /// very process, which never got them: they never ran, and queue again.
+    pub requeue: Vec<u64>,
+    /// Jobs recorded as running there that it neither runs nor has ended, sent to an
+    /// earlier process of the tasker: nobody can know what became of them.
+    pub lost: Vec<u64>,
+    /// Jobs it runs that are not recorded as running there (failed as lost while it was
+    /// away too long, say): they must not go on unaccounted, and are stopped.
+    pub stop: Vec<u64>,
+}
+
+/// Judges a tasker's hello. `recorded` are the jobs recorded as running on it, each with
+/// the process (incarnation) its start was sent to; `listed` what it says it runs (job,
+/// slot); `ended` the jobs whose ends it lists; `incarnation` the process saying hello.
+pub fn judge_hello(
+    recorded: &[(u64, &str)],
+    listed: &[(u64, u32)],
+    ended: &[u64],
+    incarnation: &str,
+) -> HelloVerdict {
+    let mut v = HelloVerdict::default();
+    let listed_map: HashMap<u64, u32> = listed.iter().copied().collect();
+    for &(id, sent_to) in recorded {
+        match listed_map.get(&id) {
+            Some(slot) => v.keep.push((id, *slot)),
+            None if ended.contains(&id) => {}
+            None if sent_to == incarnation => v.requeue.push(id),
+            None => v.lost.push(id),
+        }
+    }
+    for &(id, _) in listed {
+        if !recorded.iter().any(|(r, _)| *r == id) {
+            v.stop.push(id);
+        }
+    }
+    v
+}
+
 /// The core.
 #[derive(Default)]
 pub struct Core {
@@ -418,6 +463,55 @@ mod tests {
                 (4, "b", None)
             ]
         );
+    }
+
+    #[test]
+    fn hello_verdicts_table() {
+        // (recorded: job and the process its start went to, listed, ended, incarnation,
+        //  keep, requeue, lost, stop)
+        type Case<'a> = (
+            &'a [(u64, &'a str)],
+            &'a [(u64, u32)],
+            &'a [u64],
+            &'a str,
+            &'a [(u64, u32)],
+            &'a [u64],
+            &'a [u64],
+            &'a [u64],
+        );
+        let cases: &[Case] = &[
+            // Back in time: what runs keeps its slot.
+            (
+                &[(1, "a"), (2, "a")],
+                &[(1, 0), (2, 1)],
+                &[],
+                "a",
+                &[(1, 0), (2, 1)],
+                &[],
+                &[],
+                &[],
+            ),
+            // An end listed is neither lost nor queued again.
+            (&[(1, "a")], &[], &[1], "a", &[], &[], &[], &[]),
+            // Sent to this process, never heard of: never delivered, queued again.
+            (&[(1, "b")], &[], &[], "b", &[], &[1], &[], &[]),
+            // Sent to an earlier process: lost.
+            (&[(1, "a")], &[], &[], "b", &[], &[], &[1], &[]),
+            // Runs what the server does not count as running there: stopped.
+            (&[], &[(7, 0)], &[], "a", &[], &[], &[], &[7]),
+        ];
+        for (recorded, listed, ended, inc, keep, requeue, lost, stop) in cases {
+            assert_eq!(
+                judge_hello(recorded, listed, ended, inc),
+                HelloVerdict {
+                    keep: keep.to_vec(),
+                    requeue: requeue.to_vec(),
+                    lost: lost.to_vec(),
+                    stop: stop.to_vec(),
+                },
+                "recorded {recorded:?}, listed {listed:?}, ended {ended:?}, by {inc}"
+            );
+        }
     }
 
     #[test]

@@ -667,43 +667,32 @@ impl Server {
         self.away.remove(name);
         self.core.tasker_gone(name);
         self.core.tasker_joined(name, offer, slots);
-        // The jobs recorded as running there: those it still runs keep their slots; those
-        // that ended are in `ended`; those sent to this same process that it never heard
-        // of (the server died between recording a start and sending it) queue again;
-        // those sent to an earlier process of the tasker are lost.
-        let listed: HashMap<u64, u32> = running.into_iter().collect();
-        let here: Vec<u64> = self
+        // The rules are the core's (see `judge_hello`); here they are applied.
+        let recorded: Vec<(u64, &str)> = self
             .running_on
             .iter()
             .filter(|(_, t)| *t == name)
-            .map(|(id, _)| *id)
+            .map(|(id, _)| (*id, self.sent_to.get(id).map(String::as_str).unwrap_or("")))
             .collect();
-        for id in here {
-            match listed.get(&id) {
-                Some(slot) => {
-                    let req = self
-                        .store
-                        .run_spec(id)
-                        .ok()
-                        .flatten()
-                        .and_then(|s| s.resources);
-                    if !self.core.adopt_running(id, name, *slot, req.as_deref()) {
-                        out.lost.push(id);
-                    }
-                }
-                None if ended.iter().any(|e| e.job == id) => {}
-                // Sent to this very process, which never got it: it never ran.
-                None if self.sent_to.get(&id) == Some(&incarnation) => out.requeue.push(id),
-                None => out.lost.push(id),
+        let ended_ids: Vec<u64> = ended.iter().map(|e| e.job).collect();
+        let verdict = crate::core::judge_hello(&recorded, &running, &ended_ids, &incarnation);
+        for (id, slot) in verdict.keep {
+            let req = self
+                .store
+                .run_spec(id)
+                .ok()
+                .flatten()
+                .and_then(|s| s.resources);
+            // It no longer fits (the tasker came back with less): lost, and stopped.
+            if !self.core.adopt_running(id, name, slot, req.as_deref()) {
+                out.lost.push(id);
+                link.send(ToTasker::Stop(id));
             }
         }
-        // What it runs that the server does not count as running there (failed as lost
-        // while it was away too long, say) must not go on unaccounted: it is stopped, and
-        // its end acknowledged when it comes.
-        for id in listed.keys() {
-            if self.running_on.get(id).map(String::as_str) != Some(name) || out.lost.contains(id) {
-                link.send(ToTasker::Stop(*id));
-            }
+        out.requeue.extend(verdict.requeue);
+        out.lost.extend(verdict.lost);
+        for id in verdict.stop {
+            link.send(ToTasker::Stop(id));
         }
         self.taskers.insert(
             name.to_string(),
