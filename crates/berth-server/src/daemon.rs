@@ -248,6 +248,15 @@ impl Server {
 
     /// Handles events until Shutdown.
     pub fn run(mut self) {
+        // Taskers that ran jobs when the server stopped have the grace to come back, from
+        // now; one that never does loses its jobs, as one that goes away does.
+        let deadline = Instant::now() + self.tasker_grace;
+        let names: std::collections::BTreeSet<String> = self.running_on.values().cloned().collect();
+        for name in names {
+            if !self.taskers.contains_key(&name) {
+                self.away.entry(name).or_insert(deadline);
+            }
+        }
         loop {
             // Wake at least once a second, to lose the jobs of taskers away too long.
             let first = match self.rx.recv_timeout(Duration::from_secs(1)) {

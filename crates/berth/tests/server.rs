@@ -1647,3 +1647,30 @@ sys.stdin.read()
     drop(py.stdin.take());
     let _ = wait_status(py, T);
 }
+
+/// A tasker that ran jobs when the server was killed, and never comes back, loses them
+/// once the restarted server's grace has passed (they are not left Running for ever).
+#[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
+fn a_tasker_that_never_comes_back_after_a_server_restart_loses_its_jobs() {
+    need_root!();
+    let fx = Fixture::new();
+    chmod(&fx.work, 0o1777);
+    let mut split = Split::start_with_grace(&fx, "2", "2");
+    let out = as_nobody(
+        &fx,
+        &["run", "--", "sh", "-c", "touch started; exec sleep 3302"],
+    );
+    let job = stdout(&out).trim().to_string();
+    wait_until("the job to start", T, || fx.work.join("started").exists());
+    Split::kill9(&mut split.tasker);
+    Split::kill9(&mut split.server);
+    let _ = Command::new("pkill").args(["-f", "^sleep 3302"]).status();
+    split.start_server("127.0.0.1:0");
+    let out = fx.run(&["wait", "--timeout", "30", &job], T);
+    assert!(
+        stdout(&out).contains(&format!("{job} Failed: lost")),
+        "{}",
+        text(&out)
+    );
+}
