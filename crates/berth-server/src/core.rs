@@ -114,6 +114,52 @@ pub fn judge_hello(
     v
 }
 
+/// Taskers away, each with the moment its grace ends: the rule of liveness, with the time
+/// handed in.
+#[derive(Debug, Default)]
+pub struct Away {
+    until: HashMap<String, std::time::Instant>,
+}
+
+impl Away {
+    /// Tasker `name` was last heard at `heard`: it has `grace` from then to come back.
+    /// An earlier deadline is kept (`first`) when asked, as for taskers a restarted server
+    /// waits for.
+    pub fn gone(
+        &mut self,
+        name: &str,
+        heard: std::time::Instant,
+        grace: std::time::Duration,
+        first: bool,
+    ) {
+        let until = heard + grace;
+        if first {
+            self.until.entry(name.to_string()).or_insert(until);
+        } else {
+            self.until.insert(name.to_string(), until);
+        }
+    }
+
+    /// It is back.
+    pub fn back(&mut self, name: &str) {
+        self.until.remove(name);
+    }
+
+    /// The taskers whose grace has ended by `now`, forgotten here: their jobs are lost.
+    pub fn expired(&mut self, now: std::time::Instant) -> Vec<String> {
+        let out: Vec<String> = self
+            .until
+            .iter()
+            .filter(|(_, d)| **d <= now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in &out {
+            self.until.remove(n);
+        }
+        out
+    }
+}
+
 /// The core.
 #[derive(Default)]
 pub struct Core {
@@ -463,6 +509,33 @@ mod tests {
                 (4, "b", None)
             ]
         );
+    }
+
+    #[test]
+    fn a_tasker_away_past_its_grace_counted_from_when_it_was_last_heard() {
+        use std::time::{Duration, Instant};
+        let t0 = Instant::now();
+        let mut away = Away::default();
+        away.gone("a", t0, Duration::from_secs(30), false);
+        away.gone(
+            "b",
+            t0 + Duration::from_secs(5),
+            Duration::from_secs(30),
+            false,
+        );
+        assert!(away.expired(t0 + Duration::from_secs(29)).is_empty());
+        assert_eq!(away.expired(t0 + Duration::from_secs(30)), ["a"]);
+        away.back("b");
+        assert!(away.expired(t0 + Duration::from_secs(99)).is_empty());
+        // A restarted server's first deadline is not pushed back by a later one.
+        away.gone("c", t0, Duration::from_secs(10), true);
+        away.gone(
+            "c",
+            t0 + Duration::from_secs(60),
+            Duration::from_secs(10),
+            true,
+        );
+        assert_eq!(away.expired(t0 + Duration::from_secs(10)), ["c"]);
     }
 
     #[test]

@@ -166,7 +166,7 @@ pub struct Server {
     /// Which run (incarnation) of its tasker each running job's start was sent to.
     sent_to: HashMap<u64, String>,
     /// Taskers whose link broke, and when their jobs become lost unless they come back.
-    away: HashMap<String, Instant>,
+    away: crate::core::Away,
     /// How long a tasker may be away before its jobs are lost.
     pub tasker_grace: Duration,
     /// The most unfinished jobs one user may have; a submission past it is refused.
@@ -233,7 +233,7 @@ impl Server {
                 unfinished,
                 running_on,
                 sent_to,
-                away: HashMap::new(),
+                away: crate::core::Away::default(),
                 tasker_grace: Duration::from_secs(30),
                 per_uid,
                 unwritten: Unwritten::default(),
@@ -250,11 +250,11 @@ impl Server {
     pub fn run(mut self) {
         // Taskers that ran jobs when the server stopped have the grace to come back, from
         // now; one that never does loses its jobs, as one that goes away does.
-        let deadline = Instant::now() + self.tasker_grace;
+        let now = Instant::now();
         let names: std::collections::BTreeSet<String> = self.running_on.values().cloned().collect();
         for name in names {
             if !self.taskers.contains_key(&name) {
-                self.away.entry(name).or_insert(deadline);
+                self.away.gone(&name, now, self.tasker_grace, true);
             }
         }
         loop {
@@ -385,7 +385,7 @@ impl Server {
                     self.taskers.remove(&name);
                     self.core.tasker_gone(&name);
                     // The grace counts from when it was last heard.
-                    self.away.insert(name, heard + self.tasker_grace);
+                    self.away.gone(&name, heard, self.tasker_grace, false);
                 }
                 Event::Stop(c, id, reply) => {
                     let answer = self.stop(&c, id, &mut stopped);
@@ -415,15 +415,7 @@ impl Server {
         }
         stopped.extend(earlier.stopped);
 
-        let now = Instant::now();
-        let expired: Vec<String> = self
-            .away
-            .iter()
-            .filter(|(_, d)| **d <= now)
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in expired {
-            self.away.remove(&name);
+        for name in self.away.expired(Instant::now()) {
             if !self.taskers.contains_key(&name) {
                 lost.extend(
                     self.running_on
@@ -673,7 +665,7 @@ impl Server {
                 return out;
             }
         };
-        self.away.remove(name);
+        self.away.back(name);
         self.core.tasker_gone(name);
         self.core.tasker_joined(name, offer, slots);
         // The rules are the core's (see `judge_hello`); here they are applied.
