@@ -41,6 +41,20 @@ fn a_job_cannot_type_into_the_terminal_berth_up_runs_on() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Whatever happens below, nothing of this test is left running.
+    struct Cleanup(std::path::PathBuf, u32);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            if let Some(pid) = std::fs::read_to_string(&self.0)
+                .ok()
+                .and_then(|p| p.trim().parse::<u32>().ok())
+            {
+                berth_sys::kill_pid(pid, libc::SIGKILL);
+            }
+            berth_sys::kill_pid(self.1, libc::SIGKILL);
+        }
+    }
+    let _cleanup = Cleanup(pidfile.clone(), script.id());
     let sock = fx.swd.join("berth.sock");
     wait_until("berth up on a terminal", T, || {
         std::os::unix::net::UnixStream::connect(&sock).is_ok() && pidfile.exists()
