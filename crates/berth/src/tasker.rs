@@ -53,6 +53,16 @@ pub fn tasker(a: TaskerArgs) -> Result<i32> {
     let outbox = Arc::new(Outbox::default());
     let ob = outbox.clone();
     let agent = make_agent(&swd, &a.agent, Box::new(move |m| ob.push(m)))?;
+    // However this ends (a wrong secret, say), an empty cgroup directory is not left.
+    struct CloseCgroups(Arc<berth_tasker::agent::Agent>);
+    impl Drop for CloseCgroups {
+        fn drop(&mut self) {
+            if let Ok(cg) = &self.0.cgroups {
+                cg.close();
+            }
+        }
+    }
+    let _close = CloseCgroups(agent.clone());
     let name = agent.name.clone();
     {
         let agent = agent.clone();
