@@ -114,6 +114,27 @@ pub fn judge_hello(
     v
 }
 
+/// What to do with a job's end that a tasker reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndVerdict {
+    /// Record it: the job ran there, and this is its end.
+    Record,
+    /// Acknowledge it without recording: recorded already, or the job no longer counts as
+    /// running there (it was lost while its tasker was away too long), so that the tasker
+    /// forgets it.
+    Forget,
+}
+
+/// Judges an end reported by tasker `from` for a job recorded as running on
+/// `recorded_on`; `seen` when the same end came earlier in this turn.
+pub fn judge_end(recorded_on: Option<&str>, from: &str, seen: bool) -> EndVerdict {
+    if recorded_on == Some(from) && !seen {
+        EndVerdict::Record
+    } else {
+        EndVerdict::Forget
+    }
+}
+
 /// Taskers away, each with the moment its grace ends: the rule of liveness, with the time
 /// handed in.
 #[derive(Debug, Default)]
@@ -536,6 +557,23 @@ mod tests {
             true,
         );
         assert_eq!(away.expired(t0 + Duration::from_secs(10)), ["c"]);
+    }
+
+    #[test]
+    fn end_verdicts_table() {
+        use EndVerdict::*;
+        for (recorded, from, seen, want) in [
+            (Some("t1"), "t1", false, Record),
+            (Some("t1"), "t1", true, Forget),
+            (Some("t2"), "t1", false, Forget),
+            (None, "t1", false, Forget),
+        ] {
+            assert_eq!(
+                judge_end(recorded, from, seen),
+                want,
+                "{recorded:?} {from} {seen}"
+            );
+        }
     }
 
     #[test]

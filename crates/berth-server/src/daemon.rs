@@ -343,16 +343,23 @@ impl Server {
                     );
                     lost.extend(h.lost);
                     requeued.extend(h.requeue);
+                    let mut forget = Vec::new();
                     for end in ended {
-                        if self.running_on.get(&end.job) == Some(&name)
-                            && !ends.iter().any(|(_, e)| e.job == end.job)
-                        {
-                            if let Some((_, slot)) = self.core.running_at(end.job) {
-                                end_slots.insert(end.job, slot);
+                        let seen = ends.iter().any(|(_, e)| e.job == end.job);
+                        let on = self.running_on.get(&end.job).map(String::as_str);
+                        match crate::core::judge_end(on, &name, seen) {
+                            crate::core::EndVerdict::Record => {
+                                if let Some((_, slot)) = self.core.running_at(end.job) {
+                                    end_slots.insert(end.job, slot);
+                                }
+                                self.core.ended(end.job);
+                                ends.push((name.clone(), end));
                             }
-                            self.core.ended(end.job);
-                            ends.push((name.clone(), end));
+                            crate::core::EndVerdict::Forget => forget.push(end.job),
                         }
+                    }
+                    if let (false, Some(t)) = (forget.is_empty(), self.taskers.get(&name)) {
+                        t.link.send(ToTasker::Ack(forget));
                     }
                 }
                 Event::Tasker(name, FromTasker::Log(part)) => {
@@ -363,17 +370,21 @@ impl Server {
                     }
                 }
                 Event::Tasker(name, FromTasker::Ended(end)) => {
-                    if self.running_on.get(&end.job) == Some(&name)
-                        && !ends.iter().any(|(_, e)| e.job == end.job)
-                    {
-                        if let Some((_, slot)) = self.core.running_at(end.job) {
-                            end_slots.insert(end.job, slot);
+                    let seen = ends.iter().any(|(_, e)| e.job == end.job);
+                    let on = self.running_on.get(&end.job).map(String::as_str);
+                    match crate::core::judge_end(on, &name, seen) {
+                        crate::core::EndVerdict::Record => {
+                            if let Some((_, slot)) = self.core.running_at(end.job) {
+                                end_slots.insert(end.job, slot);
+                            }
+                            self.core.ended(end.job);
+                            ends.push((name, end));
                         }
-                        self.core.ended(end.job);
-                        ends.push((name, end));
-                    } else if let Some(t) = self.taskers.get(&name) {
-                        // Recorded already (it came in a hello too): forget it there.
-                        t.link.send(ToTasker::Ack(vec![end.job]));
+                        crate::core::EndVerdict::Forget => {
+                            if let Some(t) = self.taskers.get(&name) {
+                                t.link.send(ToTasker::Ack(vec![end.job]));
+                            }
+                        }
                     }
                 }
                 Event::Gone(name, serial, heard) => {
