@@ -192,6 +192,15 @@ pub fn substitute(command: &[String], index: u32, job: u64, array: u64) -> Vec<S
         .collect()
 }
 
+/// A job's end taken into the core: its slot and resources given back, and where it ran
+/// kept, to count it there again should the end not be written.
+fn take_end(core: &mut Core, end_slots: &mut HashMap<u64, u32>, job: u64) {
+    if let Some((_, slot)) = core.running_at(job) {
+        end_slots.insert(job, slot);
+    }
+    core.ended(job);
+}
+
 impl Server {
     /// Opens the store, puts the unfinished jobs back in the core, and returns the server
     /// with a handle to it. Run it with [`Server::run`] on a thread of its own.
@@ -349,10 +358,7 @@ impl Server {
                         let on = self.running_on.get(&end.job).map(String::as_str);
                         match crate::core::judge_end(on, &name, seen) {
                             crate::core::EndVerdict::Record => {
-                                if let Some((_, slot)) = self.core.running_at(end.job) {
-                                    end_slots.insert(end.job, slot);
-                                }
-                                self.core.ended(end.job);
+                                take_end(&mut self.core, &mut end_slots, end.job);
                                 ends.push((name.clone(), end));
                             }
                             crate::core::EndVerdict::Forget => forget.push(end.job),
@@ -374,10 +380,7 @@ impl Server {
                     let on = self.running_on.get(&end.job).map(String::as_str);
                     match crate::core::judge_end(on, &name, seen) {
                         crate::core::EndVerdict::Record => {
-                            if let Some((_, slot)) = self.core.running_at(end.job) {
-                                end_slots.insert(end.job, slot);
-                            }
-                            self.core.ended(end.job);
+                            take_end(&mut self.core, &mut end_slots, end.job);
                             ends.push((name, end));
                         }
                         crate::core::EndVerdict::Forget => {
@@ -412,10 +415,10 @@ impl Server {
         let earlier = std::mem::take(&mut self.unwritten);
         for (name, end, slot) in earlier.ends {
             if !ends.iter().any(|(_, e)| e.job == end.job) {
+                take_end(&mut self.core, &mut end_slots, end.job);
                 if let Some(slot) = slot {
                     end_slots.insert(end.job, slot);
                 }
-                self.core.ended(end.job);
                 ends.push((name, end));
             }
         }

@@ -290,6 +290,18 @@ fn spawn_quiet(args: &[&str], swd: &std::path::Path) -> Child {
 }
 
 impl Split {
+    /// The server alone (a grace of 30 s), for a test that starts its taskers itself.
+    fn server_only(fx: &Fixture) -> Split {
+        let mut s = Split {
+            server: None,
+            tasker: None,
+            fx_swd: fx.swd.clone(),
+            grace: "30".into(),
+        };
+        s.start_server("127.0.0.1:0");
+        s
+    }
+
     fn start(fx: &Fixture, slots: &str) -> Split {
         Split::start_with_grace(fx, slots, "2")
     }
@@ -1278,13 +1290,7 @@ fn a_jobs_environment_does_not_cross_the_network_in_clear() {
     use std::sync::{Arc, Mutex};
     let fx = Fixture::new();
     chmod(&fx.work, 0o1777);
-    let mut split = Split {
-        server: None,
-        tasker: None,
-        fx_swd: fx.swd.clone(),
-        grace: "30".into(),
-    };
-    split.start_server("127.0.0.1:0");
+    let mut split = Split::server_only(&fx);
     // The relay: every byte both ways is kept.
     let seen = Arc::new(Mutex::new(Vec::<u8>::new()));
     let relay = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -1501,13 +1507,7 @@ fn a_host_joins_with_the_address_and_the_secret_alone() {
     need_root!();
     let fx = Fixture::new();
     chmod(&fx.work, 0o1777);
-    let mut split = Split {
-        server: None,
-        tasker: None,
-        fx_swd: fx.swd.clone(),
-        grace: "30".into(),
-    };
-    split.start_server("127.0.0.1:0");
+    let mut split = Split::server_only(&fx);
     // The "other host": a directory of its own, with only a copy of the secret.
     let host = tempfile::Builder::new()
         .prefix("berth-host-")
@@ -1599,13 +1599,7 @@ fn jobs_on_a_remote_tasker_each_get_their_own_environment() {
 fn silent_connections_to_the_tasker_port_hold_nothing() {
     need_root!();
     let fx = Fixture::new();
-    let mut split = Split {
-        server: None,
-        tasker: None,
-        fx_swd: fx.swd.clone(),
-        grace: "30".into(),
-    };
-    split.start_server("127.0.0.1:0");
+    let mut split = Split::server_only(&fx);
     let port = split.addr().rsplit(':').next().unwrap().to_string();
     let silent = r#"
 import socket, sys
