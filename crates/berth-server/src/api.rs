@@ -147,7 +147,7 @@ pub(crate) fn accept_unproven<'a>(
                 c
             }
             Err(e) => {
-                eprintln!("berth server: accepting {what}: {e}; waiting {backoff:?}");
+                berth_sys::say!("berth server: accepting {what}: {e}; waiting {backoff:?}");
                 std::thread::sleep(*backoff);
                 *backoff = (*backoff * 2).min(Duration::from_secs(1));
                 continue;
@@ -174,7 +174,7 @@ pub fn serve(listener: UnixListener, handle: Handle, policy: Policy) {
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                eprintln!("berth server: accepting a connection: {e}; waiting {backoff:?}");
+                berth_sys::say!("berth server: accepting a connection: {e}; waiting {backoff:?}");
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
@@ -201,7 +201,7 @@ pub fn serve(listener: UnixListener, handle: Handle, policy: Policy) {
                 connection(conn, cred, handle, &policy)
             });
         if let Err(e) = spawned {
-            eprintln!("berth server: no thread for a connection: {e}");
+            berth_sys::say!("berth server: no thread for a connection: {e}");
             std::thread::sleep(backoff);
         }
     }
@@ -293,11 +293,13 @@ pub fn serve_remote(
                         remote_requests(ch, &caller, &handle, &policy, &peer);
                         drop(slot);
                     }
-                    Err(e) => eprintln!("berth server: remote client {peer}: {e}"),
+                    Err(e) => berth_sys::say!("berth server: remote client {peer}: {e}"),
                 }
             });
         if let Err(e) = spawned {
-            eprintln!("berth server: no thread for a remote client: {e}; waiting {backoff:?}");
+            berth_sys::say!(
+                "berth server: no thread for a remote client: {e}; waiting {backoff:?}"
+            );
             std::thread::sleep(backoff);
         }
     }

@@ -431,10 +431,11 @@ impl Server {
 
         for name in self.away.expired(Instant::now()) {
             if !self.taskers.contains_key(&name) {
+                // Not a job whose end came (and waits to be written): it ended.
                 lost.extend(
                     self.running_on
                         .iter()
-                        .filter(|(_, t)| **t == name)
+                        .filter(|(id, t)| **t == name && !ends.iter().any(|(_, e)| e.job == **id))
                         .map(|(id, _)| *id),
                 );
             }
@@ -539,7 +540,7 @@ impl Server {
         let committed = res.is_ok();
         self.after_starts(starts, res.as_ref().map(|_| ()).map_err(|e| e.to_string()));
         if let Err(e) = &res {
-            eprintln!(
+            berth_sys::say!(
                 "berth server: cannot write to the state directory ({e}); the jobs' ends and \
                  losses are kept and written once it can be written again"
             );
@@ -665,6 +666,20 @@ impl Server {
         incarnation: String,
     ) -> HelloOutcome {
         let mut out = HelloOutcome::default();
+        // Another process of the same name while the first is connected: two taskers
+        // would take each other's jobs for their own. The newcomer is refused (its link
+        // dropped, so it tries again, and joins once the first is gone).
+        if let Some(t) = self.taskers.get(name) {
+            if t.incarnation != incarnation && self.pending_links.contains_key(name) {
+                berth_sys::say!(
+                    "berth server: tasker {name}: a second process of this name (on {host}) while \
+                     the one on {} is connected; refused: give it another --name, or stop the other",
+                    t.host
+                );
+                self.pending_links.remove(name);
+                return out;
+            }
+        }
         let Some(link) = self
             .pending_links
             .remove(name)
@@ -675,7 +690,7 @@ impl Server {
         let offer = match Offer::parse(&resources) {
             Ok(o) => o,
             Err(e) => {
-                eprintln!("berth server: tasker {name}: {e}");
+                berth_sys::say!("berth server: tasker {name}: {e}");
                 return out;
             }
         };
@@ -912,7 +927,7 @@ impl Server {
             match self.store.run_spec(d.job) {
                 Ok(Some(spec)) => ready.push((d, spec)),
                 other => {
-                    eprintln!(
+                    berth_sys::say!(
                         "berth server: job {}: cannot read it to start it: {other:?}",
                         d.job
                     );
@@ -945,7 +960,7 @@ impl Server {
             return;
         }
         if let Err(e) = committed {
-            eprintln!("berth server: recording starts: {e}; the jobs stay queued");
+            berth_sys::say!("berth server: recording starts: {e}; the jobs stay queued");
             for (d, spec) in ready {
                 let pri = self.unfinished.get(&d.job).map(|m| m.priority).unwrap_or(0);
                 self.core.requeue(d.job, pri, spec.resources.as_deref());

@@ -132,11 +132,11 @@ pub fn serve_taskers(listener: TcpListener, handle: Handle, secret: Vec<u8>) {
             .spawn(move || {
                 let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
                 if let Err(e) = tasker_conn(conn, &handle, &secret, place) {
-                    eprintln!("berth server: tasker connection from {peer}: {e}");
+                    berth_sys::say!("berth server: tasker connection from {peer}: {e}");
                 }
             });
         if let Err(e) = spawned {
-            eprintln!("berth server: no thread for a tasker: {e}; waiting {backoff:?}");
+            berth_sys::say!("berth server: no thread for a tasker: {e}; waiting {backoff:?}");
             std::thread::sleep(backoff);
         }
     }
@@ -208,7 +208,7 @@ fn writer(mut tx: berth_channel::Sender, rx: mpsc::Receiver<ToTasker>, name: Str
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
         if let Err(e) = sent {
-            eprintln!("berth server: tasker {name}: {e}; closing its connection");
+            berth_sys::say!("berth server: tasker {name}: {e}; closing its connection");
             break;
         }
     }
@@ -266,7 +266,7 @@ fn tasker_conn(
             Err(e) => break e.to_string(),
         }
     };
-    eprintln!("berth server: tasker {name}: {why}");
+    berth_sys::say!("berth server: tasker {name}: {why}");
     handle.send(Event::Gone(name, serial, heard));
     Ok(())
 }

@@ -561,12 +561,14 @@ impl Batch<'_> {
         hook_failures: &[String],
         at_ms: u64,
     ) -> Result<(), rusqlite::Error> {
+        // A job ends once: what came first (its end, say, before a loss in the same
+        // turn) is what it ended with.
         let hooks = (!hook_failures.is_empty())
             .then(|| serde_json::to_string(hook_failures).expect("strings"));
         self.tx
             .prepare_cached(
                 "UPDATE jobs SET state = ?2, exit_code = ?3, reason = ?4, hook_failures = ?5, ended_ms = ?6
-                 WHERE id = ?1",
+                 WHERE id = ?1 AND state IN ('Queued', 'Running')",
             )?
             .execute(params![id as i64, state.as_str(), exit_code, reason, hooks, at_ms as i64])?;
         Ok(())
@@ -713,5 +715,28 @@ mod tests {
             e.contains("schema version 99 is newer than this berth knows"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_job_ends_once() {
+        let d = tempfile::tempdir().unwrap();
+        let mut st = Store::open(&d.path().join("b.db")).unwrap();
+        let cmd = vec!["true".to_string()];
+        let mut id = 0;
+        st.batch(|b| {
+            id = b.insert_job(&job(&cmd, &[]))?;
+            b.set_running(id, "t1", "a", 0, 2)?;
+            b.set_ended(id, State::Done, Some(0), None, &[], 3)?;
+            // A loss or a stop in the same turn, after its end, changes nothing.
+            b.set_ended(id, State::Failed, None, Some("lost"), &[], 4)
+        })
+        .unwrap();
+        let v = st
+            .list(&Filter {
+                ids: vec![id],
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!((v[0].state, v[0].reason.as_deref()), (State::Done, None));
     }
 }

@@ -5,6 +5,16 @@
 // The one library crate that makes system calls: every other crate denies unsafe code.
 #![allow(unsafe_code)]
 
+/// Writes a line to standard error and never panics: `eprintln!` panics when the write
+/// fails (the disk of a daemon's log full), which would take a server's actor with it.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use ::std::io::Write as _;
+        let _ = ::std::writeln!(::std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod munge;
 pub mod pty;
 pub mod spawn;

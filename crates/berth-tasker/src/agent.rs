@@ -273,9 +273,9 @@ impl Agent {
             Ok(_) => {}
             Err(errors) => {
                 for e in errors {
-                    eprintln!("berth tasker {}: {e}", self.name);
+                    berth_sys::say!("berth tasker {}: {e}", self.name);
                 }
-                eprintln!(
+                berth_sys::say!(
                     "berth tasker {}: the tasker definitions are ignored until that is fixed",
                     self.name
                 );
@@ -290,7 +290,7 @@ impl Agent {
                     res += " ";
                     res += &line;
                 }
-                Err(e) => eprintln!(
+                Err(e) => berth_sys::say!(
                     "berth tasker {}: {}: {e}; line ignored",
                     self.name,
                     self.class_table().display()
@@ -370,7 +370,7 @@ impl Agent {
                     .name("berth-log-read".into())
                     .spawn(move || (me.report)(FromTasker::Log(read_log(&r))));
                 if let Err(e) = spawned {
-                    eprintln!("berth tasker {}: no thread to read a log: {e}", self.name);
+                    berth_sys::say!("berth tasker {}: no thread to read a log: {e}", self.name);
                 }
             }
             ToTasker::Stop(job) => {

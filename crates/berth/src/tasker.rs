@@ -68,13 +68,13 @@ pub fn tasker(a: TaskerArgs) -> Result<i32> {
         let agent = agent.clone();
         std::thread::spawn(move || {
             let sig = signals.wait();
-            eprintln!(
+            berth_sys::say!(
                 "berth tasker: {}: stopping",
                 berth_tasker::lifecycle::signal_name(sig)
             );
             let n = agent.stop_all();
             if n > 0 {
-                eprintln!("berth tasker: stopping {n} running job(s); their cleanup and teardown run first");
+                berth_sys::say!("berth tasker: stopping {n} running job(s); their cleanup and teardown run first");
             }
             let deadline = std::time::Instant::now() + Duration::from_secs(60);
             while agent.running() > 0 && std::time::Instant::now() < deadline {
@@ -103,7 +103,7 @@ pub fn tasker(a: TaskerArgs) -> Result<i32> {
         };
         let Some(conn) = conn else {
             if !said_unreachable {
-                eprintln!("berth tasker {name}: no server at {addr:?} yet; retrying every second (jobs keep running)");
+                berth_sys::say!("berth tasker {name}: no server at {addr:?} yet; retrying every second (jobs keep running)");
                 said_unreachable = true;
             }
             std::thread::sleep(Duration::from_secs(1));
@@ -111,14 +111,14 @@ pub fn tasker(a: TaskerArgs) -> Result<i32> {
         };
         said_unreachable = false;
         match session(conn, &name, &secret, &agent, &outbox) {
-            Ok(()) => eprintln!(
+            Ok(()) => berth_sys::say!(
                 "berth tasker {name}: the server went away; reconnecting (jobs keep running)"
             ),
             // Neither gets better by trying again.
             Err(e @ (ChannelError::Handshake(..) | ChannelError::Version { .. })) => {
                 bail!("the server at {addr}: {e}")
             }
-            Err(e) => eprintln!("berth tasker {name}: {e}; reconnecting"),
+            Err(e) => berth_sys::say!("berth tasker {name}: {e}; reconnecting"),
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -220,7 +220,7 @@ fn session(
                                 None => {
                                     // Never run a job with another environment than its
                                     // own: the connection ends, the job is sent again.
-                                    eprintln!("berth tasker {name}: job {}: an environment the server did not send; reconnecting", a.job);
+                                    berth_sys::say!("berth tasker {name}: job {}: an environment the server did not send; reconnecting", a.job);
                                     break ChannelError::Corrupt;
                                 }
                             }
@@ -231,7 +231,7 @@ fn session(
                     agent.handle(ToTasker::Run(a))
                 }
                 Ok(m) => agent.handle(m),
-                Err(e) => eprintln!("berth tasker {name}: bad message from the server: {e}"),
+                Err(e) => berth_sys::say!("berth tasker {name}: bad message from the server: {e}"),
             },
             Err(e) => break e,
         }

@@ -236,7 +236,7 @@ fn install_examples(swd: &Path) -> Result<()> {
     )?;
     std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o644))?;
     let rootfs = swd.join("rootfs");
-    eprintln!("berth up: making the image localhost/berth-test:latest from local files");
+    berth_sys::say!("berth up: making the image localhost/berth-test:latest from local files");
     let st = std::process::Command::new("sh")
         .arg(src.join("make-image.sh"))
         .arg(&rootfs)
@@ -248,7 +248,7 @@ fn install_examples(swd: &Path) -> Result<()> {
     }
     let engine = if which("podman") { "podman" } else { "docker" };
     let me = std::env::current_exe().context("finding the berth binary")?;
-    eprintln!(
+    berth_sys::say!(
         "berth up: installing the example configurations into {}",
         swd::containers(swd).display()
     );
@@ -353,7 +353,7 @@ fn start_server(
 ) -> Result<Running> {
     let policy = policy.policy(swd)?;
     if let Err(e) = berth_sys::raise_open_files() {
-        eprintln!("berth: warning: cannot raise the limit of open files: {e}");
+        berth_sys::say!("berth: warning: cannot raise the limit of open files: {e}");
     }
     std::fs::create_dir_all(swd::containers(swd))
         .with_context(|| format!("creating {}", swd.display()))?;
@@ -370,7 +370,9 @@ fn start_server(
     let mut store = berth_store::Store::open(&swd.join("berth.db"))?;
     if no_fsync {
         store.without_fsync()?;
-        eprintln!("berth: warning: --no-fsync: a crash of this host may lose the last commits");
+        berth_sys::say!(
+            "berth: warning: --no-fsync: a crash of this host may lose the last commits"
+        );
     }
     let (mut server, handle) = Server::open(store)?;
     server.tasker_grace = grace;
@@ -392,9 +394,9 @@ fn start_server(
         let bound = l.local_addr()?.to_string();
         std::fs::write(swd.join("clients.addr"), format!("{bound}\n"))?;
         if let Err(e) = berth_sys::munge::load() {
-            eprintln!("berth: warning: {e}; remote users are refused until it is");
+            berth_sys::say!("berth: warning: {e}; remote users are refused until it is");
         }
-        eprintln!(
+        berth_sys::say!(
             "berth: users of other hosts reach this server at {bound} with {}",
             swd.join("server.pub").display()
         );
@@ -411,7 +413,7 @@ fn start_server(
             .with_context(|| format!("listening for taskers on {addr}"))?;
         let bound = l.local_addr()?.to_string();
         std::fs::write(swd.join("listen.addr"), format!("{bound}\n"))?;
-        eprintln!(
+        berth_sys::say!(
             "berth: taskers join at {bound} with {}",
             swd.join("cluster.secret").display()
         );
@@ -460,10 +462,10 @@ pub fn make_agent(
         key,
     };
     let (recovered, adopted) = lifecycle::recover_or_adopt(&host, true, &mut |line| {
-        eprintln!("berth tasker {name}: {line}")
+        berth_sys::say!("berth tasker {name}: {line}")
     });
     if !recovered.is_empty() {
-        eprintln!("berth tasker {name}: finished the cleanup and teardown of {} container job(s) left by an earlier run", recovered.len());
+        berth_sys::say!("berth tasker {name}: finished the cleanup and teardown of {} container job(s) left by an earlier run", recovered.len());
     }
     let definitions = swd.join(berth_tasker::definitions::FILE);
     let definition = berth_tasker::definitions::read(&definitions, &name).map_err(|errors| {
@@ -492,7 +494,7 @@ pub fn make_agent(
     .filter_map(|r| berth_resources::Offer::parse(r).ok())
     .any(|r| r.get("CORES").is_some());
     if slots > cores && !cores_given {
-        eprintln!(
+        berth_sys::say!(
             "berth tasker {name}: note: {slots} slots but CORES/{cores}: jobs that ask for \
              CORES/1 (the default) run {cores} at a time; add -r CORES/{slots} to run {slots}"
         );
@@ -507,7 +509,7 @@ pub fn make_agent(
         report,
         o.cgroups,
     );
-    agent.end_leftovers(&mut |line| eprintln!("berth tasker {name}: {line}"));
+    agent.end_leftovers(&mut |line| berth_sys::say!("berth tasker {name}: {line}"));
     for a in adopted {
         agent
             .adopt(a)
@@ -530,15 +532,15 @@ pub fn make_agent(
         ..
     } = agent.hello()
     {
-        eprintln!("berth tasker {name}: {slots} slots, offers {resources}");
+        berth_sys::say!("berth tasker {name}: {slots} slots, offers {resources}");
         match &agent.cgroups {
-            Ok(cg) => eprintln!("berth tasker {name}: each job in a cgroup of its own under {}", cg.describe()),
-            Err(why) => eprintln!(
+            Ok(cg) => berth_sys::say!("berth tasker {name}: each job in a cgroup of its own under {}", cg.describe()),
+            Err(why) => berth_sys::say!(
                 "berth tasker {name}: warning: no cgroup for jobs ({why}); a process that leaves a job's session outlives the job"
             ),
         }
         for (c, why) in containers_refused {
-            eprintln!("berth tasker {name}: not offering Container:{c}: {why}");
+            berth_sys::say!("berth tasker {name}: not offering Container:{c}: {why}");
         }
     }
     Ok(agent)
@@ -557,13 +559,13 @@ pub fn server(o: ServerArgs) -> Result<i32> {
         &o.policy,
         &o.remote,
     )?;
-    eprintln!(
+    berth_sys::say!(
         "berth server: serving {} (SWD {}); stop with Ctrl-C",
         running.sock.display(),
         swd.display()
     );
     let sig = signals.wait();
-    eprintln!(
+    berth_sys::say!(
         "berth server: {}: stopping; taskers keep their jobs running",
         lifecycle::signal_name(sig)
     );
@@ -609,14 +611,14 @@ pub fn up(o: Up) -> Result<i32> {
         Box::new(LocalLink(agent.clone())),
     ));
     handle.send(Event::Tasker(name.clone(), agent.hello()));
-    eprintln!(
+    berth_sys::say!(
         "berth up: serving {} (SWD {}); stop with Ctrl-C",
         running.sock.display(),
         swd.display()
     );
 
     let sig = signals.wait();
-    eprintln!("berth up: {}: stopping", lifecycle::signal_name(sig));
+    berth_sys::say!("berth up: {}: stopping", lifecycle::signal_name(sig));
     // First no new start, then the running jobs' ends, recorded before the actor stops.
     running.handle.send(Event::Drain);
     shutdown(&agent);
@@ -627,7 +629,9 @@ pub fn up(o: Up) -> Result<i32> {
 fn shutdown(agent: &Arc<Agent>) {
     let n = agent.stop_all();
     if n > 0 {
-        eprintln!("berth up: stopping {n} running job(s); their cleanup and teardown run first");
+        berth_sys::say!(
+            "berth up: stopping {n} running job(s); their cleanup and teardown run first"
+        );
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     while agent.running() > 0 && Instant::now() < deadline {

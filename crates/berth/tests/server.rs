@@ -1390,7 +1390,13 @@ fn ends_are_kept_while_the_state_directory_is_full_and_written_after() {
     assert!(st.success());
     let _unmount = Unmount(fx.swd.clone());
     std::fs::create_dir_all(fx.swd.join("containers")).unwrap();
-    let up = Up::start(&fx, &["--slots", "4", "-r", "CORES/4"]);
+    // Its log on the same filesystem, as a daemon's often is: a log that cannot be
+    // written must not take the server down.
+    let up = Up::start_logging(
+        &fx,
+        &["--slots", "4", "-r", "CORES/4"],
+        Some(&fx.swd.join("up.log")),
+    );
     let out = as_nobody(
         &fx,
         &[
@@ -1667,4 +1673,56 @@ fn a_tasker_that_never_comes_back_after_a_server_restart_loses_its_jobs() {
         "{}",
         text(&out)
     );
+}
+
+/// A second tasker process under the name of one that is connected is refused: the jobs of
+/// the first run on and end Done, none is lost.
+#[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
+fn a_second_tasker_of_a_connected_name_is_refused_and_takes_nothing() {
+    need_root!();
+    let fx = Fixture::new();
+    chmod(&fx.work, 0o1777);
+    let split = Split::start(&fx, "4");
+    let out = as_nobody(&fx, &["run", "--array", "8", "--", "sleep", "1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let other = fx.root.join("other");
+    let mut second = Command::new(berth())
+        .args(["tasker", "--name", "t1", "--slots", "4", "--swd"])
+        .arg(&other)
+        .args(["--server", &split.addr(), "--secret"])
+        .arg(fx.swd.join("cluster.secret"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = fx.run(
+        &[
+            "wait",
+            "--timeout",
+            "60",
+            "1",
+            "2",
+            "3",
+            "4",
+            "5",
+            "6",
+            "7",
+            "8",
+        ],
+        T,
+    );
+    signal(&second, libc::SIGTERM);
+    let _ = second.wait();
+    assert!(out.status.success(), "{}", text(&out));
+    let out = fx.run(&["list", "--json"], T);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let done = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["state"] == "Done")
+        .count();
+    assert_eq!(done, 8, "{}", text(&out));
 }

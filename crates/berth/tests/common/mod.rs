@@ -310,6 +310,15 @@ pub struct Up {
 
 impl Up {
     pub fn start(fx: &Fixture, extra: &[&str]) -> Up {
+        Up::start_logging(fx, extra, None)
+    }
+
+    /// The same, its standard error to `log` (a file) when given.
+    pub fn start_logging(fx: &Fixture, extra: &[&str], log: Option<&Path>) -> Up {
+        let stderr = match log {
+            Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
+            None => Stdio::null(),
+        };
         let child = Command::new(berth())
             .arg("up")
             .arg("--swd")
@@ -318,7 +327,7 @@ impl Up {
             .env("CONTAINERS_CONF", containers_conf())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let sock = fx.swd.join("berth.sock");
