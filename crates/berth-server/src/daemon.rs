@@ -1205,9 +1205,10 @@ mod tests {
         let j1 = submit(&h);
         until("the run", || first.runs() == [j1]);
 
-        // A new process of the tasker says it runs j1 (it took the container over): j1
-        // stays Running there. It also says it runs 999, which the server never sent
-        // there: that is stopped.
+        // The first process's link breaks (killed); a new process of the tasker says it
+        // runs j1 (it took the container over): j1 stays Running there. It also says it
+        // runs 999, which the server never sent there: that is stopped.
+        h.send(Event::Gone("t1".into(), 0, Instant::now()));
         let second = Fake::default();
         hello(&h, &second, "b", vec![(j1, 0), (999, 1)], vec![]);
         until("the stop of 999", || second.stops() == [999]);
