@@ -985,12 +985,19 @@ impl Server {
             }
         }
         if !failed.is_empty() {
-            let _ = self.store.batch(|b| {
+            // Not written, they stay Running on disk, and a restart finds them neither
+            // run nor ended there: queued again then. Said, at least.
+            if let Err(e) = self.store.batch(|b| {
                 for (d, _) in &failed {
                     b.set_queued(d.job)?;
                 }
                 Ok(())
-            });
+            }) {
+                berth_sys::say!(
+                    "berth server: queuing again {} job(s) whose tasker could not be reached: {e}",
+                    failed.len()
+                );
+            }
             for (d, req) in failed {
                 self.running_on.remove(&d.job);
                 self.sent_to.remove(&d.job);

@@ -164,6 +164,12 @@ fn session(
     rx.set_timeout(Some(SILENCE))?;
     let _ = tx.set_timeout(Some(WRITE_TIME));
     // Ends kept while away go first, then the hello that lists what still runs.
+    // A hello left from a session that ended before sending it is stale: only this one.
+    outbox
+        .q
+        .lock()
+        .expect("lock")
+        .retain(|m| !matches!(m, FromTasker::Hello { .. }));
     outbox.push(agent.hello());
     let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let writer = {
