@@ -231,8 +231,6 @@ pub struct Policy<'a> {
 pub struct Checked {
     /// The hook as configured.
     pub hook: Hook,
-    /// The path it was found at (symbolic links resolved), for messages.
-    pub exec_path: PathBuf,
     /// The file that was checked and hashed; execute this.
     pub file: Arc<File>,
 }
@@ -273,13 +271,6 @@ pub fn check_hook(container: &str, hook: &Hook, policy: Policy<'_>) -> Result<Ch
             path: hook.path.clone(),
         }));
     }
-    let exec_path = walked
-        .passed
-        .iter()
-        .rev()
-        .find(|p| p.dir)
-        .map(|d| d.path.join(hook.path.file_name().unwrap_or_default()))
-        .unwrap_or_else(|| hook.path.clone());
     let root = hook.privilege == Privilege::Root;
     if root {
         if meta.uid() != 0 {
@@ -299,7 +290,6 @@ pub fn check_hook(container: &str, hook: &Hook, policy: Policy<'_>) -> Result<Ch
     match sign::verify_reader(&f, &hook.signature, policy.key, require_keyed) {
         Ok(Ok(())) => Ok(Checked {
             hook: hook.clone(),
-            exec_path,
             file: Arc::new(f),
         }),
         Ok(Err(mismatch)) => {
@@ -442,7 +432,12 @@ mod tests {
         let sig = sign::sign_file(&h, None).unwrap();
         let cfg = cfg_with(&fx, "root", &h, &sig);
         let checked = check_hooks(&cfg, Policy::default()).unwrap();
-        assert_eq!(checked[0].exec_path, std::fs::canonicalize(&h).unwrap());
+        // What was checked is the hook's very file.
+        let (a, b) = (
+            checked[0].file.metadata().unwrap(),
+            std::fs::metadata(&h).unwrap(),
+        );
+        assert_eq!((a.dev(), a.ino()), (b.dev(), b.ino()));
     }
 
     #[test]

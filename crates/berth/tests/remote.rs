@@ -69,9 +69,7 @@ fn start(fx: &Fixture, munge: &Munged) -> Server {
         fx.swd.join("clients.addr").exists() && fx.swd.join("listen.addr").exists()
     });
     let tasker = q(&["tasker", "--name", "t1", "--slots", "2"]);
-    wait_until("the tasker", T, || {
-        stdout(&fx.run(&["taskers", "--json"], T)).contains("\"t1\"")
-    });
+    wait_for_tasker(&fx.swd, "t1");
     let addr = std::fs::read_to_string(fx.swd.join("clients.addr"))
         .unwrap()
         .trim()

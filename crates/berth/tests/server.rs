@@ -353,15 +353,7 @@ impl Split {
             ],
             &self.fx_swd,
         ));
-        let swd = self.fx_swd.clone();
-        wait_until("the tasker to join", T, || {
-            let out = Command::new(berth())
-                .args(["taskers", "--json"])
-                .env("BERTH_SWD", &swd)
-                .output()
-                .unwrap();
-            stdout(&out).contains("\"t1\"")
-        });
+        wait_for_tasker(&self.fx_swd, "t1");
     }
 
     /// The tasker's project: the fixture's directory name, which its containers' names
@@ -1333,15 +1325,7 @@ fn a_jobs_environment_does_not_cross_the_network_in_clear() {
         ],
         &fx.swd,
     ));
-    let swd = fx.swd.clone();
-    wait_until("the tasker to join through the relay", T, || {
-        let out = Command::new(berth())
-            .args(["taskers", "--json"])
-            .env("BERTH_SWD", &swd)
-            .output()
-            .unwrap();
-        stdout(&out).contains("\"t1\"")
-    });
+    wait_for_tasker(&fx.swd, "t1");
     let mut c = fx.berth(&["run", "-w", "--", "sh", "-c", "echo license-$LICENSE_KEY"]);
     c.uid(NOBODY)
         .gid(NOBODY)
@@ -1547,15 +1531,7 @@ fn a_host_joins_with_the_address_and_the_secret_alone() {
     );
     chmod(&secret, 0o600);
     split.tasker = Some(spawn_quiet(&a, host.path()));
-    let swd = fx.swd.clone();
-    wait_until("the far tasker to join", T, || {
-        let out = Command::new(berth())
-            .args(["taskers", "--json"])
-            .env("BERTH_SWD", &swd)
-            .output()
-            .unwrap();
-        stdout(&out).contains("\"far\"")
-    });
+    wait_for_tasker(&fx.swd, "far");
     let out = as_nobody(&fx, &["run", "-w", "--", "sh", "-c", "echo far away"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(fx.read_work("berth-1.log"), "far away\n");

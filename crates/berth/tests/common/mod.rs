@@ -437,6 +437,18 @@ pub fn as_user(fx: &Fixture, uid: u32, args: &[&str]) -> std::process::Output {
     output_within(&mut c, T)
 }
 
+/// Waits until tasker `name` has joined the server of `swd`.
+pub fn wait_for_tasker(swd: &Path, name: &str) {
+    wait_until(&format!("tasker {name} to join"), T, || {
+        let out = Command::new(berth())
+            .args(["taskers", "--json"])
+            .env("BERTH_SWD", swd)
+            .output()
+            .unwrap();
+        stdout(&out).contains(&format!("\"{name}\""))
+    });
+}
+
 /// `berth ARGS` as nobody in the job directory.
 pub fn as_nobody(fx: &Fixture, args: &[&str]) -> std::process::Output {
     let mut c = fx.berth(args);
