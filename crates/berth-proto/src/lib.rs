@@ -244,6 +244,8 @@ pub enum ToTasker {
     /// Read part of a job's log, as its owner, for a user who cannot read it from where
     /// they are (another host): answered with [`FromTasker::Log`].
     ReadLog(LogRead),
+    /// The answer to [`FromTasker::Leaving`]: nothing more is sent to this process.
+    Bye,
 }
 
 /// How a job ended, as its tasker reports it.
@@ -287,6 +289,11 @@ pub enum FromTasker {
     Ended(JobEnd),
     /// Part of a job's log, for a [`ToTasker::ReadLog`].
     Log(LogPart),
+    /// These jobs were sent but not started (this process is stopping): queue them again.
+    Declined(Vec<u64>),
+    /// This process stops, leaving its jobs running for the next: start nothing more
+    /// here. Answered with [`ToTasker::Bye`].
+    Leaving,
 }
 
 /// Which part of which log to read.

@@ -27,10 +27,15 @@ pub struct Tasker {
     pub ledger: Ledger,
     /// Slot i holds the job running there.
     pub slots: Vec<Option<u64>>,
+    /// Its process is stopping (it said it leaves): nothing starts there.
+    pub leaving: bool,
 }
 
 impl Tasker {
     fn free_slot(&self) -> Option<u32> {
+        if self.leaving {
+            return None;
+        }
         self.slots
             .iter()
             .position(|s| s.is_none())
@@ -133,6 +138,12 @@ pub fn judge_end(recorded_on: Option<&str>, from: &str, seen: bool) -> EndVerdic
     } else {
         EndVerdict::Forget
     }
+}
+
+/// Whether a job that tasker `from` declined (sent, not started: it is stopping) queues
+/// again: only if it is recorded as running there, and its end has not come (`ended`).
+pub fn judge_decline(recorded_on: Option<&str>, from: &str, ended: bool) -> bool {
+    recorded_on == Some(from) && !ended
 }
 
 /// Taskers away, each with the moment its grace ends: the rule of liveness, with the time
@@ -242,8 +253,17 @@ impl Core {
             Tasker {
                 ledger: Ledger::new(offer),
                 slots: vec![None; slots as usize],
+                leaving: false,
             },
         );
+    }
+
+    /// The tasker's process is stopping: nothing more starts there (its jobs go on; the
+    /// next process of it joins afresh).
+    pub fn tasker_leaving(&mut self, name: &str) {
+        if let Some(t) = self.taskers.get_mut(name) {
+            t.leaving = true;
+        }
     }
 
     /// The taskers, by name.
@@ -343,6 +363,7 @@ impl Core {
         let mut free_slots: usize = self
             .taskers
             .values()
+            .filter(|t| !t.leaving)
             .map(|t| t.slots.iter().filter(|s| s.is_none()).count())
             .sum();
         if free_slots == 0 {

@@ -375,6 +375,22 @@ impl Server {
                         }
                     }
                 }
+                Event::Tasker(name, FromTasker::Leaving) => {
+                    self.core.tasker_leaving(&name);
+                    if let Some(t) = self.taskers.get(&name) {
+                        t.link.send(ToTasker::Bye);
+                    }
+                }
+                Event::Tasker(name, FromTasker::Declined(jobs)) => {
+                    for id in jobs {
+                        let on = self.running_on.get(&id).map(String::as_str);
+                        let ended = ends.iter().any(|(_, e)| e.job == id);
+                        if crate::core::judge_decline(on, &name, ended) && !requeued.contains(&id) {
+                            self.core.ended(id);
+                            requeued.push(id);
+                        }
+                    }
+                }
                 Event::Tasker(name, FromTasker::Ended(end)) => {
                     let seen = ends.iter().any(|(_, e)| e.job == end.job);
                     let on = self.running_on.get(&end.job).map(String::as_str);
@@ -1166,6 +1182,60 @@ mod tests {
         actor.join().unwrap();
     }
 
+    /// A tasker that leaves is sent nothing more (and told so); a job it declines queues
+    /// again and runs on its next process, once.
+    #[test]
+    fn a_leaving_tasker_gets_nothing_more_and_what_it_declines_queues_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (h, actor) = start(&tmp.path().join("b.db"));
+        let link = Fake::default();
+        hello(&h, &link, "a", vec![], vec![]);
+        let first = submit(&h);
+        until("the run", || link.runs() == [first]);
+        h.send(Event::Tasker("t1".into(), FromTasker::Leaving));
+        until("the bye", || {
+            link.0
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|m| matches!(m, ToTasker::Bye))
+        });
+        let second = submit(&h);
+        // It declines the first (sent before it said it leaves).
+        h.send(Event::Tasker(
+            "t1".into(),
+            FromTasker::Declined(vec![first]),
+        ));
+        until("the first queued", || {
+            state(&h, first).state == State::Queued
+        });
+        assert_eq!(link.runs(), [first], "a job was sent to a leaving tasker");
+        assert_eq!(state(&h, second).state, State::Queued);
+        // Its next process takes both, each once.
+        h.send(Event::Gone("t1".into(), 0, Instant::now()));
+        let next = Fake::default();
+        hello(&h, &next, "b", vec![], vec![]);
+        until("both run", || next.runs().len() == 2);
+        let mut runs = next.runs();
+        runs.sort();
+        assert_eq!(runs, [first, second]);
+        // A decline of a job that ended, or runs elsewhere, changes nothing.
+        h.send(Event::Tasker("t1".into(), FromTasker::Ended(done(first))));
+        until("the ack", || next.acks() == [first]);
+        h.send(Event::Tasker(
+            "t2".into(),
+            FromTasker::Declined(vec![second]),
+        ));
+        h.send(Event::Tasker(
+            "t1".into(),
+            FromTasker::Declined(vec![first]),
+        ));
+        until("still", || state(&h, first).state == State::Done);
+        assert_eq!(state(&h, second).state, State::Running);
+        h.send(Event::Shutdown);
+        actor.join().unwrap();
+    }
+
     #[test]
     fn after_a_server_restart_undelivered_starts_queue_again_and_a_new_tasker_loses_them() {
         let tmp = tempfile::tempdir().unwrap();
@@ -1304,7 +1374,7 @@ mod tests {
                         }
                     }
                     ToTasker::Ack(jobs) => self.unacked.retain(|e| !jobs.contains(&e.job)),
-                    ToTasker::ReadLog(_) => {}
+                    ToTasker::ReadLog(_) | ToTasker::Bye => {}
                 }
             }
         }

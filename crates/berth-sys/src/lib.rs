@@ -486,6 +486,12 @@ pub fn free_mb(path: &Path) -> io::Result<u64> {
 /// Waits until one of `fds` can be read (or has hung up), for ever; a negative entry is
 /// left out. Returns which can.
 pub fn poll_readable(fds: &[RawFd]) -> io::Result<Vec<bool>> {
+    poll_readable_for(fds, None)
+}
+
+/// As [`poll_readable`], for at most `timeout` (then none can); an interrupted wait says
+/// none can either.
+pub fn poll_readable_for(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Vec<bool>> {
     let mut p: Vec<libc::pollfd> = fds
         .iter()
         .map(|&fd| libc::pollfd {
@@ -494,10 +500,15 @@ pub fn poll_readable(fds: &[RawFd]) -> io::Result<Vec<bool>> {
             revents: 0,
         })
         .collect();
+    let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as libc::c_int);
     // SAFETY: poll on pollfds of ours, for as long as the call lasts.
-    let r = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, -1) };
+    let r = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, ms) };
     if r < 0 {
-        return Err(io::Error::last_os_error());
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(vec![false; fds.len()]);
+        }
+        return Err(e);
     }
     Ok(p.iter().map(|x| x.revents != 0).collect())
 }
@@ -555,6 +566,101 @@ pub fn raise_open_files() -> io::Result<u64> {
         return Err(io::Error::last_os_error());
     }
     Ok(r.rlim_cur)
+}
+
+/// Sends all of `data` on a Unix stream socket, with `fds` attached to its first byte
+/// (`SCM_RIGHTS`): the receiver gets them with that byte, through [`recv_with_fds`].
+pub fn send_with_fds(
+    sock: &std::os::unix::net::UnixStream,
+    data: &[u8],
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> io::Result<()> {
+    use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    use std::mem::MaybeUninit;
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    if fds.len() > MAX_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("at most {MAX_FDS} descriptors go with one message"),
+        ));
+    }
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() {
+        control.push(SendAncillaryMessage::ScmRights(fds));
+    }
+    let mut sent = loop {
+        match sendmsg(
+            sock,
+            &[io::IoSlice::new(data)],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        ) {
+            Ok(n) => break n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    // The rest, if the socket took only part of it, goes without descriptors.
+    while sent < data.len() {
+        match rustix::net::send(sock, &data[sent..], SendFlags::NOSIGNAL) {
+            Ok(n) => sent += n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The most descriptors [`send_with_fds`] attaches to one message.
+pub const MAX_FDS: usize = 4;
+
+/// Reads what is there (at most `buf.len()` bytes) from a Unix stream socket, adding any
+/// descriptors that came with it to `fds`, in order. 0 means the peer closed.
+pub fn recv_with_fds(
+    sock: &std::os::unix::net::UnixStream,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> io::Result<usize> {
+    use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    use std::mem::MaybeUninit;
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let got = loop {
+        match recvmsg(
+            sock,
+            &mut [io::IoSliceMut::new(buf)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Ok(r) => break r,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = m {
+            fds.extend(received);
+        }
+    }
+    if got.flags.contains(rustix::net::ReturnFlags::CTRUNC) {
+        // Descriptors past the room were closed by the kernel: the message is unusable.
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "more descriptors came than one message may carry",
+        ));
+    }
+    Ok(got.bytes)
+}
+
+/// Reaps child `pid` if it has ended, writing its wait status: its pid then, 0 while it
+/// runs.
+pub fn waitpid_nohang(pid: u32, status: &mut libc::c_int) -> io::Result<u32> {
+    // SAFETY: waitpid on a pid with WNOHANG, writing into the caller's integer.
+    let r = unsafe { libc::waitpid(pid as libc::pid_t, status, libc::WNOHANG) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r as u32)
 }
 
 #[cfg(test)]

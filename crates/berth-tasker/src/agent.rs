@@ -28,7 +28,14 @@ pub struct Agent {
     pub slots: u32,
     /// Resources given on the command line (`-r`), added to the host's own.
     pub extra: String,
-    running: Mutex<HashMap<u64, (u32, Stop)>>,
+    /// Running jobs: slot, stop handle, whether interactive.
+    running: Mutex<HashMap<u64, (u32, Stop, bool)>>,
+    /// The keeper, parent of the jobs without a container (see [`crate::keeper`]).
+    keeper: std::sync::OnceLock<crate::keeper::Keeper>,
+    /// Stopping: jobs sent now are declined, to be queued again.
+    closing: std::sync::atomic::AtomicBool,
+    /// The server said it sends nothing more to this process.
+    bye: std::sync::atomic::AtomicBool,
     /// Ends not yet acknowledged by the server, repeated in every hello.
     unacked: Mutex<HashMap<u64, JobEnd>>,
     /// This process's random id, in every hello.
@@ -94,6 +101,9 @@ impl Agent {
             slots,
             extra,
             running: Mutex::new(HashMap::new()),
+            keeper: std::sync::OnceLock::new(),
+            closing: std::sync::atomic::AtomicBool::new(false),
+            bye: std::sync::atomic::AtomicBool::new(false),
             unacked: Mutex::new(HashMap::new()),
             incarnation: incarnation(),
             only: Mutex::new(None),
@@ -124,7 +134,7 @@ impl Agent {
 
     /// Ends the jobs without a container that an earlier run of this tasker left running
     /// (their process group, if the recorded pid still has its start time), and says so.
-    pub fn end_leftovers(&self, note: &mut dyn FnMut(String)) -> usize {
+    pub fn end_leftovers(&self, skip: &[u64], note: &mut dyn FnMut(String)) -> usize {
         let path = self.plain_file();
         let mut n = 0;
         // Line N is slot N's.
@@ -139,6 +149,9 @@ impl Agent {
                 continue;
             };
             let pid = pid as u32;
+            if skip.contains(&job) {
+                continue; // taken over
+            }
             if berth_sys::start_time(pid) == Some(st) {
                 berth_sys::kill_group(pid, libc::SIGTERM);
                 let deadline = std::time::Instant::now() + self.grace;
@@ -339,7 +352,7 @@ impl Agent {
             .lock()
             .expect("lock")
             .iter()
-            .map(|(j, (s, _))| (*j, *s))
+            .map(|(j, (s, _, _))| (*j, *s))
             .collect();
         FromTasker::Hello {
             name: self.name.clone(),
@@ -357,11 +370,18 @@ impl Agent {
     pub fn handle(self: &Arc<Self>, m: ToTasker) {
         match m {
             ToTasker::Ack(jobs) => {
-                let mut u = self.unacked.lock().expect("lock");
-                for j in jobs {
-                    u.remove(&j);
+                {
+                    let mut u = self.unacked.lock().expect("lock");
+                    for j in &jobs {
+                        u.remove(j);
+                    }
+                }
+                // The server has them: the keeper keeps their statuses no longer.
+                if let Some(k) = self.keeper.get() {
+                    k.forget(jobs);
                 }
             }
+            ToTasker::Bye => self.bye.store(true, std::sync::atomic::Ordering::SeqCst),
             ToTasker::ReadLog(r) => {
                 // Off the link's thread: a slow filesystem must not hold the tasker's
                 // messages.
@@ -374,12 +394,17 @@ impl Agent {
                 }
             }
             ToTasker::Stop(job) => {
-                if let Some((_, s)) = self.running.lock().expect("lock").get(&job) {
+                if let Some((_, s, _)) = self.running.lock().expect("lock").get(&job) {
                     s.trigger();
                 }
             }
             ToTasker::Run(a) => {
                 let a = *a;
+                if self.closing.load(std::sync::atomic::Ordering::SeqCst) {
+                    // Not started, so queued again: this process is stopping.
+                    (self.report)(FromTasker::Declined(vec![a.job]));
+                    return;
+                }
                 let stop = match Stop::new() {
                     Ok(s) => s,
                     Err(e) => {
@@ -390,8 +415,8 @@ impl Agent {
                         return;
                     }
                 };
-                let (job, slot) = (a.job, a.slot);
-                self.start(job, slot, stop, move |me, stop| me.run(a, stop));
+                let (job, slot, tty) = (a.job, a.slot, a.interactive.is_some());
+                self.start(job, slot, stop, tty, move |me, stop| me.run(a, stop));
             }
         }
     }
@@ -402,15 +427,23 @@ impl Agent {
         job: u64,
         slot: u32,
         stop: Stop,
+        interactive: bool,
         f: impl FnOnce(&Agent, &Stop) -> Outcome + Send + 'static,
     ) {
         self.running
             .lock()
             .expect("lock")
-            .insert(job, (slot, stop.clone()));
+            .insert(job, (slot, stop.clone(), interactive));
         let me = self.clone();
         self.pool.run(move || {
-            let end = end_of(job, f(&me, &stop));
+            let mut out = f(&me, &stop);
+            // Stopped by its tasker rather than by request: says so.
+            if let (Some(why), Some(f)) = (stop.reason(), &out.failure) {
+                if let Some(rest) = f.strip_prefix("stopped by request") {
+                    out.failure = Some(format!("{why}{rest}"));
+                }
+            }
+            let end = end_of(job, out);
             // Kept until acknowledged, and before it leaves the running list.
             me.unacked.lock().expect("lock").insert(job, end.clone());
             me.running.lock().expect("lock").remove(&job);
@@ -423,7 +456,7 @@ impl Agent {
     pub fn adopt(self: &Arc<Self>, a: lifecycle::Adopted) -> std::io::Result<()> {
         let stop = Stop::new()?;
         let (job, slot) = (a.job, a.slot);
-        self.start(job, slot, stop, move |me, stop| {
+        self.start(job, slot, stop, false, move |me, stop| {
             let out = lifecycle::resume(&me.host, a, stop);
             if let Ok(cg) = &me.cgroups {
                 cg.end(slot);
@@ -433,13 +466,100 @@ impl Agent {
         Ok(())
     }
 
-    /// Asks every running job to stop.
-    pub fn stop_all(&self) -> usize {
+    /// Uses `keeper` for the jobs without a container from now on, and takes over what it
+    /// kept from an earlier process of this tasker: jobs still running (or ended, not yet
+    /// reaped) are watched as any job; ends not yet recorded by the server go in the next
+    /// hello. Returns the jobs taken over.
+    pub fn use_keeper(
+        self: &Arc<Self>,
+        keeper: crate::keeper::Keeper,
+        kept: Vec<crate::keeper::Kept>,
+    ) -> std::io::Result<Vec<u64>> {
+        if self.keeper.set(keeper).is_err() {
+            return Err(std::io::Error::other("this tasker has a keeper already"));
+        }
+        let mut taken = Vec::new();
+        for k in kept {
+            taken.push(k.job);
+            if let Some(status) = k.status {
+                use std::os::unix::process::ExitStatusExt;
+                let out =
+                    crate::plain::outcome_of(std::process::ExitStatus::from_raw(status), k.stopped);
+                self.unacked
+                    .lock()
+                    .expect("lock")
+                    .insert(k.job, end_of(k.job, out));
+                continue;
+            }
+            let stop = Stop::new()?;
+            self.record_slot(
+                k.slot,
+                &format!(
+                    "{} {} {}",
+                    k.job,
+                    k.pid,
+                    berth_sys::start_time(k.pid).unwrap_or(0)
+                ),
+            );
+            let (job, slot) = (k.job, k.slot);
+            self.start(job, slot, stop, false, move |me, stop| {
+                let Some(keeper) = me.keeper.get() else {
+                    return failed("no keeper".into());
+                };
+                let out = crate::plain::resume(&k, me.grace, stop, keeper);
+                me.record_slot(slot, "");
+                if let Ok(cg) = &me.cgroups {
+                    cg.end(slot);
+                }
+                out
+            });
+        }
+        Ok(taken)
+    }
+
+    /// Asks every running job to stop; with a `reason`, its failure says that rather than
+    /// "stopped by request".
+    pub fn stop_all(&self, reason: Option<&str>) -> usize {
         let r = self.running.lock().expect("lock");
-        for (_, s) in r.values() {
-            s.trigger();
+        for (_, s, _) in r.values() {
+            match reason {
+                Some(why) => s.trigger_because(why),
+                None => s.trigger(),
+            }
         }
         r.len()
+    }
+
+    /// This tasker process stops but its jobs go on: no job starts any more (one sent now
+    /// is declined, and queued again); an interactive job, whose terminal goes with this
+    /// process, is stopped. Returns how many jobs are left running.
+    pub fn close(&self) -> usize {
+        self.closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let r = self.running.lock().expect("lock");
+        for (_, s, tty) in r.values() {
+            if *tty {
+                s.trigger_because("stopped: its tasker stopped, and its terminal with it");
+            }
+        }
+        r.len()
+    }
+
+    /// Whether the server has said it sends nothing more (after [`FromTasker::Leaving`]).
+    pub fn said_bye(&self) -> bool {
+        self.bye.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether every running job only waits for its command (so that this process may
+    /// stop and leave it to the next), and every end has been acknowledged.
+    pub fn settled(&self) -> bool {
+        self.unacked.lock().expect("lock").is_empty()
+            && self
+                .running
+                .lock()
+                .expect("lock")
+                .values()
+                .all(|(_, s, _)| s.steady())
     }
 
     /// How many jobs run.
@@ -556,7 +676,7 @@ impl Agent {
                 // A record of the process, so that a tasker killed meanwhile ends it when
                 // it starts again, instead of leaving it running unwatched. One file per
                 // slot, rewritten in place: no file is made or removed per job.
-                let out = crate::plain::run(job, self.grace, stop, &mut |pid| {
+                let out = crate::plain::run(job, self.grace, stop, self.keeper.get(), &mut |pid| {
                     let st = berth_sys::start_time(pid).unwrap_or(0);
                     self.record_slot(job.slot, &format!("{} {pid} {st}", job.id));
                 });

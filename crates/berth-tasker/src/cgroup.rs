@@ -86,6 +86,15 @@ impl JobCgroup {
         }
     }
 
+    /// How a child the keeper starts joins it: what to send the keeper with the job.
+    pub fn keeper_join(&self) -> (crate::keeper::CgroupJoin, std::os::fd::BorrowedFd<'_>) {
+        use std::os::fd::AsFd;
+        match (&self.procs, self.kind) {
+            (Some(p), Kind::V1Pids) => (crate::keeper::CgroupJoin::Procs, p.as_fd()),
+            _ => (crate::keeper::CgroupJoin::Dir, self.dir_fd.as_fd()),
+        }
+    }
+
     /// Whether a process is still in it.
     fn populated(&self) -> bool {
         use std::os::unix::fs::FileExt;

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod cgroup;
 pub mod definitions;
+pub mod keeper;
 pub mod lifecycle;
 pub mod log;
 pub mod plain;

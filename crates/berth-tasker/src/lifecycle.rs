@@ -72,27 +72,70 @@ pub struct Job {
 
 /// Asks a running job to stop; cheap to clone, safe to trigger from any thread.
 #[derive(Debug, Clone)]
-pub struct Stop(Arc<(AtomicBool, EventFd)>);
+pub struct Stop(Arc<StopInner>);
+
+#[derive(Debug)]
+struct StopInner {
+    requested: AtomicBool,
+    fd: EventFd,
+    /// The job only waits for its command (or enter hook): it can be left running while
+    /// the tasker process stops, and the next one takes it over.
+    steady: AtomicBool,
+    /// Why it was stopped, when not at a user's or administrator's request.
+    reason: std::sync::Mutex<Option<String>>,
+}
 
 impl Stop {
     /// A stop that has not been asked for.
     pub fn new() -> io::Result<Stop> {
-        Ok(Stop(Arc::new((AtomicBool::new(false), EventFd::new()?))))
+        Ok(Stop(Arc::new(StopInner {
+            requested: AtomicBool::new(false),
+            fd: EventFd::new()?,
+            steady: AtomicBool::new(false),
+            reason: std::sync::Mutex::new(None),
+        })))
     }
 
     /// Asks the job to stop.
     pub fn trigger(&self) {
-        self.0 .0.store(true, Ordering::SeqCst);
-        self.0 .1.signal();
+        self.0.requested.store(true, Ordering::SeqCst);
+        self.0.fd.signal();
+    }
+
+    /// Asks the job to stop, for a reason other than a request (a tasker stopped with
+    /// `--stop-jobs`, say): its failure names it.
+    pub fn trigger_because(&self, reason: &str) {
+        *self.0.reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_string());
+        self.trigger();
+    }
+
+    /// Why it was stopped, if not by request.
+    pub fn reason(&self) -> Option<String> {
+        self.0
+            .reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Whether a stop was asked for.
     pub fn requested(&self) -> bool {
-        self.0 .0.load(Ordering::SeqCst)
+        self.0.requested.load(Ordering::SeqCst)
+    }
+
+    /// Says whether the job only waits for its command now (see [`Stop::steady`]).
+    pub fn set_steady(&self, steady: bool) {
+        self.0.steady.store(steady, Ordering::SeqCst);
+    }
+
+    /// Whether the job only waits for its command: a tasker process may stop then and
+    /// leave it running, for the next one to take over.
+    pub fn steady(&self) -> bool {
+        self.0.steady.load(Ordering::SeqCst)
     }
 
     fn fd(&self) -> std::os::fd::RawFd {
-        self.0 .1.raw()
+        self.0.fd.raw()
     }
 }
 
@@ -141,7 +184,7 @@ impl Outcome {
         }
     }
 
-    fn refused(why: String) -> Outcome {
+    pub(crate) fn refused(why: String) -> Outcome {
         Outcome {
             end: End::NotRun,
             failure: Some(why),
@@ -762,7 +805,13 @@ fn run_with_sink(host: &Host, job: &Job, cfg: &Config, stop: &Stop, sink: &Arc<S
                     if let Err(e) = held.update(&rec) {
                         sink.note(&format!("job {}: cannot update its record: {e}", job.id));
                     }
+                    // Recorded: a next tasker process can take it over from here. An
+                    // interactive one cannot (its terminal is this process's).
+                    if job.interactive.is_none() {
+                        stop.set_steady(true);
+                    }
                 });
+                stop.set_steady(false);
                 // The relay ends once no process has the terminal open: not while we do.
                 drop(slave);
                 if let Some(r) = relay {
@@ -981,7 +1030,9 @@ pub fn resume(host: &Host, a: Adopted, stop: &Stop) -> Outcome {
     let mut stopped = false;
     match sys::pidfd_open(a.enter.pid) {
         Ok(fd) if sys::start_time(a.enter.pid) == Some(a.enter.start_time) => {
+            stop.set_steady(true);
             let woke = sys::wait_pidfd(&fd, None, Some(stop.fd())).unwrap_or(Woke::Exited);
+            stop.set_steady(false);
             if woke != Woke::Exited {
                 stopped = true;
                 terminate(a.enter.pid, &fd, grace);

@@ -2,8 +2,9 @@
 //! environment, output to its log; stopped with SIGTERM to its process group, then SIGKILL
 //! after the grace period.
 
+use crate::keeper::{Keeper, Kept, SpawnJob, Started};
 use crate::lifecycle::{supervise, End, HookEnd, Job, Outcome, Stop};
-use crate::log::Sink;
+use crate::log::{LogTarget, Sink};
 use crate::terminal::Terminal;
 use berth_sys as sys;
 use berth_sys::spawn::{spawn, Spawn, Stdio};
@@ -12,7 +13,16 @@ use std::time::Duration;
 
 /// Runs a job that asks for no container, to its end. `on_start` gets the pid of its
 /// process (also its process group) once it runs.
-pub fn run(job: &Job, grace: Duration, stop: &Stop, on_start: &mut dyn FnMut(u32)) -> Outcome {
+///
+/// With a `keeper`, a job with a log file and no terminal is started by the keeper, as its
+/// child: it outlives this process, and the next tasker process takes it over ([`resume`]).
+pub fn run(
+    job: &Job,
+    grace: Duration,
+    stop: &Stop,
+    keeper: Option<&Keeper>,
+    on_start: &mut dyn FnMut(u32),
+) -> Outcome {
     let fail = |why: String| Outcome {
         end: End::NotRun,
         failure: Some(why),
@@ -31,6 +41,9 @@ pub fn run(job: &Job, grace: Duration, stop: &Stop, on_start: &mut dyn FnMut(u32
     let who = (sys::euid() == 0).then_some(&job.owner);
     if who.is_none() && job.owner.uid != sys::euid() {
         return fail(format!("only root can run a job as {}", job.owner.name));
+    }
+    if let (Some(k), None, LogTarget::File(log)) = (keeper, &job.interactive, &job.log) {
+        return run_kept(job, grace, stop, k, &sink, log, on_start);
     }
     let (mut terminal, slave) = match &job.interactive {
         None => (None, None),
@@ -101,6 +114,11 @@ pub fn run(job: &Job, grace: Duration, stop: &Stop, on_start: &mut dyn FnMut(u32
         HookEnd::Stopped(s) | HookEnd::TimedOut(s, _) => (s, true),
         HookEnd::NotStarted(e) => return fail(e.to_string()),
     };
+    outcome_of(status, stopped)
+}
+
+/// What a job's wait status means, `stopped` when it was stopped.
+pub fn outcome_of(status: std::process::ExitStatus, stopped: bool) -> Outcome {
     let end = match (status.code(), status.signal()) {
         (Some(c), _) => End::Exited(c),
         (_, Some(s)) => End::Signaled(s),
@@ -114,5 +132,101 @@ pub fn run(job: &Job, grace: Duration, stop: &Stop, on_start: &mut dyn FnMut(u32
         end,
         failure,
         after_failures: Vec::new(),
+    }
+}
+
+/// Runs a job as the keeper's child.
+fn run_kept(
+    job: &Job,
+    grace: Duration,
+    stop: &Stop,
+    keeper: &Keeper,
+    sink: &Sink,
+    log: &std::path::Path,
+    on_start: &mut dyn FnMut(u32),
+) -> Outcome {
+    let Some(file) = sink.file() else {
+        return Outcome::refused("the job's log is not a file".into());
+    };
+    let join = job.cgroup.as_ref().map(|c| c.keeper_join());
+    let cgroup = join.as_ref().map(|(k, _)| *k);
+    let req = SpawnJob {
+        job: job.id.parse().unwrap_or(0),
+        slot: job.slot,
+        command: job
+            .command
+            .iter()
+            .map(|w| w.to_string_lossy().into_owned())
+            .collect(),
+        env: job
+            .env
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string_lossy().into_owned(),
+                    v.to_string_lossy().into_owned(),
+                )
+            })
+            .collect(),
+        who: job.owner.clone(),
+        dir: job.dir.clone(),
+        umask: job.umask,
+        log: log.to_path_buf(),
+        cgroup,
+    };
+    let pid = match keeper.spawn(&req, &file, join.map(|(_, fd)| fd)) {
+        Ok(Started::Pid(pid)) => pid,
+        Ok(Started::Not(not_found, e)) => {
+            let why = format!(
+                "cannot run {:?} as {} in {}: {e}",
+                job.command[0],
+                job.owner.name,
+                job.dir.display()
+            );
+            sink.note(&why);
+            return Outcome {
+                end: End::Exited(if not_found { 127 } else { 126 }),
+                failure: Some(why),
+                after_failures: Vec::new(),
+            };
+        }
+        Err(e) => return Outcome::refused(format!("the tasker's keeper: {e}")),
+    };
+    on_start(pid);
+    stop.set_steady(true);
+    let id = req.job;
+    let end = supervise(pid, None, grace, Some(stop), || {
+        stop.set_steady(false);
+        keeper.reap(id, stop.requested())
+    });
+    stop.set_steady(false);
+    let (status, stopped) = match end {
+        HookEnd::Exited(s) => (s, false),
+        HookEnd::Stopped(s) | HookEnd::TimedOut(s, _) => (s, true),
+        HookEnd::NotStarted(e) => return Outcome::refused(format!("job {}: {e}", job.id)),
+    };
+    outcome_of(status, stopped)
+}
+
+/// Takes over a job that the keeper kept while no tasker ran: waits for it (or, on a
+/// stop, ends it), and takes its status from the keeper.
+pub fn resume(kept: &Kept, grace: Duration, stop: &Stop, keeper: &Keeper) -> Outcome {
+    crate::keeper::note(
+        kept,
+        &format!("job {}: a new tasker process took the job over", kept.job),
+    );
+    if let Some(status) = kept.status {
+        return outcome_of(std::process::ExitStatus::from_raw(status), kept.stopped);
+    }
+    stop.set_steady(true);
+    let end = supervise(kept.pid, None, grace, Some(stop), || {
+        stop.set_steady(false);
+        keeper.reap(kept.job, stop.requested())
+    });
+    stop.set_steady(false);
+    match end {
+        HookEnd::Exited(s) => outcome_of(s, false),
+        HookEnd::Stopped(s) | HookEnd::TimedOut(s, _) => outcome_of(s, true),
+        HookEnd::NotStarted(e) => Outcome::refused(format!("job {}: {e}", kept.job)),
     }
 }

@@ -59,6 +59,14 @@ enum Cmd {
     Taskers(jobs::Taskers),
     /// List the container configurations the taskers offer, and why some are not.
     Containers(jobs::Taskers),
+    /// The parent of a tasker's jobs without a container, which outlives the tasker
+    /// process; started by the tasker itself.
+    #[command(hide = true)]
+    Keeper {
+        /// The tasker's local state directory.
+        #[arg(long, value_name = "DIR")]
+        state: PathBuf,
+    },
 }
 
 fn main() {
@@ -88,5 +96,10 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Getlog(g) => jobs::getlog(g),
         Cmd::Taskers(t) => jobs::taskers(t),
         Cmd::Containers(t) => jobs::containers(t),
+        Cmd::Keeper { state } => {
+            berth_tasker::keeper::serve(&state)
+                .map_err(|e| anyhow::anyhow!("keeper of {}: {e}", state.display()))?;
+            Ok(0)
+        }
     }
 }

@@ -66,24 +66,29 @@ pub fn tasker(a: TaskerArgs) -> Result<i32> {
     let name = agent.name.clone();
     {
         let agent = agent.clone();
+        let ob = outbox.clone();
+        let stop_jobs = a.agent.stop_jobs;
         std::thread::spawn(move || {
             let sig = signals.wait();
             berth_sys::say!(
                 "berth tasker: {}: stopping",
                 berth_tasker::lifecycle::signal_name(sig)
             );
-            let n = agent.stop_all();
-            if n > 0 {
-                berth_sys::say!("berth tasker: stopping {n} running job(s); their cleanup and teardown run first");
+            // The server is told first, so that it sends nothing more; what it sent
+            // meanwhile is declined, and queued again.
+            agent.close();
+            ob.push(berth_proto::FromTasker::Leaving);
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !agent.said_bye() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
             }
-            let deadline = std::time::Instant::now() + Duration::from_secs(60);
-            while agent.running() > 0 && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
+            crate::up::stop_tasker(&agent, stop_jobs, &format!("berth tasker {}", agent.name));
+            // The last messages (ends, declines) are on their way.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !ob.q.lock().expect("lock").is_empty() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
             }
-            std::thread::sleep(Duration::from_millis(300));
-            if let Ok(cg) = &agent.cgroups {
-                cg.close();
-            }
+            std::thread::sleep(Duration::from_millis(100));
             std::process::exit(0);
         });
     }

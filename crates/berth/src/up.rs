@@ -53,6 +53,10 @@ pub struct AgentOpts {
         hide = true
     )]
     pub cgroups: berth_tasker::cgroup::Mode,
+    /// On SIGTERM or SIGINT, stop the running jobs too (their cleanup and teardown run).
+    /// Without it they go on running, and the next start of this tasker takes them over.
+    #[arg(long)]
+    pub stop_jobs: bool,
 }
 
 /// The options of `berth up`.
@@ -509,7 +513,32 @@ pub fn make_agent(
         report,
         o.cgroups,
     );
-    agent.end_leftovers(&mut |line| berth_sys::say!("berth tasker {name}: {line}"));
+    // The jobs without a container an earlier process left running, kept by the keeper.
+    let taken = match berth_tasker::keeper::Keeper::open(&agent.host.state_dir, &|| {
+        start_keeper(&agent.host.state_dir)
+    }) {
+        Ok((keeper, kept)) => {
+            let n = kept.len();
+            let taken = agent
+                .use_keeper(keeper, kept)
+                .context("taking over the jobs the keeper kept")?;
+            if n > 0 {
+                berth_sys::say!(
+                    "berth tasker {name}: took over {n} job(s) without a container left by an earlier run"
+                );
+            }
+            taken
+        }
+        Err(e) => {
+            berth_sys::say!(
+                "berth tasker {name}: warning: {e}; jobs without a container end if this process stops"
+            );
+            Vec::new()
+        }
+    };
+    agent.end_leftovers(&taken, &mut |line| {
+        berth_sys::say!("berth tasker {name}: {line}")
+    });
     for a in adopted {
         agent
             .adopt(a)
@@ -544,6 +573,78 @@ pub fn make_agent(
         }
     }
     Ok(agent)
+}
+
+/// Starts `berth keeper` for a tasker's state directory, in a session of its own, so that
+/// it outlives this process; its messages go to STATE/keeper.log.
+fn start_keeper(state: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(state)?;
+    let exe = std::env::current_exe()?;
+    let log = std::fs::File::options()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(state.join("keeper.log"))?;
+    let args = [
+        std::ffi::OsString::from("keeper"),
+        "--state".into(),
+        state.as_os_str().to_owned(),
+    ];
+    let env: Vec<(std::ffi::OsString, std::ffi::OsString)> = Vec::new();
+    let mut child = berth_sys::spawn::spawn(&berth_sys::spawn::Spawn {
+        program: exe.as_os_str(),
+        args: &args,
+        env: &env,
+        who: None,
+        dir: Path::new("/"),
+        stdin: berth_sys::spawn::Stdio::Null,
+        stdout: berth_sys::spawn::Stdio::Fd(&log),
+        stderr: berth_sys::spawn::Stdio::Fd(&log),
+        terminal: false,
+        exec_fd: None,
+        cgroup: None,
+        umask: Some(0o077),
+        dir_fd: None,
+    })?;
+    // Our child while we live: reaped when it ends.
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
+    Ok(())
+}
+
+/// The tasker process stops. With `--stop-jobs` its jobs are stopped first; otherwise no
+/// job starts any more and it waits (up to a minute) until each running job only waits
+/// for its command and every end is acknowledged, then leaves them running for the next
+/// process to take over.
+pub fn stop_tasker(agent: &Arc<Agent>, stop_jobs: bool, who: &str) {
+    if stop_jobs {
+        let n = agent.stop_all(Some("stopped: its tasker was stopped with --stop-jobs"));
+        if n > 0 {
+            berth_sys::say!("{who}: stopping {n} running job(s) (--stop-jobs); their cleanup and teardown run first");
+        }
+        agent.close();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while (agent.running() > 0 || !agent.settled()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    } else {
+        let n = agent.close();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !agent.settled() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let n = n.min(agent.running());
+        if n > 0 {
+            berth_sys::say!(
+                "{who}: {n} job(s) keep running; the next start of this tasker takes them over (--stop-jobs stops them instead)"
+            );
+        }
+    }
+    if let Ok(cg) = &agent.cgroups {
+        cg.close();
+    }
 }
 
 /// `berth server`: the server alone; taskers join over TCP.
@@ -621,25 +722,9 @@ pub fn up(o: Up) -> Result<i32> {
     berth_sys::say!("berth up: {}: stopping", lifecycle::signal_name(sig));
     // First no new start, then the running jobs' ends, recorded before the actor stops.
     running.handle.send(Event::Drain);
-    shutdown(&agent);
-    running.stop();
-    Ok(0)
-}
-
-fn shutdown(agent: &Arc<Agent>) {
-    let n = agent.stop_all();
-    if n > 0 {
-        berth_sys::say!(
-            "berth up: stopping {n} running job(s); their cleanup and teardown run first"
-        );
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while agent.running() > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    stop_tasker(&agent, o.agent.stop_jobs, "berth up");
     // Give the last reports a moment to be recorded.
     std::thread::sleep(Duration::from_millis(100));
-    if let Ok(cg) = &agent.cgroups {
-        cg.close();
-    }
+    running.stop();
+    Ok(0)
 }

@@ -214,6 +214,7 @@ impl Farm {
                 secret.to_str().unwrap(),
                 "--slots",
                 "4",
+                "--stop-jobs",
                 "-r",
                 "CORES/4",
             ],

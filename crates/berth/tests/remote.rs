@@ -68,7 +68,7 @@ fn start(fx: &Fixture, munge: &Munged) -> Server {
     wait_until("the server", T, || {
         fx.swd.join("clients.addr").exists() && fx.swd.join("listen.addr").exists()
     });
-    let tasker = q(&["tasker", "--name", "t1", "--slots", "2"]);
+    let tasker = q(&["tasker", "--name", "t1", "--slots", "2", "--stop-jobs"]);
     wait_for_tasker(&fx.swd, "t1");
     let addr = std::fs::read_to_string(fx.swd.join("clients.addr"))
         .unwrap()

@@ -309,12 +309,22 @@ pub struct Up {
 }
 
 impl Up {
+    /// Started with `--stop-jobs`, so that its jobs end with the test.
     pub fn start(fx: &Fixture, extra: &[&str]) -> Up {
         Up::start_logging(fx, extra, None)
     }
 
+    /// Started without `--stop-jobs`: a stop leaves its jobs running for the next.
+    pub fn start_keeping(fx: &Fixture, extra: &[&str]) -> Up {
+        Up::start_inner(fx, extra, None, false)
+    }
+
     /// The same, its standard error to `log` (a file) when given.
     pub fn start_logging(fx: &Fixture, extra: &[&str], log: Option<&Path>) -> Up {
+        Up::start_inner(fx, extra, log, true)
+    }
+
+    fn start_inner(fx: &Fixture, extra: &[&str], log: Option<&Path>, stop_jobs: bool) -> Up {
         let stderr = match log {
             Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
             None => Stdio::null(),
@@ -324,6 +334,7 @@ impl Up {
             .arg("--swd")
             .arg(&fx.swd)
             .args(extra)
+            .args(stop_jobs.then_some("--stop-jobs"))
             .env("CONTAINERS_CONF", containers_conf())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
