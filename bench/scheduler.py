@@ -11,6 +11,8 @@ file written):
   - an array of N jobs submitted at once, until all are Done: jobs/s;
   - the same array with the store's commits not fsynced (`--no-fsync`): what durability
     costs;
+  - the same array with jobs started by the tasker itself (`--no-keeper`): what the
+    keeper, which lets jobs outlive a tasker process, costs;
   - N jobs submitted by one `berth run` process each, 8 at a time, until all are Done;
   - submit -> start and submit -> Done of one job, median of N, back to back and with a
     0.5 s pause before each.
@@ -253,6 +255,14 @@ def main():
             r2 = b.array(a.array)
             print(f"array of {a.array}, commits not fsynced (--no-fsync): {r2:8.0f} jobs/s "
                   f"(durability costs {100 * (1 - r / r2):.0f} %)")
+        finally:
+            b.stop()
+
+        b = Berth(berth, os.path.join(root, "no-keeper"), a.slots, ["--no-keeper"])
+        try:
+            r3 = b.array(a.array)
+            print(f"array of {a.array}, jobs the tasker's own children (--no-keeper): {r3:8.0f} jobs/s "
+                  f"(the keeper, which lets jobs outlive the tasker process, costs {100 * (1 - r / r3):.0f} %)")
         finally:
             b.stop()
 

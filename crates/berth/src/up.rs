@@ -57,6 +57,10 @@ pub struct AgentOpts {
     /// Without it they go on running, and the next start of this tasker takes them over.
     #[arg(long)]
     pub stop_jobs: bool,
+    /// For measuring what the keeper costs only: run jobs without a container as this
+    /// process's children, so that they end with it.
+    #[arg(long, hide = true)]
+    pub no_keeper: bool,
 }
 
 /// The options of `berth up`.
@@ -514,9 +518,14 @@ pub fn make_agent(
         o.cgroups,
     );
     // The jobs without a container an earlier process left running, kept by the keeper.
-    let taken = match berth_tasker::keeper::Keeper::open(&agent.host.state_dir, &|| {
-        start_keeper(&agent.host.state_dir)
-    }) {
+    let keeper = if o.no_keeper {
+        Err(std::io::Error::other("--no-keeper"))
+    } else {
+        berth_tasker::keeper::Keeper::open(&agent.host.state_dir, &|| {
+            start_keeper(&agent.host.state_dir)
+        })
+    };
+    let taken = match keeper {
         Ok((keeper, kept)) => {
             let n = kept.len();
             let taken = agent

@@ -1030,6 +1030,51 @@ fn killing_an_interactive_berth_run_stops_its_job() {
     );
 }
 
+/// A clean stop (SIGTERM, without --stop-jobs) leaves a running container job running:
+/// the next `berth up` takes it over, and its cleanup and teardown run once it ends.
+#[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
+fn a_stopped_berth_up_leaves_its_container_job_to_the_next() {
+    need_root!();
+    let fx = Fixture::new();
+    fx.install_examples(&["docker"]);
+    let args = ["--slots", "2", "--project", "t-upstop"];
+    let mut up = Up::start_keeping(&fx, &args);
+    let out = as_nobody(
+        &fx,
+        &[
+            "run",
+            "-r",
+            "Container:docker",
+            "--",
+            "sh",
+            "-c",
+            "touch started; while [ ! -e go ]; do sleep 0.1; done; echo finished; exit 4",
+        ],
+    );
+    let job = stdout(&out).trim().to_string();
+    wait_until("the job to start", T, || fx.work.join("started").exists());
+    up.stop();
+    assert!(
+        !podman_containers("t-upstop").is_empty(),
+        "the container went with the tasker"
+    );
+    let _up = Up::start(&fx, &args);
+    std::fs::write(fx.work.join("go"), "").unwrap();
+    let _ = fx.run(&["wait", "--timeout", "60", &job], Duration::from_secs(90));
+    let out = fx.run(&["info", "--json", &job], T);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(
+        v["reason"],
+        "exit status 4",
+        "{v}\n{}",
+        fx.read_work(&format!("berth-{job}.log"))
+    );
+    wait_until("the container to be removed", T, || {
+        podman_containers("t-upstop").is_empty()
+    });
+}
+
 #[test]
 #[ignore = "needs root: .ci/run runs it with --include-ignored"]
 fn a_killed_berth_up_takes_its_container_job_over_when_started_again() {
