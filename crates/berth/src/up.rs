@@ -525,10 +525,19 @@ pub fn make_agent(
             start_keeper(&agent.host.state_dir)
         })
     };
-    let taken = match keeper {
+    // First the leftovers of a run whose keeper is gone (the jobs the keeper still keeps
+    // are not): the plain-jobs record is then rewritten, with the jobs taken over in it.
+    let kept_ids: Vec<u64> = match &keeper {
+        Ok((_, kept)) => kept.iter().map(|k| k.job).collect(),
+        Err(_) => Vec::new(),
+    };
+    agent.end_leftovers(&kept_ids, &mut |line| {
+        berth_sys::say!("berth tasker {name}: {line}")
+    });
+    match keeper {
         Ok((keeper, kept)) => {
             let n = kept.len();
-            let taken = agent
+            agent
                 .use_keeper(keeper, kept)
                 .context("taking over the jobs the keeper kept")?;
             if n > 0 {
@@ -536,18 +545,11 @@ pub fn make_agent(
                     "berth tasker {name}: took over {n} job(s) without a container left by an earlier run"
                 );
             }
-            taken
         }
-        Err(e) => {
-            berth_sys::say!(
-                "berth tasker {name}: warning: {e}; jobs without a container end if this process stops"
-            );
-            Vec::new()
-        }
-    };
-    agent.end_leftovers(&taken, &mut |line| {
-        berth_sys::say!("berth tasker {name}: {line}")
-    });
+        Err(e) => berth_sys::say!(
+            "berth tasker {name}: warning: {e}; jobs without a container end if this process stops"
+        ),
+    }
     for a in adopted {
         agent
             .adopt(a)

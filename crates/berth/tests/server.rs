@@ -653,27 +653,56 @@ fn the_tasker_class_table_is_read_again_when_it_changes() {
 
 #[test]
 #[ignore = "needs root: .ci/run runs it with --include-ignored"]
-fn a_restarted_tasker_ends_the_plain_jobs_its_killed_run_left() {
+fn a_restarted_tasker_takes_over_a_killed_runs_plain_jobs_and_ends_its_keepers_orphans() {
     need_root!();
     let fx = Fixture::new();
     let mut split = Split::start(&fx, "2");
+    // A command line of this test's own, to find the job's process by.
+    let sleep = format!("sleep 313.{}", std::process::id());
     let out = as_nobody(
         &fx,
-        &["run", "--", "sh", "-c", "touch started; exec sleep 313"],
+        &[
+            "run",
+            "--",
+            "sh",
+            "-c",
+            &format!("touch started; exec {sleep}"),
+        ],
     );
     let job = stdout(&out).trim().to_string();
     wait_until("the job to start", T, || fx.work.join("started").exists());
-    Split::kill9(&mut split.tasker);
-    let orphan = || {
+    let alive = || {
         let ps = Command::new("pgrep")
-            .args(["-u", "nobody", "-f", "sleep 313"])
+            .args(["-u", "nobody", "-f", &sleep])
             .output()
             .unwrap();
         !stdout(&ps).trim().is_empty()
     };
-    assert!(orphan(), "the job should outlive its killed tasker");
+    // The tasker killed: its keeper keeps the job, the next process takes it over.
+    Split::kill9(&mut split.tasker);
+    assert!(alive(), "the job should outlive its killed tasker");
     split.start_tasker("2");
-    wait_until("the orphaned job to be ended", T, || !orphan());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(alive(), "the job was ended, not taken over");
+    let v: serde_json::Value =
+        serde_json::from_slice(&fx.run(&["info", "--json", &job], T).stdout).unwrap();
+    assert_eq!(v["state"], "Running", "{v}");
+    // The tasker and its keeper killed: the job is init's, its status gone; the next
+    // tasker ends it (by the slot's record), and it is lost.
+    Split::kill9(&mut split.tasker);
+    let keeper = fx.swd.join("tasker").join("t1");
+    let out = Command::new("pkill")
+        .args([
+            "-9",
+            "-f",
+            &format!("berth keeper --state {}", keeper.display()),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "no keeper to kill: {}", text(&out));
+    assert!(alive(), "the job should outlive its tasker and keeper");
+    split.start_tasker("2");
+    wait_until("the orphaned job to be ended", T, || !alive());
     let out = fx.run(&["wait", "--timeout", "30", &job], T);
     assert!(
         stdout(&out).contains(&format!("{job} Failed: lost")),

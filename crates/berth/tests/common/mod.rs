@@ -58,6 +58,57 @@ pub struct Fixture {
     pub work: PathBuf,
 }
 
+/// The pids whose command line starts with `prefix`.
+pub fn pids_of(prefix: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.starts_with(prefix) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+impl Drop for Fixture {
+    /// A tasker the test killed leaves its keeper, keeping its jobs for a next tasker
+    /// that will not come: they end with the test.
+    fn drop(&mut self) {
+        let prefix = format!(
+            "{} keeper --state {}",
+            berth().display(),
+            self.root.display()
+        );
+        for keeper in pids_of(&prefix) {
+            for e in std::fs::read_dir("/proc").unwrap().flatten() {
+                let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+                let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+                    continue;
+                };
+                let ppid = rest
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|p| p.parse::<u32>().ok());
+                if ppid == Some(keeper) {
+                    if let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() {
+                        // A job leads its own process group.
+                        let _ = Command::new("kill")
+                            .args(["-9", "--", &format!("-{pid}")])
+                            .status();
+                    }
+                }
+            }
+            let _ = Command::new("kill")
+                .args(["-9", &keeper.to_string()])
+                .status();
+        }
+    }
+}
+
 impl Fixture {
     pub fn new() -> Fixture {
         let tmp = tempfile::Builder::new()
