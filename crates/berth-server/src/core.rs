@@ -200,6 +200,37 @@ pub struct Core {
     queued: HashMap<u64, usize>,
     running: HashMap<u64, Running>,
     taskers: BTreeMap<String, Tasker>,
+    /// Every job recorded as Running, with where and to which process of its tasker its
+    /// start went: also the jobs of taskers away (which `running` no longer holds).
+    placed: HashMap<u64, Placed>,
+    /// Taskers away, with when their grace ends.
+    away: Away,
+}
+
+/// What a tasker's hello says, as the core needs it.
+#[derive(Debug)]
+pub struct TaskerHello<'a> {
+    /// The tasker's name.
+    pub name: &'a str,
+    /// What it offers.
+    pub offer: Offer,
+    /// Its slots.
+    pub slots: u32,
+    /// The process saying hello.
+    pub incarnation: &'a str,
+    /// What it runs: (job, slot).
+    pub listed: &'a [(u64, u32)],
+    /// The jobs whose ends it lists.
+    pub ended: &'a [u64],
+}
+
+/// Where a job recorded as Running runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placed {
+    /// Its tasker.
+    pub tasker: String,
+    /// The incarnation of the tasker its start was sent to.
+    pub run: String,
 }
 
 impl Core {
@@ -322,6 +353,131 @@ impl Core {
     /// Where a running job runs: its tasker and slot.
     pub fn running_at(&self, id: u64) -> Option<(&str, u32)> {
         self.running.get(&id).map(|r| (r.tasker.as_str(), r.slot))
+    }
+
+    /// Job `id` is recorded as Running on `tasker`, its start sent to the process `run`.
+    pub fn place(&mut self, id: u64, tasker: &str, run: &str) {
+        self.placed.insert(
+            id,
+            Placed {
+                tasker: tasker.to_string(),
+                run: run.to_string(),
+            },
+        );
+    }
+
+    /// Job `id` is no longer recorded as Running (it ended, was lost, stopped, or queued
+    /// again).
+    pub fn unplace(&mut self, id: u64) {
+        self.placed.remove(&id);
+    }
+
+    /// The tasker job `id` is recorded as running on.
+    pub fn placed_on(&self, id: u64) -> Option<&str> {
+        self.placed.get(&id).map(|p| p.tasker.as_str())
+    }
+
+    /// How many jobs are recorded as Running.
+    pub fn placed_count(&self) -> usize {
+        self.placed.len()
+    }
+
+    /// After a start: every tasker with jobs recorded as Running, and not connected, has
+    /// `grace` from `now` to come back (an earlier deadline is kept).
+    pub fn await_taskers(&mut self, now: std::time::Instant, grace: std::time::Duration) {
+        let names: std::collections::BTreeSet<String> =
+            self.placed.values().map(|p| p.tasker.clone()).collect();
+        for name in names {
+            if !self.taskers.contains_key(&name) {
+                self.away.gone(&name, now, grace, true);
+            }
+        }
+    }
+
+    /// Tasker `name`'s link broke, last heard at `heard`: its slots are no longer counted,
+    /// and its jobs are lost unless it is back within `grace` of then.
+    pub fn tasker_away(
+        &mut self,
+        name: &str,
+        heard: std::time::Instant,
+        grace: std::time::Duration,
+    ) {
+        self.tasker_gone(name);
+        self.away.gone(name, heard, grace, false);
+    }
+
+    /// A tasker says hello: it joins afresh, and the jobs recorded on it are judged
+    /// ([`judge_hello`]). A job it still runs but that no longer fits (it came back with
+    /// less) is lost and stopped. `request` gives a job's resource request.
+    pub fn hello(
+        &mut self,
+        h: TaskerHello<'_>,
+        request: impl Fn(u64) -> Option<String>,
+    ) -> HelloVerdict {
+        let TaskerHello {
+            name,
+            offer,
+            slots,
+            incarnation,
+            listed,
+            ended,
+        } = h;
+        self.away.back(name);
+        self.tasker_gone(name);
+        self.tasker_joined(name, offer, slots);
+        let recorded: Vec<(u64, &str)> = self
+            .placed
+            .iter()
+            .filter(|(_, p)| p.tasker == name)
+            .map(|(id, p)| (*id, p.run.as_str()))
+            .collect();
+        let mut v = judge_hello(&recorded, listed, ended, incarnation);
+        let keep = std::mem::take(&mut v.keep);
+        for (id, slot) in keep {
+            if self.adopt_running(id, name, slot, request(id).as_deref()) {
+                v.keep.push((id, slot));
+            } else {
+                v.lost.push(id);
+                v.stop.push(id);
+            }
+        }
+        v
+    }
+
+    /// What to do with an end tasker `from` reports ([`judge_end`]); `seen` when the same
+    /// end came earlier in this turn.
+    pub fn end_verdict(&self, id: u64, from: &str, seen: bool) -> EndVerdict {
+        judge_end(self.placed_on(id), from, seen)
+    }
+
+    /// Tasker `from` declined job `id` (sent, never started): when [`judge_decline`] says
+    /// it queues again, its slot and resources are given back and true is returned.
+    pub fn decline(&mut self, id: u64, from: &str, ended: bool) -> bool {
+        if judge_decline(self.placed_on(id), from, ended) {
+            self.ended(id);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The jobs of taskers whose grace has ended by `now` and that are not back: lost,
+    /// except those for which `ended` is true (their end came, and waits to be written).
+    pub fn expired(&mut self, now: std::time::Instant, ended: impl Fn(u64) -> bool) -> Vec<u64> {
+        let mut lost = Vec::new();
+        for name in self.away.expired(now) {
+            if self.taskers.contains_key(&name) {
+                continue;
+            }
+            lost.extend(
+                self.placed
+                    .iter()
+                    .filter(|(id, p)| p.tasker == name && !ended(**id))
+                    .map(|(id, _)| *id),
+            );
+        }
+        lost.sort_unstable();
+        lost
     }
 
     /// A job ended: its slot and resources are given back, exactly once.
@@ -748,5 +904,342 @@ mod tests {
                 container: None,
             }]
         );
+    }
+
+    /// The server's rules for taskers, over the core alone, driven by random lives: taskers
+    /// start jobs, end them, lose their link, crash and come back as a new process, come
+    /// back in time or too late; users stop jobs; time passes. A model of the store and of
+    /// each tasker process checks, after every step: no slot shared, consumables held
+    /// exactly by the jobs that run (given back once), no job run twice, no accepted job
+    /// lost (each is queued, recorded as running, or ended once, and an ended job never
+    /// changes again).
+    mod lives {
+        use super::super::*;
+        use proptest::prelude::*;
+        use std::time::{Duration, Instant};
+
+        #[derive(Debug, Clone)]
+        enum Act {
+            Submit(u8),
+            Schedule,
+            End(u8, u8),
+            LinkDown(u8),
+            Crash(u8),
+            Hello(u8),
+            Stop(u8),
+            Time(u8),
+        }
+
+        fn act() -> impl Strategy<Value = Act> {
+            prop_oneof![
+                (1u8..4).prop_map(Act::Submit),
+                Just(Act::Schedule),
+                (0u8..3, any::<u8>()).prop_map(|(t, k)| Act::End(t, k)),
+                (0u8..3).prop_map(Act::LinkDown),
+                (0u8..3).prop_map(Act::Crash),
+                (0u8..3).prop_map(Act::Hello),
+                any::<u8>().prop_map(Act::Stop),
+                (1u8..20).prop_map(Act::Time),
+            ]
+        }
+
+        #[derive(Debug, Clone, PartialEq)]
+        enum Fate {
+            Queued,
+            Running,
+            Done,
+            Lost,
+            Stopped,
+        }
+
+        /// A tasker process as the model sees it.
+        #[derive(Default)]
+        struct Proc {
+            run: u32,
+            connected: bool,
+            /// What it runs: job -> slot.
+            running: BTreeMap<u64, u32>,
+            /// Ends it keeps until acknowledged.
+            unacked: Vec<u64>,
+        }
+
+        const GRACE: Duration = Duration::from_secs(5);
+        const OFFER: &str = "CORES/8 L/2 SLOTS/3";
+        const REQUEST: &str = "L/1";
+
+        struct World {
+            core: Core,
+            store: BTreeMap<u64, Fate>,
+            runs: BTreeMap<u64, u32>,
+            procs: Vec<Proc>,
+            next: u64,
+            now: Instant,
+        }
+
+        fn name(t: usize) -> String {
+            format!("t{t}")
+        }
+
+        impl World {
+            fn new() -> World {
+                let mut w = World {
+                    core: Core::new(),
+                    store: BTreeMap::new(),
+                    runs: BTreeMap::new(),
+                    procs: (0..3).map(|_| Proc::default()).collect(),
+                    next: 1,
+                    now: Instant::now(),
+                };
+                for t in 0..3 {
+                    w.hello(t);
+                }
+                w
+            }
+
+            fn set(&mut self, id: u64, to: Fate) {
+                let from = self.store.get(&id).cloned();
+                let legal = matches!(
+                    (&from, &to),
+                    (None, Fate::Queued)
+                        | (Some(Fate::Queued), Fate::Running | Fate::Stopped)
+                        | (
+                            Some(Fate::Running),
+                            Fate::Queued | Fate::Done | Fate::Lost | Fate::Stopped
+                        )
+                );
+                assert!(legal, "job {id}: {from:?} -> {to:?}");
+                self.store.insert(id, to);
+            }
+
+            /// A tasker reports an end (on its link): the server's rule, then the ack.
+            fn deliver_end(&mut self, t: usize, id: u64) {
+                match self.core.end_verdict(id, &name(t), false) {
+                    EndVerdict::Record => {
+                        self.core.ended(id);
+                        self.core.unplace(id);
+                        self.set(id, Fate::Done);
+                    }
+                    EndVerdict::Forget => {}
+                }
+                self.procs[t].unacked.retain(|j| *j != id);
+            }
+
+            fn hello(&mut self, t: usize) {
+                let p = &self.procs[t];
+                let listed: Vec<(u64, u32)> = p.running.iter().map(|(j, s)| (*j, *s)).collect();
+                let ended = p.unacked.clone();
+                let run = p.run.to_string();
+                let v = self.core.hello(
+                    TaskerHello {
+                        name: &name(t),
+                        offer: Offer::parse(OFFER).unwrap(),
+                        slots: 3,
+                        incarnation: &run,
+                        listed: &listed,
+                        ended: &ended,
+                    },
+                    |_| Some(REQUEST.to_string()),
+                );
+                self.procs[t].connected = true;
+                for id in v.requeue {
+                    self.core.unplace(id);
+                    self.set(id, Fate::Queued);
+                    self.core.enqueue(id, 0, Some(REQUEST)).unwrap();
+                }
+                for id in v.lost {
+                    self.core.unplace(id);
+                    self.set(id, Fate::Lost);
+                }
+                for id in v.stop {
+                    // Not counted as running there: the tasker ends it; its end is
+                    // then forgotten.
+                    if self.procs[t].running.remove(&id).is_some() {
+                        self.procs[t].unacked.push(id);
+                    }
+                }
+                for id in std::mem::take(&mut self.procs[t].unacked) {
+                    self.procs[t].unacked.push(id);
+                    self.deliver_end(t, id);
+                }
+            }
+
+            fn away(&mut self, t: usize) {
+                if self.procs[t].connected {
+                    self.procs[t].connected = false;
+                    let now = self.now;
+                    self.core.tasker_away(&name(t), now, GRACE);
+                }
+            }
+
+            fn step(&mut self, a: &Act) {
+                match *a {
+                    Act::Submit(n) => {
+                        for _ in 0..n {
+                            let id = self.next;
+                            self.next += 1;
+                            self.set(id, Fate::Queued);
+                            self.core.enqueue(id, 0, Some(REQUEST)).unwrap();
+                        }
+                    }
+                    Act::Schedule => {
+                        for d in self.core.schedule() {
+                            let t: usize = d.tasker[1..].parse().unwrap();
+                            let run = self.procs[t].run.to_string();
+                            self.set(d.job, Fate::Running);
+                            self.core.place(d.job, &d.tasker, &run);
+                            // Only a connected tasker is chosen, and it gets the job.
+                            assert!(
+                                self.procs[t].connected,
+                                "job {} sent to {}, away",
+                                d.job, d.tasker
+                            );
+                            let p = &mut self.procs[t];
+                            assert!(
+                                p.running.values().all(|s| *s != d.slot),
+                                "slot {} of {} given twice",
+                                d.slot,
+                                d.tasker
+                            );
+                            p.running.insert(d.job, d.slot);
+                            *self.runs.entry(d.job).or_default() += 1;
+                        }
+                    }
+                    Act::End(t, k) => {
+                        let t = t as usize;
+                        let jobs: Vec<u64> = self.procs[t].running.keys().copied().collect();
+                        if jobs.is_empty() {
+                            return;
+                        }
+                        let id = jobs[k as usize % jobs.len()];
+                        self.procs[t].running.remove(&id);
+                        self.procs[t].unacked.push(id);
+                        if self.procs[t].connected {
+                            self.deliver_end(t, id);
+                        }
+                    }
+                    Act::LinkDown(t) => self.away(t as usize),
+                    Act::Crash(t) => {
+                        let t = t as usize;
+                        self.away(t);
+                        // Its jobs and the ends it kept die with it.
+                        let p = &mut self.procs[t];
+                        p.running.clear();
+                        p.unacked.clear();
+                        p.run += 1;
+                    }
+                    Act::Hello(t) => {
+                        if !self.procs[t as usize].connected {
+                            self.hello(t as usize);
+                        }
+                    }
+                    Act::Stop(k) => {
+                        if self.next == 1 {
+                            return;
+                        }
+                        let id = 1 + k as u64 % (self.next - 1);
+                        match self.core.stop(id) {
+                            StopWhat::Dequeued => self.set(id, Fate::Stopped),
+                            StopWhat::Running(tasker) => {
+                                // The tasker stops it; its end follows.
+                                let t: usize = tasker[1..].parse().unwrap();
+                                if self.procs[t].running.remove(&id).is_some() {
+                                    self.procs[t].unacked.push(id);
+                                    self.deliver_end(t, id);
+                                }
+                            }
+                            StopWhat::Unknown => {
+                                if self.store.get(&id) == Some(&Fate::Running) {
+                                    self.core.unplace(id);
+                                    self.set(id, Fate::Stopped);
+                                }
+                            }
+                        }
+                    }
+                    Act::Time(s) => {
+                        self.now += Duration::from_secs(s as u64);
+                        let now = self.now;
+                        for id in self.core.expired(now, |_| false) {
+                            self.core.unplace(id);
+                            self.set(id, Fate::Lost);
+                        }
+                    }
+                }
+                self.check();
+            }
+
+            fn check(&self) {
+                // No slot shared, and each running job in its one slot.
+                let mut seen = BTreeSet::new();
+                for (name, t) in &self.core.taskers {
+                    for (i, s) in t.slots.iter().enumerate() {
+                        if let Some(j) = s {
+                            assert!(seen.insert(*j), "job {j} holds two slots");
+                            let r = &self.core.running[j];
+                            assert_eq!((r.tasker.as_str(), r.slot), (name.as_str(), i as u32));
+                        }
+                    }
+                    // Consumables held exactly by the jobs that run there.
+                    let n = t.slots.iter().filter(|s| s.is_some()).count() as u64;
+                    assert_eq!(t.ledger.used("L"), n, "L on {name}");
+                    assert!(n <= 2);
+                }
+                assert_eq!(seen.len(), self.core.running.len());
+                // No job run twice.
+                for (j, n) in &self.runs {
+                    assert!(*n <= 1, "job {j} ran {n} times");
+                }
+                // No accepted job lost: each is where the store says.
+                for (j, f) in &self.store {
+                    let queued = self.core.queued.contains_key(j);
+                    let placed = self.core.placed.contains_key(j);
+                    match f {
+                        Fate::Queued => assert!(queued && !placed, "job {j} queued"),
+                        Fate::Running => assert!(placed && !queued, "job {j} running"),
+                        _ => assert!(!placed && !queued, "job {j} ended"),
+                    }
+                }
+                // A job the core counts as running, its tasker process runs.
+                for (j, r) in &self.core.running {
+                    let t: usize = r.tasker[1..].parse().unwrap();
+                    assert!(
+                        self.procs[t].running.contains_key(j) || self.procs[t].unacked.contains(j),
+                        "job {j} counted on {} that does not run it",
+                        r.tasker
+                    );
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+            #[test]
+            fn random_tasker_lives_keep_every_rule(acts in proptest::collection::vec(act(), 1..120)) {
+                let mut w = World::new();
+                for a in &acts {
+                    w.step(a);
+                }
+                // In the end, every tasker back and every job ended: everything given back.
+                for t in 0..3 {
+                    if !w.procs[t].connected {
+                        w.hello(t);
+                    }
+                    w.check();
+                }
+                for t in 0..3 {
+                    let jobs: Vec<u64> = w.procs[t].running.keys().copied().collect();
+                    for id in jobs {
+                        w.procs[t].running.remove(&id);
+                        w.procs[t].unacked.push(id);
+                        w.deliver_end(t, id);
+                    }
+                }
+                w.check();
+                for t in w.core.taskers.values() {
+                    prop_assert_eq!(t.ledger.used("L"), 0);
+                }
+                prop_assert!(w.core.running.is_empty());
+                prop_assert!(w.store.values().all(|f| *f != Fate::Running));
+            }
+        }
     }
 }

@@ -161,12 +161,6 @@ pub struct Server {
     /// Log reads sent to taskers, by request number.
     log_reads: HashMap<u64, (String, Reply<berth_proto::LogPart>)>,
     next_log_read: u64,
-    /// Jobs recorded as Running, and where.
-    running_on: HashMap<u64, String>,
-    /// Which run (incarnation) of its tasker each running job's start was sent to.
-    sent_to: HashMap<u64, String>,
-    /// Taskers whose link broke, and when their jobs become lost unless they come back.
-    away: crate::core::Away,
     /// How long a tasker may be away before its jobs are lost.
     pub tasker_grace: Duration,
     /// The most unfinished jobs one user may have; a submission past it is refused.
@@ -208,8 +202,6 @@ impl Server {
         let (tx, rx) = mpsc::channel();
         let mut core = Core::new();
         let mut unfinished = HashMap::new();
-        let mut running_on = HashMap::new();
-        let mut sent_to = HashMap::new();
         let mut per_uid: HashMap<u32, u64> = HashMap::new();
         for j in store.unfinished()? {
             *per_uid.entry(j.uid).or_default() += 1;
@@ -221,10 +213,11 @@ impl Server {
                 },
             );
             match j.state {
-                State::Running => {
-                    running_on.insert(j.id, j.tasker.clone().unwrap_or_default());
-                    sent_to.insert(j.id, j.tasker_run.clone().unwrap_or_default());
-                }
+                State::Running => core.place(
+                    j.id,
+                    j.tasker.as_deref().unwrap_or_default(),
+                    j.tasker_run.as_deref().unwrap_or_default(),
+                ),
                 _ => {
                     // A request that no longer parses stays queued and says why.
                     let _ = core.enqueue(j.id, j.priority, j.resources.as_deref());
@@ -240,9 +233,6 @@ impl Server {
                 pending_links: HashMap::new(),
                 waiters: HashMap::new(),
                 unfinished,
-                running_on,
-                sent_to,
-                away: crate::core::Away::default(),
                 tasker_grace: Duration::from_secs(30),
                 per_uid,
                 unwritten: Unwritten::default(),
@@ -259,13 +249,7 @@ impl Server {
     pub fn run(mut self) {
         // Taskers that ran jobs when the server stopped have the grace to come back, from
         // now; one that never does loses its jobs, as one that goes away does.
-        let now = Instant::now();
-        let names: std::collections::BTreeSet<String> = self.running_on.values().cloned().collect();
-        for name in names {
-            if !self.taskers.contains_key(&name) {
-                self.away.gone(&name, now, self.tasker_grace, true);
-            }
-        }
+        self.core.await_taskers(Instant::now(), self.tasker_grace);
         loop {
             // Wake at least once a second, to lose the jobs of taskers away too long.
             let first = match self.rx.recv_timeout(Duration::from_secs(1)) {
@@ -355,8 +339,7 @@ impl Server {
                     let mut forget = Vec::new();
                     for end in ended {
                         let seen = ends.iter().any(|(_, e)| e.job == end.job);
-                        let on = self.running_on.get(&end.job).map(String::as_str);
-                        match crate::core::judge_end(on, &name, seen) {
+                        match self.core.end_verdict(end.job, &name, seen) {
                             crate::core::EndVerdict::Record => {
                                 take_end(&mut self.core, &mut end_slots, end.job);
                                 ends.push((name.clone(), end));
@@ -383,18 +366,15 @@ impl Server {
                 }
                 Event::Tasker(name, FromTasker::Declined(jobs)) => {
                     for id in jobs {
-                        let on = self.running_on.get(&id).map(String::as_str);
                         let ended = ends.iter().any(|(_, e)| e.job == id);
-                        if crate::core::judge_decline(on, &name, ended) && !requeued.contains(&id) {
-                            self.core.ended(id);
+                        if !requeued.contains(&id) && self.core.decline(id, &name, ended) {
                             requeued.push(id);
                         }
                     }
                 }
                 Event::Tasker(name, FromTasker::Ended(end)) => {
                     let seen = ends.iter().any(|(_, e)| e.job == end.job);
-                    let on = self.running_on.get(&end.job).map(String::as_str);
-                    match crate::core::judge_end(on, &name, seen) {
+                    match self.core.end_verdict(end.job, &name, seen) {
                         crate::core::EndVerdict::Record => {
                             take_end(&mut self.core, &mut end_slots, end.job);
                             ends.push((name, end));
@@ -411,11 +391,10 @@ impl Server {
                     if current.is_some_and(|c| c != serial) {
                         continue; // an older connection of a tasker that is back
                     }
-                    // Its jobs may still run: they are lost only if it stays away.
+                    // Its jobs may still run: they are lost only if it stays away, for the
+                    // grace, counted from when it was last heard.
                     self.taskers.remove(&name);
-                    self.core.tasker_gone(&name);
-                    // The grace counts from when it was last heard.
-                    self.away.gone(&name, heard, self.tasker_grace, false);
+                    self.core.tasker_away(&name, heard, self.tasker_grace);
                 }
                 Event::Stop(c, id, reply) => {
                     let answer = self.stop(&c, id, &mut stopped);
@@ -445,17 +424,11 @@ impl Server {
         }
         stopped.extend(earlier.stopped);
 
-        for name in self.away.expired(Instant::now()) {
-            if !self.taskers.contains_key(&name) {
-                // Not a job whose end came (and waits to be written): it ended.
-                lost.extend(
-                    self.running_on
-                        .iter()
-                        .filter(|(id, t)| **t == name && !ends.iter().any(|(_, e)| e.job == **id))
-                        .map(|(id, _)| *id),
-                );
-            }
-        }
+        // Not a job whose end came (and waits to be written): it ended.
+        lost.extend(
+            self.core
+                .expired(Instant::now(), |id| ends.iter().any(|(_, e)| e.job == id)),
+        );
         let idle = submits.is_empty()
             && ends.is_empty()
             && self.unwritten.is_empty()
@@ -604,8 +577,7 @@ impl Server {
             }
         }
         for id in &requeued {
-            self.running_on.remove(id);
-            self.sent_to.remove(id);
+            self.core.unplace(*id);
             if let Some(m) = self.unfinished.get(id).copied() {
                 let req = self
                     .store
@@ -628,8 +600,7 @@ impl Server {
                     }
                 }
             }
-            self.running_on.remove(id);
-            self.sent_to.remove(id);
+            self.core.unplace(*id);
         }
         for (reply, mut sub, queued) in accepted {
             let mut classes: Vec<Option<String>> = Vec::new();
@@ -710,31 +681,20 @@ impl Server {
                 return out;
             }
         };
-        self.away.back(name);
-        self.core.tasker_gone(name);
-        self.core.tasker_joined(name, offer, slots);
-        // The rules are the core's (see `judge_hello`); here they are applied.
-        let recorded: Vec<(u64, &str)> = self
-            .running_on
-            .iter()
-            .filter(|(_, t)| *t == name)
-            .map(|(id, _)| (*id, self.sent_to.get(id).map(String::as_str).unwrap_or("")))
-            .collect();
+        // The rules are the core's (see `Core::hello`); here they are applied.
+        let store = &self.store;
         let ended_ids: Vec<u64> = ended.iter().map(|e| e.job).collect();
-        let verdict = crate::core::judge_hello(&recorded, &running, &ended_ids, &incarnation);
-        for (id, slot) in verdict.keep {
-            let req = self
-                .store
-                .run_spec(id)
-                .ok()
-                .flatten()
-                .and_then(|s| s.resources);
-            // It no longer fits (the tasker came back with less): lost, and stopped.
-            if !self.core.adopt_running(id, name, slot, req.as_deref()) {
-                out.lost.push(id);
-                link.send(ToTasker::Stop(id));
-            }
-        }
+        let verdict = self.core.hello(
+            crate::core::TaskerHello {
+                name,
+                offer,
+                slots,
+                incarnation: &incarnation,
+                listed: &running,
+                ended: &ended_ids,
+            },
+            |id| store.run_spec(id).ok().flatten().and_then(|s| s.resources),
+        );
         out.requeue.extend(verdict.requeue);
         out.lost.extend(verdict.lost);
         for id in verdict.stop {
@@ -985,10 +945,12 @@ impl Server {
         }
         let mut failed = Vec::new();
         for (d, mut a) in ready {
-            self.running_on.insert(d.job, d.tasker.clone());
-            if let Some(tk) = self.taskers.get(&d.tasker) {
-                self.sent_to.insert(d.job, tk.incarnation.clone());
-            }
+            let run = self
+                .taskers
+                .get(&d.tasker)
+                .map(|tk| tk.incarnation.as_str())
+                .unwrap_or("");
+            self.core.place(d.job, &d.tasker, run);
             a.slot = d.slot;
             a.container = d.container.clone();
             let resources = a.resources.clone();
@@ -1015,8 +977,7 @@ impl Server {
                 );
             }
             for (d, req) in failed {
-                self.running_on.remove(&d.job);
-                self.sent_to.remove(&d.job);
+                self.core.unplace(d.job);
                 let pri = self.unfinished.get(&d.job).map(|m| m.priority).unwrap_or(0);
                 self.core.requeue(d.job, pri, req.as_deref());
             }
