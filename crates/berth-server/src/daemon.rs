@@ -37,6 +37,8 @@ pub trait TaskerLink: Send {
     fn serial(&self) -> u64 {
         0
     }
+    /// The turn is over: what was sent during it may go now, together.
+    fn flush(&self) {}
 }
 
 type Reply<T> = Sender<Result<T, String>>;
@@ -245,6 +247,13 @@ impl Server {
         ))
     }
 
+    /// Lets every tasker's link send what the turn gave it, in one write each.
+    fn flush_links(&self) {
+        for t in self.taskers.values() {
+            t.link.flush();
+        }
+    }
+
     /// Handles events until Shutdown.
     pub fn run(mut self) {
         // Taskers that ran jobs when the server stopped have the grace to come back, from
@@ -256,6 +265,7 @@ impl Server {
                 Ok(e) => e,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     self.turn(Vec::new());
+                    self.flush_links();
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -269,6 +279,7 @@ impl Server {
             }
             let stop = batch.iter().any(|e| matches!(e, Event::Shutdown));
             self.turn(batch);
+            self.flush_links();
             if stop {
                 break;
             }

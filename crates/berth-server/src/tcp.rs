@@ -101,18 +101,39 @@ pub fn server_key(swd: &Path) -> io::Result<Vec<u8>> {
     }
 }
 
-/// The server's end of a tasker's connection: messages go to its writer thread.
-struct TcpLink(mpsc::Sender<ToTasker>, u64);
+/// The server's end of a tasker's connection: messages go to its writer thread, those of
+/// one turn together (one wake of the writer, one write, one wake of the tasker).
+struct TcpLink {
+    to_writer: mpsc::Sender<Vec<ToTasker>>,
+    serial: u64,
+    pending: std::sync::Mutex<Vec<ToTasker>>,
+    /// False once the writer has ended (the connection is gone).
+    alive: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
 
 static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl TaskerLink for TcpLink {
     fn serial(&self) -> u64 {
-        self.1
+        self.serial
     }
 
     fn send(&self, m: ToTasker) -> bool {
-        self.0.send(m).is_ok()
+        if !self.alive.load(std::sync::atomic::Ordering::SeqCst) {
+            return false;
+        }
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(m);
+        true
+    }
+
+    fn flush(&self) {
+        let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        if !batch.is_empty() && self.to_writer.send(batch).is_err() {
+            self.alive.store(false, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 }
 
@@ -187,17 +208,22 @@ impl Envs {
     }
 }
 
-fn writer(mut tx: berth_channel::Sender, rx: mpsc::Receiver<ToTasker>, name: String) {
+fn writer(
+    mut tx: berth_channel::Sender,
+    rx: mpsc::Receiver<Vec<ToTasker>>,
+    name: String,
+    alive: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
     let _ = tx.set_timeout(Some(WRITE_TIME));
     let mut envs = Envs::default();
     loop {
         let sent = match rx.recv_timeout(HEARTBEAT) {
-            Ok(m) => {
+            Ok(ms) => {
                 // What else is waiting goes in the same write.
-                let mut batch = vec![envs.encode(m)];
+                let mut batch: Vec<Vec<u8>> = ms.into_iter().map(|m| envs.encode(m)).collect();
                 while batch.len() < 256 {
                     match rx.try_recv() {
-                        Ok(m) => batch.push(envs.encode(m)),
+                        Ok(ms) => batch.extend(ms.into_iter().map(|m| envs.encode(m))),
                         Err(_) => break,
                     }
                 }
@@ -212,6 +238,7 @@ fn writer(mut tx: berth_channel::Sender, rx: mpsc::Receiver<ToTasker>, name: Str
             break;
         }
     }
+    alive.store(false, std::sync::atomic::Ordering::SeqCst);
     tx.shutdown();
 }
 
@@ -242,13 +269,20 @@ fn tasker_conn(
     rx.set_timeout(Some(SILENCE))?;
     let serial = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (to_writer, from_actor) = mpsc::channel();
+    let alive = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     {
         let name = name.clone();
-        std::thread::spawn(move || writer(tx, from_actor, name));
+        let alive = alive.clone();
+        std::thread::spawn(move || writer(tx, from_actor, name, alive));
     }
     handle.send(Event::Connect(
         name.clone(),
-        Box::new(TcpLink(to_writer, serial)),
+        Box::new(TcpLink {
+            to_writer,
+            serial,
+            pending: std::sync::Mutex::new(Vec::new()),
+            alive,
+        }),
     ));
     let mut heard = Instant::now();
     let why = loop {
