@@ -30,12 +30,60 @@ pub struct TaskerArgs {
 struct Outbox {
     q: Mutex<VecDeque<FromTasker>>,
     cv: Condvar,
+    /// The connection's sending half, while there is one: a job's thread that ends it
+    /// writes its end itself when no one else is writing (no wake of the writer thread).
+    wire: Mutex<Option<Arc<Mutex<berth_channel::Sender>>>>,
 }
 
 impl Outbox {
     fn push(&self, m: FromTasker) {
+        let direct = matches!(m, FromTasker::Ended(_));
         self.q.lock().expect("lock").push_back(m);
+        if direct {
+            let wire = self.wire.lock().expect("lock").clone();
+            if let Some(w) = wire {
+                if let Ok(mut tx) = w.try_lock() {
+                    self.send_waiting(&mut tx);
+                    return;
+                }
+            }
+        }
         self.cv.notify_all();
+    }
+
+    /// Writes what waits (at most 256 messages) in one write, with the sender held: the
+    /// order of messages is the order of the queue. On failure the ends go back to the
+    /// front, and the connection is closed (its reader then ends the session).
+    fn send_waiting(&self, tx: &mut berth_channel::Sender) -> bool {
+        let batch: Vec<FromTasker> = {
+            let mut q = self.q.lock().expect("lock");
+            let n = q.len().min(256);
+            q.drain(..n).collect()
+        };
+        let sent = if batch.is_empty() {
+            tx.keepalive()
+        } else {
+            let bodies: Vec<Vec<u8>> = batch
+                .iter()
+                .map(|m| serde_json::to_vec(m).unwrap_or_default())
+                .collect();
+            let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+            tx.send_all(&refs)
+        };
+        if sent.is_err() {
+            // A hello is stale on the next connection; the ends are kept.
+            let mut q = self.q.lock().expect("lock");
+            for m in batch.into_iter().rev() {
+                if matches!(m, FromTasker::Ended(_)) {
+                    q.push_front(m);
+                }
+            }
+            drop(q);
+            *self.wire.lock().expect("lock") = None;
+            tx.shutdown();
+            return false;
+        }
+        true
     }
 }
 
@@ -177,42 +225,26 @@ fn session(
         .retain(|m| !matches!(m, FromTasker::Hello { .. }));
     outbox.push(agent.hello());
     let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let tx = Arc::new(Mutex::new(tx));
+    *outbox.wire.lock().expect("lock") = Some(tx.clone());
     let writer = {
         let outbox = outbox.clone();
         let alive = alive.clone();
         std::thread::spawn(move || {
             while alive.load(std::sync::atomic::Ordering::SeqCst) {
-                // Everything waiting goes in one write.
-                let batch: Vec<FromTasker> = {
-                    let mut q = outbox.q.lock().expect("lock");
+                {
+                    let q = outbox.q.lock().expect("lock");
                     if q.is_empty() && alive.load(std::sync::atomic::Ordering::SeqCst) {
-                        q = outbox.cv.wait_timeout(q, HEARTBEAT).expect("lock").0;
+                        drop(outbox.cv.wait_timeout(q, HEARTBEAT).expect("lock"));
                     }
-                    let n = q.len().min(256);
-                    q.drain(..n).collect()
-                };
-                let sent = if batch.is_empty() {
-                    tx.keepalive()
-                } else {
-                    let bodies: Vec<Vec<u8>> = batch
-                        .iter()
-                        .map(|m| serde_json::to_vec(m).unwrap_or_default())
-                        .collect();
-                    let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
-                    tx.send_all(&refs)
-                };
-                if sent.is_err() {
-                    // A hello is stale on the next connection; the ends are kept.
-                    let mut q = outbox.q.lock().expect("lock");
-                    for m in batch.into_iter().rev() {
-                        if matches!(m, FromTasker::Ended(_)) {
-                            q.push_front(m);
-                        }
-                    }
+                }
+                let mut t = tx.lock().expect("lock");
+                if !outbox.send_waiting(&mut t) {
                     break;
                 }
             }
-            tx.shutdown();
+            *outbox.wire.lock().expect("lock") = None;
+            tx.lock().expect("lock").shutdown();
         })
     };
     // The environments the server sent on this connection, by number (see EnvRef).
