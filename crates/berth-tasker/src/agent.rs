@@ -28,8 +28,9 @@ pub struct Agent {
     pub slots: u32,
     /// Resources given on the command line (`-r`), added to the host's own.
     pub extra: String,
-    /// Running jobs: slot, stop handle, whether interactive.
-    running: Mutex<HashMap<u64, (u32, Stop, bool)>>,
+    /// Running jobs: slot, stop handle, and why the job ends with this process if it
+    /// must (interactive, or no keeper).
+    running: Mutex<HashMap<u64, (u32, Stop, Option<&'static str>)>>,
     /// The keeper, parent of the jobs without a container (see [`crate::keeper`]).
     keeper: std::sync::OnceLock<crate::keeper::Keeper>,
     /// Stopping: jobs sent now are declined, to be queued again.
@@ -415,8 +416,17 @@ impl Agent {
                         return;
                     }
                 };
-                let (job, slot, tty) = (a.job, a.slot, a.interactive.is_some());
-                self.start(job, slot, stop, tty, move |me, stop| me.run(a, stop));
+                // What cannot outlive this process: an interactive job (its terminal is
+                // relayed here), and a job without a container when there is no keeper.
+                let bound = if a.interactive.is_some() {
+                    Some("stopped: its tasker stopped, and its terminal with it")
+                } else if a.container.is_none() && self.keeper.get().is_none() {
+                    Some("stopped: its tasker stopped, and it had no keeper to outlive it")
+                } else {
+                    None
+                };
+                let (job, slot) = (a.job, a.slot);
+                self.start(job, slot, stop, bound, move |me, stop| me.run(a, stop));
             }
         }
     }
@@ -427,13 +437,13 @@ impl Agent {
         job: u64,
         slot: u32,
         stop: Stop,
-        interactive: bool,
+        bound: Option<&'static str>,
         f: impl FnOnce(&Agent, &Stop) -> Outcome + Send + 'static,
     ) {
         self.running
             .lock()
             .expect("lock")
-            .insert(job, (slot, stop.clone(), interactive));
+            .insert(job, (slot, stop.clone(), bound));
         let me = self.clone();
         self.pool.run(move || {
             let mut out = f(&me, &stop);
@@ -456,7 +466,7 @@ impl Agent {
     pub fn adopt(self: &Arc<Self>, a: lifecycle::Adopted) -> std::io::Result<()> {
         let stop = Stop::new()?;
         let (job, slot) = (a.job, a.slot);
-        self.start(job, slot, stop, false, move |me, stop| {
+        self.start(job, slot, stop, None, move |me, stop| {
             let out = lifecycle::resume(&me.host, a, stop);
             if let Ok(cg) = &me.cgroups {
                 cg.end(slot);
@@ -502,7 +512,7 @@ impl Agent {
                 ),
             );
             let (job, slot) = (k.job, k.slot);
-            self.start(job, slot, stop, false, move |me, stop| {
+            self.start(job, slot, stop, None, move |me, stop| {
                 let Some(keeper) = me.keeper.get() else {
                     return failed("no keeper".into());
                 };
@@ -531,15 +541,16 @@ impl Agent {
     }
 
     /// This tasker process stops but its jobs go on: no job starts any more (one sent now
-    /// is declined, and queued again); an interactive job, whose terminal goes with this
-    /// process, is stopped. Returns how many jobs are left running.
+    /// is declined, and queued again); a job that cannot outlive it (interactive, whose
+    /// terminal goes with it, or without a container when there is no keeper) is
+    /// stopped. Returns how many jobs are left running.
     pub fn close(&self) -> usize {
         self.closing
             .store(true, std::sync::atomic::Ordering::SeqCst);
         let r = self.running.lock().expect("lock");
-        for (_, s, tty) in r.values() {
-            if *tty {
-                s.trigger_because("stopped: its tasker stopped, and its terminal with it");
+        for (_, s, bound) in r.values() {
+            if let Some(why) = bound {
+                s.trigger_because(why);
             }
         }
         r.len()

@@ -1963,3 +1963,24 @@ fn the_keeper_answers_no_other_user() {
         text(&out)
     );
 }
+
+/// A job that cannot outlive its tasker process (here, without a keeper) is stopped by a
+/// clean stop, and says why, rather than left running unwatched.
+#[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
+fn a_clean_stop_stops_what_cannot_outlive_the_tasker_and_says_why() {
+    need_root!();
+    let fx = Fixture::new();
+    chmod(&fx.work, 0o1777);
+    let mut up = Up::start_keeping(&fx, &["--slots", "2", "--no-keeper"]);
+    let a = submit_nobody(&fx, "touch a.started; sleep 300");
+    wait_until("a running", T, || fx.work.join("a.started").exists());
+    up.stop();
+    let _up = Up::start(&fx, &["--slots", "2"]);
+    let v = job_json(&fx, &a);
+    assert_eq!(v["state"], "Failed", "{v}");
+    assert_eq!(
+        v["reason"], "stopped: its tasker stopped, and it had no keeper to outlive it",
+        "{v}"
+    );
+}
