@@ -11,6 +11,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// A running job: its slot, its stop handle, and why it ends with this process if it
+/// must.
+type RunningJob = (u32, Stop, Option<&'static str>);
+
 /// How an agent reports to its server.
 pub type Report = Box<dyn Fn(FromTasker) + Send + Sync>;
 
@@ -30,7 +34,7 @@ pub struct Agent {
     pub extra: String,
     /// Running jobs: slot, stop handle, and why the job ends with this process if it
     /// must (interactive, or no keeper).
-    running: Mutex<HashMap<u64, (u32, Stop, Option<&'static str>)>>,
+    running: Mutex<HashMap<u64, RunningJob>>,
     /// The keeper, parent of the jobs without a container (see [`crate::keeper`]).
     keeper: std::sync::OnceLock<crate::keeper::Keeper>,
     /// Stopping: jobs sent now are declined, to be queued again.
