@@ -175,10 +175,13 @@ impl Agent {
             }
         }
         let opened = std::fs::create_dir_all(&self.host.state_dir).and_then(|_| {
+            use std::os::unix::fs::OpenOptionsExt;
             let f = std::fs::File::options()
                 .write(true)
                 .create(true)
                 .truncate(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(&path)?;
             f.set_len(self.slots as u64 * 64)?;
             Ok(f)

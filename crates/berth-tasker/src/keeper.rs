@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -178,8 +179,36 @@ impl Reader {
 #[derive(Default)]
 struct Shared {
     jobs: BTreeMap<u64, Kept>,
-    /// The tasker process served now (its pid), and how many connections it has open.
-    owner: Option<(u32, usize)>,
+    /// The tasker process served now.
+    owner: Option<Owner>,
+    /// Owners so far, to number them.
+    owners: u64,
+}
+
+/// The tasker process a keeper serves.
+struct Owner {
+    pid: u32,
+    /// To tell that it has ended even while a connection of its is still being served
+    /// (a start that hangs in its child, say): the next process is then served.
+    pidfd: OwnedFd,
+    /// Which owner this is.
+    number: u64,
+    /// Its connections open.
+    conns: usize,
+}
+
+impl Shared {
+    /// A connection of owner `number` ended.
+    fn closed(&mut self, number: u64) {
+        if let Some(o) = &mut self.owner {
+            if o.number == number {
+                o.conns -= 1;
+                if o.conns == 0 {
+                    self.owner = None;
+                }
+            }
+        }
+    }
 }
 
 /// Runs the keeper for `state` (`berth keeper`), until it keeps nothing and no tasker is
@@ -195,6 +224,8 @@ pub fn serve(state: &Path) -> io::Result<()> {
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(state.join(LOCK))?;
     if !berth_sys::flock_exclusive(&lock, false)? {
         return Ok(()); // another keeper serves this state directory
@@ -239,10 +270,18 @@ pub fn serve(state: &Path) -> io::Result<()> {
             _ => continue, // only the tasker's own uid hears anything
         };
         conn.set_nonblocking(false)?;
-        let kept = {
+        let (kept, number) = {
             let mut sh = shared.lock().unwrap_or_else(|e| e.into_inner());
+            let gone = sh.owner.as_ref().is_some_and(|o| {
+                o.pid != pid
+                    && berth_sys::poll_readable_for(&[o.pidfd.as_raw_fd()], Some(Duration::ZERO))
+                        .is_ok_and(|r| r[0])
+            });
+            if gone {
+                sh.owner = None; // it ended: what it left hanging is its own
+            }
             match &mut sh.owner {
-                Some((p, n)) if *p == pid => *n += 1,
+                Some(o) if o.pid == pid => o.conns += 1,
                 Some(_) => {
                     let _ = write_frame(
                         &conn,
@@ -251,9 +290,22 @@ pub fn serve(state: &Path) -> io::Result<()> {
                     );
                     continue;
                 }
-                None => sh.owner = Some((pid, 1)),
+                None => {
+                    let Ok(pidfd) = berth_sys::pidfd_open(pid) else {
+                        continue; // it is gone already
+                    };
+                    sh.owners += 1;
+                    let number = sh.owners;
+                    sh.owner = Some(Owner {
+                        pid,
+                        pidfd,
+                        number,
+                        conns: 1,
+                    });
+                }
             }
-            sh.jobs.values().cloned().collect::<Vec<_>>()
+            let number = sh.owner.as_ref().map_or(0, |o| o.number);
+            (sh.jobs.values().cloned().collect::<Vec<_>>(), number)
         };
         served = true;
         let sh = shared.clone();
@@ -264,23 +316,14 @@ pub fn serve(state: &Path) -> io::Result<()> {
                 if let Err(e) = session(&conn, kept, &sh) {
                     berth_sys::say!("berth keeper {dir}: {e}");
                 }
-                let mut g = sh.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some((_, n)) = &mut g.owner {
-                    *n -= 1;
-                    if *n == 0 {
-                        g.owner = None;
-                    }
-                }
+                sh.lock().unwrap_or_else(|e| e.into_inner()).closed(number);
             });
         if let Err(e) = spawned {
             berth_sys::say!("berth keeper: no thread for a connection: {e}");
-            let mut g = shared.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((_, n)) = &mut g.owner {
-                *n -= 1;
-                if *n == 0 {
-                    g.owner = None;
-                }
-            }
+            shared
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .closed(number);
         }
     }
 }
@@ -411,6 +454,8 @@ fn reap(pid: u32) -> io::Result<Option<i32>> {
 pub struct Keeper {
     path: PathBuf,
     idle: Mutex<Vec<(UnixStream, Reader)>>,
+    /// Starts a keeper again when this one is gone (killed, say).
+    restart: Option<Box<dyn Fn() -> io::Result<()> + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Keeper {
@@ -444,6 +489,7 @@ impl Keeper {
                         Keeper {
                             path,
                             idle: Mutex::new(vec![(s, r)]),
+                            restart: None,
                         },
                         kept,
                     ))
@@ -470,16 +516,67 @@ impl Keeper {
         }
     }
 
+    /// With `restart`, a keeper that is gone is started again when next needed.
+    pub fn restart_with(&mut self, restart: Box<dyn Fn() -> io::Result<()> + Send + Sync>) {
+        self.restart = Some(restart);
+    }
+
+    /// A new connection; a keeper that is gone is started again (its jobs' statuses went
+    /// with it).
+    fn connect_again(&self) -> io::Result<(UnixStream, Reader)> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut restarted = false;
+        loop {
+            match connect(&self.path) {
+                Ok((s, r, _)) => return Ok((s, r)),
+                Err(Connect::Refused(e)) => {
+                    let Some(restart) = &self.restart else {
+                        return Err(e);
+                    };
+                    if Instant::now() > deadline {
+                        return Err(io::Error::other(format!(
+                            "{}: no keeper answers: {e}",
+                            self.path.display()
+                        )));
+                    }
+                    if !restarted {
+                        berth_sys::say!(
+                            "berth tasker: the keeper of {} is gone; starting another (the \
+                             statuses of the jobs it kept are lost)",
+                            self.path.display()
+                        );
+                        restart()?;
+                        restarted = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(Connect::Busy(e) | Connect::Bad(e)) => return Err(e),
+            }
+        }
+    }
+
     fn ask(&self, m: &ToKeeper, fds: &[BorrowedFd<'_>]) -> io::Result<FromKeeper> {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let body_out = serde_json::to_vec(m).map_err(io::Error::other)?;
         let (s, mut r) = match idle {
-            Some(c) => c,
-            None => match connect(&self.path) {
-                Ok((s, r, _)) => (s, r),
-                Err(Connect::Busy(e) | Connect::Bad(e) | Connect::Refused(e)) => return Err(e),
+            Some((s, r)) => match write_frame(&s, &body_out, fds) {
+                Ok(()) => (s, r),
+                Err(_) => {
+                    // A keeper that is gone: the message was not read (a write to a closed
+                    // peer fails), so it is sent once more, to a keeper started again. The
+                    // other idle connections are to the same dead one.
+                    self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                    let (s, r) = self.connect_again()?;
+                    write_frame(&s, &body_out, fds)?;
+                    (s, r)
+                }
             },
+            None => {
+                let (s, r) = self.connect_again()?;
+                write_frame(&s, &body_out, fds)?;
+                (s, r)
+            }
         };
-        write_frame(&s, &serde_json::to_vec(m).map_err(io::Error::other)?, fds)?;
         let body = r
             .next(&s)?
             .ok_or_else(|| io::Error::other("the keeper went away"))?;
@@ -520,6 +617,11 @@ impl Keeper {
                     if why.ends_with("still running") && Instant::now() < deadline =>
                 {
                     std::thread::sleep(Duration::from_millis(5));
+                }
+                FromKeeper::NotReaped(why) if why.ends_with("not kept here") => {
+                    return Err(io::Error::other(format!(
+                        "the tasker's keeper ended while job {job} ran: its exit status is lost"
+                    )))
                 }
                 FromKeeper::NotReaped(why) => return Err(io::Error::other(why)),
                 other => return Err(io::Error::other(format!("the keeper answered {other:?}"))),
@@ -562,6 +664,17 @@ enum Connect {
 fn connect(path: &Path) -> Result<(UnixStream, Reader, Vec<Kept>), Connect> {
     let s = UnixStream::connect(path).map_err(Connect::Refused)?;
     let bad = |e: io::Error| Connect::Bad(io::Error::other(format!("{}: {e}", path.display())));
+    // Only a keeper of our own uid is one: anything else listening there is not.
+    match berth_sys::peer_cred(&s) {
+        Ok(c) if c.uid == berth_sys::euid() => {}
+        Ok(c) => {
+            return Err(bad(io::Error::other(format!(
+                "the process listening there is uid {}'s, not this tasker's; it is not a keeper",
+                c.uid
+            ))))
+        }
+        Err(e) => return Err(bad(e)),
+    }
     s.set_read_timeout(Some(Duration::from_secs(30)))
         .map_err(bad)?;
     let mut reader = Reader::new();
@@ -574,11 +687,14 @@ fn connect(path: &Path) -> Result<(UnixStream, Reader, Vec<Kept>), Connect> {
             s.set_read_timeout(None).map_err(bad)?;
             Ok((s, reader, kept))
         }
-        Ok(FromKeeper::Busy) => Err(Connect::Busy(io::Error::other(format!(
-            "{}: the keeper serves another process of this tasker (same state directory); \
-             stop it, or give this one another --name or --state",
-            path.display()
-        )))),
+        Ok(FromKeeper::Busy) => Err(Connect::Busy(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!(
+                "{}: the keeper serves another process of this tasker, still running (same \
+                 state directory); stop it, or give this one another --name or --state",
+                path.display()
+            ),
+        ))),
         other => Err(bad(io::Error::other(format!(
             "the keeper said {other:?} first"
         )))),
@@ -611,6 +727,72 @@ mod tests {
             umask: 0o022,
             log: dir.join(format!("{id}.log")),
             cgroup: None,
+        }
+    }
+
+    /// A tasker process that ended is no longer served, even while a connection of its is
+    /// still open (a start hanging in its child holds one): the next process is served,
+    /// not told the keeper is busy. One that still runs is.
+    #[test]
+    fn the_next_tasker_is_served_once_the_last_one_ended() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = tmp.path().join("state");
+        let s2 = state.clone();
+        let _server = std::thread::spawn(move || serve(&s2));
+        let sock = state.join(SOCKET);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sock.exists() {
+            assert!(Instant::now() < deadline, "no keeper socket");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // A "tasker" that connects, hands its connection to a child that holds it, and
+        // ends.
+        let script = "import os,socket,sys,time\n\
+                      s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.recv(65536)\n\
+                      if os.fork()==0:\n time.sleep(30); os._exit(0)\n\
+                      print('connected', flush=True)\n";
+        // Its child keeps no pipe of ours open: only the connection.
+        let st = std::process::Command::new("python3")
+            .args(["-c", script, sock.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        // A live one holding a connection: the next is told the keeper is busy...
+        let mut live = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import socket,sys,time\ns=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.recv(65536); print('in', flush=True); time.sleep(30)",
+                sock.to_str().unwrap(),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::BufRead;
+            let mut line = String::new();
+            std::io::BufReader::new(live.stdout.as_mut().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            assert_eq!(line.trim(), "in");
+        }
+        assert!(matches!(connect(&sock), Err(Connect::Busy(_))));
+        // ...and served once it ends, though the first one's child still holds its.
+        let _ = live.kill();
+        let _ = live.wait();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match connect(&sock) {
+                Ok(_) => break,
+                Err(Connect::Busy(_)) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(Connect::Busy(e) | Connect::Bad(e) | Connect::Refused(e)) => {
+                    panic!("not served after the last process ended: {e}")
+                }
+            }
         }
     }
 

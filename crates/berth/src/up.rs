@@ -349,6 +349,41 @@ pub(crate) fn own_swd(swd: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A tasker's local state directory, absolute, made if need be, and checked as the SWD is:
+/// its owner's, writable by it alone (mode 0711: a user hook goes through it to the job's
+/// environment file it is given), under directories only root can change. Root keeps its
+/// jobs' records, the keeper's socket and the plain-jobs record there: a user who could
+/// write it could plant a keeper of their own, or links for root to follow.
+fn own_state(state: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let state = std::path::absolute(state)?;
+    std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
+    let me = berth_sys::euid();
+    let meta = std::fs::symlink_metadata(&state)
+        .with_context(|| format!("reading {}", state.display()))?;
+    if !meta.is_dir() || meta.uid() != me {
+        bail!(
+            "the tasker's state directory {} is not a directory owned by this tasker's uid {me}; \
+             whoever owns it controls what the tasker runs; choose another --state",
+            state.display()
+        );
+    }
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o711))?;
+    if me == 0 {
+        if let Some(parent) = state.parent() {
+            berth_container::check::safe_dirs(parent).map_err(|d| {
+                anyhow::anyhow!(
+                    "the tasker's state directory {}: {}",
+                    state.display(),
+                    d.replace("above it", "above the state directory")
+                        .replace("root hooks must live", "the state directory must live")
+                )
+            })?;
+        }
+    }
+    Ok(state)
+}
+
 /// Opens the store, starts the actor and the API on SWD/berth.sock, and, with `listen`,
 /// the TCP listener for taskers.
 fn start_server(
@@ -463,10 +498,11 @@ pub fn make_agent(
         host: berth_sys::short_hostname(),
         project: o.project.clone(),
         wrapper: wrapper::install(swd)?,
-        state_dir: o
-            .state
-            .clone()
-            .unwrap_or_else(|| swd.join("tasker").join(&name)),
+        state_dir: own_state(
+            &o.state
+                .clone()
+                .unwrap_or_else(|| swd.join("tasker").join(&name)),
+        )?,
         key,
     };
     let (recovered, adopted) = lifecycle::recover_or_adopt(&host, true, &mut |line| {
@@ -525,6 +561,12 @@ pub fn make_agent(
             start_keeper(&agent.host.state_dir)
         })
     };
+    // Another live process of this tasker has it: two would end each other's jobs.
+    if let Err(e) = &keeper {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            bail!("{e}");
+        }
+    }
     // First the leftovers of a run whose keeper is gone (the jobs the keeper still keeps
     // are not): the plain-jobs record is then rewritten, with the jobs taken over in it.
     let kept_ids: Vec<u64> = match &keeper {
@@ -535,7 +577,9 @@ pub fn make_agent(
         berth_sys::say!("berth tasker {name}: {line}")
     });
     match keeper {
-        Ok((keeper, kept)) => {
+        Ok((mut keeper, kept)) => {
+            let state = agent.host.state_dir.clone();
+            keeper.restart_with(Box::new(move || start_keeper(&state)));
             let n = kept.len();
             agent
                 .use_keeper(keeper, kept)
@@ -596,6 +640,7 @@ fn start_keeper(state: &Path) -> std::io::Result<()> {
         .append(true)
         .create(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(state.join("keeper.log"))?;
     let args = [
         std::ffi::OsString::from("keeper"),

@@ -1984,3 +1984,90 @@ fn a_clean_stop_stops_what_cannot_outlive_the_tasker_and_says_why() {
         "{v}"
     );
 }
+
+/// A keeper killed while its tasker runs is started again when next needed: the jobs
+/// that follow run (they would all fail otherwise).
+#[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
+fn a_killed_keeper_is_started_again() {
+    need_root!();
+    let fx = Fixture::new();
+    chmod(&fx.work, 0o1777);
+    let _up = Up::start(&fx, &["--slots", "2"]);
+    let a = submit_nobody(&fx, "exit 0");
+    let _ = fx.run(&["wait", "--timeout", "30", &a], T);
+    let keeper = format!(
+        "{} keeper --state {}",
+        berth().display(),
+        fx.swd.join("tasker").display()
+    );
+    let pids = pids_of(&keeper);
+    assert!(!pids.is_empty(), "no keeper: {keeper}");
+    for p in pids {
+        let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+    }
+    let ids: Vec<String> = (0..5)
+        .map(|i| submit_nobody(&fx, &format!("exit {i}")))
+        .collect();
+    let mut args = vec!["wait", "--timeout", "60"];
+    args.extend(ids.iter().map(String::as_str));
+    let _ = fx.run(&args, Duration::from_secs(90));
+    for (i, id) in ids.iter().enumerate() {
+        let v = job_json(&fx, id);
+        let want = if i == 0 {
+            serde_json::Value::Null
+        } else {
+            serde_json::Value::from(format!("exit status {i}"))
+        };
+        assert_eq!(v["reason"], want, "{v}");
+    }
+}
+
+/// A second process of a tasker whose first still runs (same state directory) refuses to
+/// start, and ends nothing of the first's.
+#[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
+fn a_second_tasker_process_on_the_same_state_refuses_to_start() {
+    need_root!();
+    let fx = Fixture::new();
+    chmod(&fx.work, 0o1777);
+    let _split = Split::start(&fx, "2");
+    let a = submit_nobody(&fx, "touch a.started; sleep 300");
+    wait_until("a running", T, || fx.work.join("a.started").exists());
+    let out = fx.run(&["tasker", "--name", "t1", "--slots", "2"], T);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("serves another process of this tasker"),
+        "{}",
+        text(&out)
+    );
+    let v = job_json(&fx, &a);
+    assert_eq!(v["state"], "Running", "{v}");
+}
+
+/// A tasker's state directory that another user owns or could change is refused: root
+/// keeps its keeper's socket and its jobs' records there.
+#[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
+fn a_state_directory_a_user_controls_is_refused() {
+    need_root!();
+    let fx = Fixture::new();
+    chmod(&fx.work, 0o1777);
+    let theirs = fx.work.join("evilstate");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(NOBODY), Some(NOBODY)).unwrap();
+    let out = fx.run(
+        &["up", "--slots", "1", "--state", theirs.to_str().unwrap()],
+        T,
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(stderr(&out).contains("state directory"), "{}", text(&out));
+    // Root's own, but in nobody's directory (1777 work): refused too.
+    let under = fx.work.join("rootstate");
+    let out = fx.run(
+        &["up", "--slots", "1", "--state", under.to_str().unwrap()],
+        T,
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(stderr(&out).contains("state directory"), "{}", text(&out));
+}
