@@ -336,6 +336,15 @@ impl Sender {
     /// Sends several messages in one write: a burst of starts costs one system call and,
     /// with `TCP_NODELAY`, not a packet each.
     pub fn send_all(&mut self, msgs: &[&[u8]]) -> Result<(), ChannelError> {
+        let out = self.seal_all(msgs)?;
+        self.stream.write_all(&out)?;
+        Ok(())
+    }
+
+    /// Seals messages into the bytes that carry them, in order, to be written with
+    /// [`Sender::write_now`] and [`Sender::write_sealed`]: once sealed, they must be
+    /// written, whole and in order, before anything sealed after them.
+    pub fn seal_all(&mut self, msgs: &[&[u8]]) -> Result<Vec<u8>, ChannelError> {
         let total: usize = msgs
             .iter()
             .map(|m| m.len() + 64 + 18 * (m.len() / CHUNK + 1))
@@ -350,7 +359,27 @@ impl Sender {
                 self.seal(c, &mut out)?;
             }
         }
-        self.stream.write_all(&out)?;
+        Ok(out)
+    }
+
+    /// Writes as much of `sealed` as the socket takes without waiting; returns how much.
+    pub fn write_now(&mut self, sealed: &[u8]) -> Result<usize, ChannelError> {
+        let mut done = 0;
+        while done < sealed.len() {
+            match berth_sys::send_nowait(&self.stream, &sealed[done..]) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(done)
+    }
+
+    /// Writes sealed bytes, waiting as the write timeout allows.
+    pub fn write_sealed(&mut self, sealed: &[u8]) -> Result<(), ChannelError> {
+        self.stream.write_all(sealed)?;
         Ok(())
     }
 

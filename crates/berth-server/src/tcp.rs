@@ -5,6 +5,9 @@
 //!
 //! Each tasker has a writer thread of its own, so that the server's actor never waits on a
 //! socket: a tasker that stops reading is cut off after [`WRITE_TIME`], never the actor.
+//! What a turn sends a tasker the actor writes itself when the writer is idle and the
+//! socket takes it all at once (`MSG_DONTWAIT`); the rest, and all after it, is the
+//! writer's.
 //! Both sides send a keepalive every [`HEARTBEAT`] when they have nothing else to say, and
 //! take a peer silent for [`SILENCE`] as gone.
 
@@ -103,12 +106,28 @@ pub fn server_key(swd: &Path) -> io::Result<Vec<u8>> {
 
 /// The server's end of a tasker's connection: messages go to its writer thread, those of
 /// one turn together (one wake of the writer, one write, one wake of the tasker).
+///
+/// When the writer is idle and the socket takes the whole batch at once, the actor writes
+/// it itself (never waiting: `MSG_DONTWAIT`), which spares the writer's wake; whatever the
+/// socket does not take at once is the writer's, and so is everything after it until it
+/// has written it, so that the order holds.
 struct TcpLink {
     to_writer: mpsc::Sender<Vec<ToTasker>>,
     serial: u64,
     pending: std::sync::Mutex<Vec<ToTasker>>,
     /// False once the writer has ended (the connection is gone).
     alive: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    out: std::sync::Arc<std::sync::Mutex<Out>>,
+    /// Batches handed to the writer and not yet written.
+    queued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// The sending side of a tasker's connection, shared by the actor and the writer.
+struct Out {
+    tx: berth_channel::Sender,
+    envs: Envs,
+    /// Sealed bytes the socket has not taken yet: the writer writes them first.
+    backlog: Vec<u8>,
 }
 
 static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -130,9 +149,45 @@ impl TaskerLink for TcpLink {
     }
 
     fn flush(&self) {
+        use std::sync::atomic::Ordering;
         let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
-        if !batch.is_empty() && self.to_writer.send(batch).is_err() {
-            self.alive.store(false, std::sync::atomic::Ordering::SeqCst);
+        if batch.is_empty() {
+            return;
+        }
+        if self.queued.load(Ordering::SeqCst) == 0 {
+            if let Ok(mut o) = self.out.try_lock() {
+                if o.backlog.is_empty() && self.queued.load(Ordering::SeqCst) == 0 {
+                    let o = &mut *o;
+                    let bodies: Vec<Vec<u8>> =
+                        batch.into_iter().map(|m| o.envs.encode(m)).collect();
+                    let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+                    let written = o.tx.seal_all(&refs).and_then(|sealed| {
+                        let n = o.tx.write_now(&sealed)?;
+                        Ok((sealed, n))
+                    });
+                    match written {
+                        Ok((sealed, n)) if n == sealed.len() => {}
+                        Ok((sealed, n)) => {
+                            // The rest is the writer's, before anything else.
+                            o.backlog = sealed[n..].to_vec();
+                            self.queued.fetch_add(1, Ordering::SeqCst);
+                            if self.to_writer.send(Vec::new()).is_err() {
+                                self.alive.store(false, Ordering::SeqCst);
+                            }
+                        }
+                        Err(_) => {
+                            // The connection is broken: its reader sees it and says so.
+                            o.tx.shutdown();
+                            self.alive.store(false, Ordering::SeqCst);
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        if self.to_writer.send(batch).is_err() {
+            self.alive.store(false, Ordering::SeqCst);
         }
     }
 }
@@ -209,28 +264,50 @@ impl Envs {
 }
 
 fn writer(
-    mut tx: berth_channel::Sender,
+    out: std::sync::Arc<std::sync::Mutex<Out>>,
     rx: mpsc::Receiver<Vec<ToTasker>>,
     name: String,
     alive: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    queued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
-    let _ = tx.set_timeout(Some(WRITE_TIME));
-    let mut envs = Envs::default();
+    use std::sync::atomic::Ordering;
+    let lock = || out.lock().unwrap_or_else(|e| e.into_inner());
+    let _ = lock().tx.set_timeout(Some(WRITE_TIME));
     loop {
         let sent = match rx.recv_timeout(HEARTBEAT) {
             Ok(ms) => {
-                // What else is waiting goes in the same write.
-                let mut batch: Vec<Vec<u8>> = ms.into_iter().map(|m| envs.encode(m)).collect();
+                let mut taken = 1;
+                let mut o = lock();
+                let o = &mut *o;
+                // First what the actor left unwritten, then what waits, in one write.
+                let mut batch: Vec<Vec<u8>> = ms.into_iter().map(|m| o.envs.encode(m)).collect();
                 while batch.len() < 256 {
                     match rx.try_recv() {
-                        Ok(ms) => batch.extend(ms.into_iter().map(|m| envs.encode(m))),
+                        Ok(ms) => {
+                            taken += 1;
+                            batch.extend(ms.into_iter().map(|m| o.envs.encode(m)));
+                        }
                         Err(_) => break,
                     }
                 }
                 let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
-                tx.send_all(&refs)
+                let backlog = std::mem::take(&mut o.backlog);
+                let r = o.tx.seal_all(&refs).and_then(|sealed| {
+                    let mut all = backlog;
+                    all.extend_from_slice(&sealed);
+                    o.tx.write_sealed(&all)
+                });
+                queued.fetch_sub(taken, Ordering::SeqCst);
+                r
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => tx.keepalive(),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let mut o = lock();
+                if o.backlog.is_empty() {
+                    o.tx.keepalive()
+                } else {
+                    Ok(())
+                }
+            }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
         if let Err(e) = sent {
@@ -238,8 +315,8 @@ fn writer(
             break;
         }
     }
-    alive.store(false, std::sync::atomic::Ordering::SeqCst);
-    tx.shutdown();
+    alive.store(false, Ordering::SeqCst);
+    lock().tx.shutdown();
 }
 
 fn tasker_conn(
@@ -270,10 +347,18 @@ fn tasker_conn(
     let serial = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (to_writer, from_actor) = mpsc::channel();
     let alive = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let queued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let out = std::sync::Arc::new(std::sync::Mutex::new(Out {
+        tx,
+        envs: Envs::default(),
+        backlog: Vec::new(),
+    }));
     {
         let name = name.clone();
         let alive = alive.clone();
-        std::thread::spawn(move || writer(tx, from_actor, name, alive));
+        let out = out.clone();
+        let queued = queued.clone();
+        std::thread::spawn(move || writer(out, from_actor, name, alive, queued));
     }
     handle.send(Event::Connect(
         name.clone(),
@@ -282,6 +367,8 @@ fn tasker_conn(
             serial,
             pending: std::sync::Mutex::new(Vec::new()),
             alive,
+            out,
+            queued,
         }),
     ));
     let mut heard = Instant::now();

@@ -611,6 +611,13 @@ pub fn send_with_fds(
     Ok(())
 }
 
+/// Sends what the socket takes of `data` now, without waiting (`MSG_DONTWAIT`, and no
+/// SIGPIPE): `WouldBlock` when it takes nothing.
+pub fn send_nowait(sock: &impl std::os::fd::AsFd, data: &[u8]) -> io::Result<usize> {
+    use rustix::net::SendFlags;
+    rustix::net::send(sock, data, SendFlags::DONTWAIT | SendFlags::NOSIGNAL).map_err(Into::into)
+}
+
 /// The most descriptors [`send_with_fds`] attaches to one message.
 pub const MAX_FDS: usize = 4;
 

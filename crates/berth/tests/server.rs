@@ -2071,3 +2071,66 @@ fn a_state_directory_a_user_controls_is_refused() {
     assert!(!out.status.success(), "{}", text(&out));
     assert!(stderr(&out).contains("state directory"), "{}", text(&out));
 }
+
+/// A tasker that stops reading (frozen) with megabytes of starts on their way does not
+/// hold the server: the server answers while its writer for that tasker still waits (its
+/// write times out only after 30 s, and says so in the server's log).
+#[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
+fn a_tasker_that_stops_reading_holds_nothing_of_the_server() {
+    need_root!();
+    let fx = Fixture::new();
+    chmod(&fx.work, 0o1777);
+    let log = fx.root.join("server.log");
+    let _ = std::fs::remove_file(fx.swd.join("listen.addr"));
+    let mut server = Command::new(berth())
+        .args(["server", "--listen", "127.0.0.1:0"])
+        .env("BERTH_SWD", &fx.swd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    wait_until("the server", T, || fx.swd.join("listen.addr").exists());
+    let mut tasker = spawn_quiet(
+        &[
+            "tasker",
+            "--name",
+            "t1",
+            "--slots",
+            "48",
+            "-r",
+            "CORES/48",
+            "--stop-jobs",
+        ],
+        &fx.swd,
+    );
+    wait_for_tasker(&fx.swd, "t1");
+    signal(&tasker, libc::SIGSTOP);
+    // 48 starts of about 1 MB each (a command line of its own each), for a tasker that
+    // reads nothing.
+    // (An argument is at most 128 KiB: ten of 100 KB.)
+    let big = "x".repeat(100_000);
+    let mut args = vec!["run", "--array", "48", "--", "echo", "@INDEX@"];
+    args.extend(std::iter::repeat_n(big.as_str(), 10));
+    let out = as_nobody(&fx, &args);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_until("the starts sent", T, || {
+        let out = fx.run(&["list", "--json", "--state", "Running"], T);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v.as_array().map(|a| a.len()).unwrap_or(0) == 48
+    });
+    // The server answers, while its write to the frozen tasker has not given up.
+    let out = fx.run(&["taskers", "--json"], T);
+    assert!(out.status.success(), "{}", text(&out));
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !said.contains("closing its connection"),
+        "the server answered only once its write gave up:\n{said}"
+    );
+    signal(&tasker, libc::SIGCONT);
+    signal(&tasker, libc::SIGTERM);
+    let _ = wait_status(tasker, T);
+    signal(&server, libc::SIGTERM);
+    let _ = server.wait();
+}
