@@ -2092,7 +2092,7 @@ fn a_tasker_that_stops_reading_holds_nothing_of_the_server() {
         .spawn()
         .unwrap();
     wait_until("the server", T, || fx.swd.join("listen.addr").exists());
-    let mut tasker = spawn_quiet(
+    let tasker = spawn_quiet(
         &[
             "tasker",
             "--name",
