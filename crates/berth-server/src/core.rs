@@ -377,11 +377,6 @@ impl Core {
         self.placed.get(&id).map(|p| p.tasker.as_str())
     }
 
-    /// How many jobs are recorded as Running.
-    pub fn placed_count(&self) -> usize {
-        self.placed.len()
-    }
-
     /// After a start: every tasker with jobs recorded as Running, and not connected, has
     /// `grace` from `now` to come back (an earlier deadline is kept).
     pub fn await_taskers(&mut self, now: std::time::Instant, grace: std::time::Duration) {

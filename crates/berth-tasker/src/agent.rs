@@ -125,6 +125,13 @@ impl Agent {
         self.host.state_dir.join("plain-jobs")
     }
 
+    /// Records that job `job` runs as process `pid` in `slot` (with the process's start time,
+    /// to tell it from a later process of the same pid).
+    fn record_process(&self, slot: u32, job: &str, pid: u32) {
+        let st = berth_sys::start_time(pid).unwrap_or(0);
+        self.record_slot(slot, &format!("{job} {pid} {st}"));
+    }
+
     /// Writes slot `slot`'s line of the plain-jobs record: 64 bytes at a fixed place, one
     /// pwrite into the page cache (the record matters while the machine stays up).
     fn record_slot(&self, slot: u32, text: &str) {
@@ -509,15 +516,7 @@ impl Agent {
                 continue;
             }
             let stop = Stop::new()?;
-            self.record_slot(
-                k.slot,
-                &format!(
-                    "{} {} {}",
-                    k.job,
-                    k.pid,
-                    berth_sys::start_time(k.pid).unwrap_or(0)
-                ),
-            );
+            self.record_process(k.slot, &k.job.to_string(), k.pid);
             let (job, slot) = (k.job, k.slot);
             self.start(job, slot, stop, None, move |me, stop| {
                 let Some(keeper) = me.keeper.get() else {
@@ -695,8 +694,7 @@ impl Agent {
                 // it starts again, instead of leaving it running unwatched. One file per
                 // slot, rewritten in place: no file is made or removed per job.
                 let out = crate::plain::run(job, self.grace, stop, self.keeper.get(), &mut |pid| {
-                    let st = berth_sys::start_time(pid).unwrap_or(0);
-                    self.record_slot(job.slot, &format!("{} {pid} {st}", job.id));
+                    self.record_process(job.slot, &job.id, pid);
                 });
                 self.record_slot(job.slot, "");
                 out
@@ -754,11 +752,7 @@ fn incarnation() -> String {
 }
 
 fn failed(why: String) -> Outcome {
-    Outcome {
-        end: End::NotRun,
-        failure: Some(why),
-        after_failures: Vec::new(),
-    }
+    Outcome::refused(why)
 }
 
 fn end_of(job: u64, o: Outcome) -> JobEnd {

@@ -464,7 +464,7 @@ impl std::fmt::Debug for Keeper {
     }
 }
 
-/// How a started job ended, or why it did not start.
+/// What became of a start: the job's pid, or why it did not start.
 pub enum Started {
     /// Its pid.
     Pid(u32),

@@ -23,11 +23,7 @@ pub fn run(
     keeper: Option<&Keeper>,
     on_start: &mut dyn FnMut(u32),
 ) -> Outcome {
-    let fail = |why: String| Outcome {
-        end: End::NotRun,
-        failure: Some(why),
-        after_failures: Vec::new(),
-    };
+    let fail = Outcome::refused;
     if job.owner.uid == 0 {
         return fail("a job never runs as root; submit it as another user".into());
     }
@@ -88,33 +84,40 @@ pub fn run(
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
-            let why = format!(
-                "cannot run {:?} as {} in {}: {e}",
-                job.command[0],
-                job.owner.name,
-                job.dir.display()
-            );
-            sink.note(&why);
             finish(relay);
-            return Outcome {
-                end: End::Exited(if e.kind() == std::io::ErrorKind::NotFound {
-                    127
-                } else {
-                    126
-                }),
-                ..fail(why)
-            };
+            return not_started(job, &sink, e.kind() == std::io::ErrorKind::NotFound, &e);
         }
     };
     on_start(child.pid);
     let end = supervise(child.pid, None, grace, Some(stop), || child.wait());
     finish(relay);
-    let (status, stopped) = match end {
-        HookEnd::Exited(s) => (s, false),
-        HookEnd::Stopped(s) | HookEnd::TimedOut(s, _) => (s, true),
-        HookEnd::NotStarted(e) => return fail(e.to_string()),
-    };
-    outcome_of(status, stopped)
+    outcome_of_end(end, &job.id)
+}
+
+/// A job whose command could not be started: exit status 127 when it was not found, else
+/// 126, as a shell says; the reason goes in its log too.
+fn not_started(job: &Job, sink: &Sink, not_found: bool, e: &dyn std::fmt::Display) -> Outcome {
+    let why = format!(
+        "cannot run {:?} as {} in {}: {e}",
+        job.command[0],
+        job.owner.name,
+        job.dir.display()
+    );
+    sink.note(&why);
+    Outcome {
+        end: End::Exited(if not_found { 127 } else { 126 }),
+        failure: Some(why),
+        after_failures: Vec::new(),
+    }
+}
+
+/// What a supervised job's end means.
+fn outcome_of_end(end: HookEnd, job: &str) -> Outcome {
+    match end {
+        HookEnd::Exited(s) => outcome_of(s, false),
+        HookEnd::Stopped(s) | HookEnd::TimedOut(s, _) => outcome_of(s, true),
+        HookEnd::NotStarted(e) => Outcome::refused(format!("job {job}: {e}")),
+    }
 }
 
 /// What a job's wait status means, `stopped` when it was stopped.
@@ -176,20 +179,7 @@ fn run_kept(
     };
     let pid = match keeper.spawn(&req, &file, join.map(|(_, fd)| fd)) {
         Ok(Started::Pid(pid)) => pid,
-        Ok(Started::Not(not_found, e)) => {
-            let why = format!(
-                "cannot run {:?} as {} in {}: {e}",
-                job.command[0],
-                job.owner.name,
-                job.dir.display()
-            );
-            sink.note(&why);
-            return Outcome {
-                end: End::Exited(if not_found { 127 } else { 126 }),
-                failure: Some(why),
-                after_failures: Vec::new(),
-            };
-        }
+        Ok(Started::Not(not_found, e)) => return not_started(job, sink, not_found, &e),
         Err(e) => return Outcome::refused(format!("the tasker's keeper: {e}")),
     };
     on_start(pid);
@@ -200,12 +190,7 @@ fn run_kept(
         keeper.reap(id, stop.requested())
     });
     stop.set_steady(false);
-    let (status, stopped) = match end {
-        HookEnd::Exited(s) => (s, false),
-        HookEnd::Stopped(s) | HookEnd::TimedOut(s, _) => (s, true),
-        HookEnd::NotStarted(e) => return Outcome::refused(format!("job {}: {e}", job.id)),
-    };
-    outcome_of(status, stopped)
+    outcome_of_end(end, &job.id)
 }
 
 /// Takes over a job that the keeper kept while no tasker ran: waits for it (or, on a
@@ -224,9 +209,5 @@ pub fn resume(kept: &Kept, grace: Duration, stop: &Stop, keeper: &Keeper) -> Out
         keeper.reap(kept.job, stop.requested())
     });
     stop.set_steady(false);
-    match end {
-        HookEnd::Exited(s) => outcome_of(s, false),
-        HookEnd::Stopped(s) | HookEnd::TimedOut(s, _) => outcome_of(s, true),
-        HookEnd::NotStarted(e) => Outcome::refused(format!("job {}: {e}", kept.job)),
-    }
+    outcome_of_end(end, &kept.job.to_string())
 }
