@@ -450,6 +450,9 @@ fn json<T: serde::Serialize>(r: Result<T, String>) -> (u16, Vec<u8>) {
     }
 }
 
+/// The most jobs one `POST /v1/wait` waits for.
+pub const WAIT_MAX: usize = 5_000;
+
 /// The most jobs `GET /v1/jobs` returns without a `limit`, and with one.
 const LIST_DEFAULT: u32 = 10_000;
 const LIST_MAX: u32 = 100_000;
@@ -585,6 +588,57 @@ fn route(
                 }
             }
         }
+        ("POST", ["v1", "wait"]) => {
+            #[derive(serde::Deserialize)]
+            struct WaitFor {
+                jobs: Vec<u64>,
+                #[serde(default)]
+                timeout: Option<u64>,
+            }
+            let w: WaitFor = match serde_json::from_slice(&req.body) {
+                Ok(w) => w,
+                Err(e) => return (400, error_body(&format!("the wait is not valid JSON: {e}"))),
+            };
+            if w.jobs.is_empty() || w.jobs.len() > WAIT_MAX {
+                return (
+                    400,
+                    error_body(&format!(
+                        "wait for 1 to {WAIT_MAX} jobs at a time, not {}",
+                        w.jobs.len()
+                    )),
+                );
+            }
+            let timeout = w.timeout.unwrap_or(30).min(3600);
+            static TOKENS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+            let token = TOKENS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let (tx, rx) = mpsc::channel();
+            let ids = w.jobs.clone();
+            let over = match h.ask(|r| Event::WaitMany(ids, token, tx, r)) {
+                Ok(o) => o,
+                Err(e) => return json::<Vec<JobView>>(Err(e)),
+            };
+            if !over.is_empty() {
+                return json(
+                    over.into_iter()
+                        .map(|v| mine(Ok(v), caller))
+                        .collect::<Result<Vec<_>, _>>(),
+                );
+            }
+            let mut got = Vec::new();
+            if let Ok(first) = rx.recv_timeout(Duration::from_secs(timeout)) {
+                got.push(first);
+                while let Ok(more) = rx.try_recv() {
+                    got.push(more);
+                }
+            }
+            // Withdraw the waiter from the jobs not over, or each poll would leave one.
+            h.send(Event::UnwaitMany(w.jobs, token));
+            json(
+                got.into_iter()
+                    .map(|v| v.and_then(|v| mine(Ok(v), caller)))
+                    .collect::<Result<Vec<_>, _>>(),
+            )
+        }
         ("GET", ["v1", "jobs", id, "log"]) => {
             let Ok(id) = id.parse::<u64>() else {
                 return (400, error_body(&format!("{id:?} is not a job id")));
@@ -615,6 +669,28 @@ fn route(
             Err(_) => (400, error_body(&format!("{id:?} is not a job id"))),
         },
         ("GET", ["v1", "taskers"]) => json(h.ask(Event::Taskers)),
+        ("POST", ["v1", "down"]) => {
+            if !caller.admin {
+                return (
+                    403,
+                    error_body(&format!(
+                        "{} may not stop the server: only an administrator may (root, the \
+                         server's user, or one named by --admins)",
+                        caller.user
+                    )),
+                );
+            }
+            berth_sys::say!(
+                "berth server: {} asked it to stop (berth down)",
+                caller.user
+            );
+            // The same clean stop as a SIGTERM: the process's signal thread takes it.
+            berth_sys::terminate_self();
+            json::<serde_json::Value>(Ok(serde_json::json!({
+                "message": "the server stops: it starts nothing more, waits for what it started \
+                            to be recorded, and exits; running jobs run on"
+            })))
+        }
         (_, ["v1", ..]) => (
             404,
             error_body(&format!("no route {} {}", req.method, req.path)),

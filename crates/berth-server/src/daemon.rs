@@ -57,6 +57,11 @@ pub enum Event {
     Wait(u64, u64, Reply<JobView>),
     /// The waiter of that job with that token gave up (its poll timed out).
     Unwait(u64, u64),
+    /// Answer with those of these jobs that are over; when none is, answer `Ok(vec![])`
+    /// and send each job to the waiter (with that token) when it is over.
+    WaitMany(Vec<u64>, u64, Reply<JobView>, Reply<Vec<JobView>>),
+    /// The waiter with that token gave up on these jobs.
+    UnwaitMany(Vec<u64>, u64),
     /// Stop a job.
     Stop(Caller, u64, Reply<String>),
     /// The taskers.
@@ -498,6 +503,13 @@ impl Server {
                         let aid = *array_id.get_or_insert(id);
                         b.set_command(id, &substitute(&j.command, i, id, aid), Some((aid, i)))?;
                     }
+                    // `-l out.@JOBID@.log`: each job of an array its own log. Outside an
+                    // array, @INDEX@ is 0 and @ARRAYID@ the job's own id.
+                    if let Some(log) = j.log.as_deref().filter(|l| l.contains('@')) {
+                        let aid = array_id.unwrap_or(id);
+                        let log = substitute(&[log.to_string()], index.unwrap_or(0), id, aid);
+                        b.set_log(id, &log[0])?;
+                    }
                     queued.push((id, j.priority, j.resources.clone(), c.uid));
                     ids.push(id);
                 }
@@ -843,6 +855,50 @@ impl Server {
                         self.waiters.remove(&id);
                     }
                 }
+            }
+            Event::UnwaitMany(ids, token) => {
+                for id in ids {
+                    if let Some(ws) = self.waiters.get_mut(&id) {
+                        ws.retain(|(t, _)| *t != token);
+                        if ws.is_empty() {
+                            self.waiters.remove(&id);
+                        }
+                    }
+                }
+            }
+            Event::WaitMany(ids, token, waiter, reply) => {
+                let views = match self.store.list(&Filter {
+                    ids: ids.clone(),
+                    ..Default::default()
+                }) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        let _ = reply.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                if views.len() < ids.len() {
+                    let known: std::collections::HashSet<u64> =
+                        views.iter().map(|v| v.id).collect();
+                    if let Some(id) = ids.iter().find(|i| !known.contains(i)) {
+                        let _ = reply.send(Err(format!("no job {id}")));
+                        return;
+                    }
+                }
+                let over: Vec<JobView> = views
+                    .iter()
+                    .filter(|v| v.state.is_final())
+                    .cloned()
+                    .collect();
+                if over.is_empty() {
+                    for id in ids {
+                        self.waiters
+                            .entry(id)
+                            .or_default()
+                            .push((token, waiter.clone()));
+                    }
+                }
+                let _ = reply.send(Ok(over));
             }
             Event::Wait(id, token, reply) => match self.view(id) {
                 None => {

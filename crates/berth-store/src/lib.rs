@@ -489,6 +489,14 @@ impl Batch<'_> {
         Ok(self.tx.last_insert_rowid() as u64)
     }
 
+    /// Sets a job's log (its `@JOBID@`, `@INDEX@`, `@ARRAYID@` substituted).
+    pub fn set_log(&mut self, id: u64, log: &str) -> Result<(), rusqlite::Error> {
+        self.tx
+            .prepare_cached("UPDATE jobs SET log = ?2 WHERE id = ?1")?
+            .execute(params![id as i64, log])?;
+        Ok(())
+    }
+
     /// Records where an interactive job's terminal is.
     pub fn set_interactive(
         &mut self,

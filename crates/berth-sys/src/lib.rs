@@ -308,6 +308,13 @@ pub fn kill_group(pgid: u32, sig: libc::c_int) {
     unsafe { libc::kill(-(pgid as libc::pid_t), sig) };
 }
 
+/// Sends this process SIGTERM: the clean stop its signal thread (which waits for the
+/// blocked [`STOP_SIGNALS`]) carries out.
+pub fn terminate_self() {
+    // SAFETY: kill(2) on this process's own pid.
+    unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+}
+
 /// Whether any process of a group is still alive.
 pub fn group_alive(pgid: u32) -> bool {
     // SAFETY: signal 0 checks for existence only.

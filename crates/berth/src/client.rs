@@ -49,6 +49,33 @@ pub fn munge_socket() -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
+/// No server answers: nothing listens where the client looked, or it stopped mid-answer.
+#[derive(Debug)]
+pub struct NoServer(pub String);
+
+impl std::fmt::Display for NoServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NoServer {}
+
+/// The server's error answer: its HTTP status and what it said.
+#[derive(Debug)]
+pub struct Refused {
+    pub status: u16,
+    pub message: String,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Refused {}
+
 /// Where a client's requests go.
 enum Target {
     Local(PathBuf),
@@ -94,7 +121,7 @@ impl Client {
             .map_err(|_| anyhow!("{}: not a server key (64 hex digits)", key.display()))?;
         let munge = berth_sys::munge::load().map_err(|e| anyhow!("remote use needs MUNGE: {e}"))?;
         let stream = std::net::TcpStream::connect(addr)
-            .map_err(|e| anyhow!("no berth server answers at {addr} ({e})"))?;
+            .map_err(|e| NoServer(format!("no berth server answers at {addr} ({e})")))?;
         let _ = stream.set_nodelay(true);
         let mut ch = berth_channel::open_keyed(
             stream,
@@ -147,10 +174,10 @@ impl Client {
             }
         };
         let mut s = UnixStream::connect(path).map_err(|e| {
-            anyhow!(
+            NoServer(format!(
                 "no berth server answers at {} ({e}); start one with: berth up --swd DIR",
                 path.display()
-            )
+            ))
         })?;
         let body = body.unwrap_or(b"");
         let mut req = format!(
@@ -167,7 +194,13 @@ impl Client {
             (Ok(n), _) if n > 0 => {}
             (_, Err(e)) => return Err(e).context("sending to the server"),
             (Err(e), Ok(())) => return Err(e).context("reading the server's answer"),
-            (Ok(_), Ok(())) => bail!("the server closed the connection without an answer"),
+            (Ok(_), Ok(())) => {
+                return Err(NoServer(
+                    "the server closed the connection without an answer (it may be stopping)"
+                        .into(),
+                )
+                .into())
+            }
         }
         Self::answer(r, method, target)
     }
@@ -212,7 +245,11 @@ impl Client {
             let msg = serde_json::from_slice::<berth_proto::ApiError>(&buf)
                 .map(|e| e.error)
                 .unwrap_or_else(|_| String::from_utf8_lossy(&buf).into_owned());
-            bail!("{msg}");
+            return Err(Refused {
+                status: code,
+                message: msg,
+            }
+            .into());
         }
         serde_json::from_slice(&buf)
             .with_context(|| format!("decoding the server's answer to {method} {target}"))

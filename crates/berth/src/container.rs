@@ -114,7 +114,7 @@ pub fn run(cmd: Cmd) -> Result<i32> {
             let host = try_host(&common, "berth".into())?;
             let n = recover_try(&host);
             if n == 0 {
-                eprintln!(
+                errln!(
                     "berth: nothing to recover under {}",
                     host.state_dir.display()
                 );
@@ -133,7 +133,7 @@ pub fn signfile(key: Option<&Path>, files: &[PathBuf]) -> Result<i32> {
             Ok(sig) if files.len() == 1 => writeln!(out.lock(), "{sig}")?,
             Ok(sig) => writeln!(out.lock(), "{sig}  {}", f.display())?,
             Err(e) => {
-                eprintln!("berth signfile: {}: {e}", f.display());
+                errln!("berth signfile: {}: {e}", f.display());
                 code = 1;
             }
         }
@@ -148,17 +148,17 @@ fn check_cmd(common: &Common, name: &str) -> Result<i32> {
         Ok(c) => c,
         Err(LoadError::Invalid(errs)) => {
             for e in &errs.0 {
-                println!("FAIL  {e}");
+                outln!("FAIL  {e}");
             }
             return Ok(1);
         }
         Err(e) => {
-            println!("FAIL  {e}");
+            outln!("FAIL  {e}");
             return Ok(1);
         }
     };
     let meta = std::fs::metadata(&cfg.path)?;
-    println!(
+    outln!(
         "ok    {}: parsed, {} hook{}; owner uid {}, mode {:o}",
         cfg.path.display(),
         cfg.hooks.len(),
@@ -168,12 +168,12 @@ fn check_cmd(common: &Common, name: &str) -> Result<i32> {
     );
     let mut failed = false;
     if cfg.has_root_hook() && berth_sys::euid() != 0 {
-        println!("FAIL  {name}: has root hooks, but this check runs as uid {}; root hooks run only when berth runs as root", berth_sys::euid());
+        outln!("FAIL  {name}: has root hooks, but this check runs as uid {}; root hooks run only when berth runs as root", berth_sys::euid());
         failed = true;
     }
     for h in &cfg.hooks {
         match check::check_hook(&cfg.name, h, Policy { key: key.as_ref() }) {
-            Ok(_) => println!(
+            Ok(_) => outln!(
                 "ok    {} hook {} ({}): {}",
                 h.kind,
                 h.path.display(),
@@ -185,7 +185,7 @@ fn check_cmd(common: &Common, name: &str) -> Result<i32> {
                 }
             ),
             Err(r) => {
-                println!("FAIL  {r}");
+                outln!("FAIL  {r}");
                 failed = true;
             }
         }
@@ -202,26 +202,26 @@ fn sign_cmd(common: &Common, name: &str, dry_run: bool) -> Result<i32> {
         anyhow::anyhow!("cannot sign {}: {e}; nothing was changed", p.display())
     })?;
     if changes.is_empty() {
-        println!("{}: every signature is current", cfg.path.display());
+        outln!("{}: every signature is current", cfg.path.display());
         return Ok(0);
     }
     for c in &changes {
-        println!(
+        outln!(
             "{}:{}: {} hook {}",
             cfg.path.display(),
             c.line,
             c.kind,
             c.path.display()
         );
-        println!("-   {}", c.old);
-        println!("+   {}", c.new);
+        outln!("-   {}", c.old);
+        outln!("+   {}", c.new);
     }
     if dry_run {
-        println!("(dry run: {} not changed)", cfg.path.display());
+        outln!("(dry run: {} not changed)", cfg.path.display());
         return Ok(0);
     }
     write_in_place(&cfg.path, text.as_bytes())?;
-    println!(
+    outln!(
         "{}: {} signature{} rewritten",
         cfg.path.display(),
         changes.len(),
@@ -289,11 +289,11 @@ fn list_cmd(common: &Common, json: bool) -> Result<i32> {
         })
         .collect();
     if json {
-        println!("{}", serde_json::to_string_pretty(&entries)?);
+        outln!("{}", serde_json::to_string_pretty(&entries)?);
         return Ok(0);
     }
     if entries.is_empty() {
-        println!("no configurations in {}", dir.display());
+        outln!("no configurations in {}", dir.display());
         return Ok(0);
     }
     let w = entries
@@ -302,7 +302,7 @@ fn list_cmd(common: &Common, json: bool) -> Result<i32> {
         .max()
         .unwrap_or(4)
         .max(4);
-    println!("{:w$}  {:5}  {:24}  DETAIL", "NAME", "STATE", "HOOKS");
+    outln!("{:w$}  {:5}  {:24}  DETAIL", "NAME", "STATE", "HOOKS");
     for e in &entries {
         let hooks: Vec<String> = e
             .hooks
@@ -315,7 +315,7 @@ fn list_cmd(common: &Common, json: bool) -> Result<i32> {
                 )
             })
             .collect();
-        println!(
+        outln!(
             "{:w$}  {:5}  {:24}  {}",
             e.name,
             if e.ok { "ok" } else { "error" },
@@ -359,7 +359,7 @@ fn try_host(common: &Common, project: String) -> Result<Host> {
 }
 
 fn recover_try(host: &Host) -> usize {
-    let done = lifecycle::recover(host, &mut |line| eprintln!("[berth] {line}"));
+    let done = lifecycle::recover(host, &mut |line| errln!("[berth] {line}"));
     done.len()
 }
 
@@ -467,7 +467,7 @@ fn try_cmd(
         cgroup: None,
         umask: berth_sys::current_umask(),
     };
-    eprintln!(
+    errln!(
         "[berth] job {}: container {} as {} in {}",
         job.id,
         cfg.name,
@@ -481,11 +481,11 @@ fn try_cmd(
         End::NotRun => "not run".to_string(),
     };
     match &out.failure {
-        None => eprintln!("[berth] job {}: Done ({status})", job.id),
-        Some(f) => eprintln!("[berth] job {}: Failed ({status}): {f}", job.id),
+        None => errln!("[berth] job {}: Done ({status})", job.id),
+        Some(f) => errln!("[berth] job {}: Failed ({status}): {f}", job.id),
     }
     for f in &out.after_failures {
-        eprintln!("[berth] job {}: {f}", job.id);
+        errln!("[berth] job {}: {f}", job.id);
     }
     Ok(out.exit_code())
 }
@@ -499,13 +499,13 @@ fn spawn_signal_thread(stop: Stop) {
         loop {
             let sig = waiter.wait();
             if first {
-                eprintln!(
+                errln!(
                     "[berth] {}: stopping the job (SIGTERM to its enter hook, SIGKILL after the grace period); cleanup and teardown will run",
                     lifecycle::signal_name(sig)
                 );
                 first = false;
             } else {
-                eprintln!(
+                errln!(
                     "[berth] already stopping; cleanup and teardown are running and will finish"
                 );
             }

@@ -83,7 +83,7 @@ impl Listening {
             if let Err(e) =
                 stopper.call::<serde_json::Value>("POST", &format!("/v1/jobs/{id}/stop"), None)
             {
-                eprintln!(
+                errln!(
                     "\r\nberth run: {}: cannot stop job {id}: {e}\r",
                     berth_tasker::lifecycle::signal_name(sig)
                 );
@@ -129,7 +129,7 @@ impl Listening {
             if let Ok(c) = found.try_recv() {
                 c.rx.set_timeout(None)?;
                 if said {
-                    eprint!("\r\x1b[K");
+                    errpart!("\r\x1b[K");
                 }
                 return Ok(Ok(c));
             }
@@ -169,12 +169,12 @@ impl Listening {
                 let v: JobView = client.call("GET", &format!("/v1/jobs/{id}"), None)?;
                 if v.state.is_final() {
                     if said {
-                        eprintln!();
+                        errln!();
                     }
                     return Ok(Err(v));
                 }
                 if tty && !said {
-                    eprint!(
+                    errpart!(
                         "berth run: job {id} is {}{}; its terminal connects here when it starts",
                         v.state.as_str(),
                         v.why_waiting

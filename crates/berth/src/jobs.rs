@@ -52,9 +52,21 @@ pub struct Run {
     /// The log file (default: DIR/berth-JOBID.log).
     #[arg(short = 'l', value_name = "LOG")]
     log: Option<PathBuf>,
-    /// Wait for the job(s) and exit with the job's status.
+    /// Wait for the job(s), saying on standard error how each ended, and exit with the
+    /// job's status.
     #[arg(short = 'w')]
     wait: bool,
+    /// Wait for the job and show its log as it is written (Accelerator's `-wl`); exit with
+    /// the job's status.
+    #[arg(long)]
+    follow: bool,
+    /// With -w: say nothing of how the jobs ended (the exit status still does).
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    /// When interrupted while waiting (Ctrl-C), stop the jobs instead of leaving them
+    /// running.
+    #[arg(long)]
+    stop_on_interrupt: bool,
     /// Interactive: the job's terminal is this one (its standard input, output and
     /// error); waits and exits with the job's status.
     #[arg(short = 'I')]
@@ -72,8 +84,13 @@ pub struct Run {
     /// Higher runs first.
     #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     priority: i32,
-    /// The command line.
-    #[arg(last = true, value_name = "CMD")]
+    /// The command line: its first word is the first that is not one of berth's options
+    /// (or give `--` before it).
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
     command: Vec<String>,
 }
 
@@ -117,10 +134,21 @@ pub fn run(r: Run) -> Result<i32> {
         .log
         .as_ref()
         .map(|l| dir.join(l).to_string_lossy().into_owned());
+    if let Some(l) = &log {
+        check_log_dir(l)?;
+    }
     let env = environment();
     if r.interactive && (r.array.is_some() || r.file.is_some()) {
         bail!("-I runs one job on this terminal: not with --array or -f");
     }
+    if r.follow && (r.array.is_some() || r.file.is_some() || r.interactive) {
+        bail!("--follow (-wl) shows one job's log: not with --array, -f or -I (use -w)");
+    }
+    let waits = r.wait || r.follow;
+    // Blocked before any thread exists (every thread inherits the mask): an interrupt
+    // while waiting is this command's to handle.
+    let wait_signals =
+        (waits && !r.interactive).then(|| berth_sys::block_signals(&berth_sys::STOP_SIGNALS));
     // Blocked before any thread exists, so that every thread inherits the mask: a Ctrl-C
     // (before the job has the terminal) or a kill of this berth run stops the job; a
     // SIGWINCH sends the terminal's new size.
@@ -162,7 +190,10 @@ pub fn run(r: Run) -> Result<i32> {
             }
             SubmitRequest { jobs, array: None }
         }
-        (None, true) => bail!("no command: berth run [OPTIONS] -- CMD ARGS..."),
+        (None, true) => bail!(
+            "no command: berth run [OPTIONS] CMD ARGS... (or -- CMD ARGS... when CMD \
+             begins with -)"
+        ),
         (None, false) => SubmitRequest {
             jobs: vec![job(r.command.clone())],
             array: r.array.as_deref().map(parse_array).transpose()?,
@@ -174,28 +205,28 @@ pub fn run(r: Run) -> Result<i32> {
     let client = r.conn.client();
     let sub = submit(&client, req)?;
     for w in &sub.warnings {
-        eprintln!("berth run: warning: {w}");
+        errln!("berth run: warning: {w}");
     }
     if let Some(l) = listening {
         if let Some(signals) = signals {
             l.on_signals(signals, r.conn.client(), sub.ids[0]);
         }
         let v = l.attach(&client, sub.ids[0])?;
-        if v.state != State::Done {
-            eprintln!("berth run: job {}", ended(&v));
+        if v.state != State::Done && !r.quiet {
+            errln!("berth run: {}", ended(&v, crate::show::now_ms()));
         }
         if r.json {
-            println!("{}", serde_json::to_string_pretty(&[&v])?);
+            outln!("{}", json_jobs(std::slice::from_ref(&v))?);
         }
         return Ok(exit_of(std::slice::from_ref(&v)));
     }
-    if r.json && !r.wait {
-        println!("{}", serde_json::to_string_pretty(&sub)?);
+    if r.json && !waits {
+        outln!("{}", serde_json::to_string_pretty(&sub)?);
         return Ok(0);
     }
-    if !r.wait {
+    if !waits {
         if sub.ids.len() > 20 {
-            println!(
+            outln!(
                 "{}-{} ({} jobs{})",
                 sub.ids[0],
                 sub.ids[sub.ids.len() - 1],
@@ -206,16 +237,114 @@ pub fn run(r: Run) -> Result<i32> {
             );
         } else {
             for id in &sub.ids {
-                println!("{id}");
+                outln!("{id}");
             }
         }
         return Ok(0);
     }
-    let views = wait_all(&client, &sub.ids, None)?;
+    if let Some(signals) = wait_signals {
+        on_interrupt(signals, r.conn.client(), &sub, r.stop_on_interrupt);
+    }
+    if !r.quiet && !r.json {
+        errln!("berth run: submitted {}", submitted(&sub));
+    }
+    if r.follow {
+        follow_log(&client, sub.ids[0], true)?;
+    }
+    let views = wait_all(&client, &sub.ids, None, r.quiet)?;
     if r.json {
-        println!("{}", serde_json::to_string_pretty(&views)?);
+        outln!("{}", json_jobs(&views)?);
     }
     Ok(exit_of(&views))
+}
+
+/// What a submission made: `job 12`, `jobs 12-111 (array 11)`.
+fn submitted(sub: &Submitted) -> String {
+    match (sub.ids.as_slice(), sub.array_id) {
+        ([one], None) => format!("job {one}"),
+        (ids, a) => format!(
+            "jobs {}{}",
+            ranges(ids),
+            a.map(|a| format!(" (array {a})")).unwrap_or_default()
+        ),
+    }
+}
+
+/// `12-15,18`.
+fn ranges(ids: &[u64]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < ids.len() {
+        let mut j = i;
+        while j + 1 < ids.len() && ids[j + 1] == ids[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            ids[i].to_string()
+        } else {
+            format!("{}-{}", ids[i], ids[j])
+        });
+        i = j + 1;
+    }
+    out.join(",")
+}
+
+/// On an interrupt (Ctrl-C, SIGTERM, SIGHUP) while `berth run` waits: the jobs go on,
+/// and the user is told how to follow or stop them; or, with `--stop-on-interrupt`,
+/// they are stopped and the wait goes on until they have ended.
+fn on_interrupt(signals: berth_sys::SignalWaiter, client: Client, sub: &Submitted, stop: bool) {
+    let ids = sub.ids.clone();
+    let what = submitted(sub);
+    let handle = match sub.array_id {
+        Some(a) if sub.ids.len() > 1 => a.to_string(),
+        _ => ranges(&sub.ids).replace(',', " "),
+    };
+    std::thread::spawn(move || {
+        let sig = signals.wait();
+        if !stop {
+            errln!(
+                "\nberth run: interrupted; {what} {} on (berth stops waiting): follow with \
+                 `berth wait {handle}`, stop with `berth stop {handle}`",
+                if ids.len() == 1 { "goes" } else { "go" }
+            );
+            std::process::exit(128 + sig);
+        }
+        errln!("\nberth run: interrupted; stopping {what}");
+        for id in &ids {
+            if let Err(e) =
+                client.call::<serde_json::Value>("POST", &format!("/v1/jobs/{id}/stop"), None)
+            {
+                errln!("berth run: cannot stop job {id}: {e}");
+            }
+        }
+        // A second interrupt ends the wait at once.
+        let sig = signals.wait();
+        std::process::exit(128 + sig);
+    });
+}
+
+/// A log whose directory does not exist is refused now, not when the job starts. A
+/// directory with `@...@` in it is made by the job's own name: not checked.
+fn check_log_dir(log: &str) -> Result<()> {
+    let p = std::path::Path::new(log);
+    let Some(parent) = p.parent() else {
+        return Ok(());
+    };
+    if parent.to_string_lossy().contains('@') {
+        return Ok(());
+    }
+    match std::fs::metadata(parent) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => bail!(
+            "-l {log}: {} is not a directory; give a log in an existing directory",
+            parent.display()
+        ),
+        Err(e) => bail!(
+            "-l {log}: its directory {}: {e}; make it first (mkdir -p {}) or give another",
+            parent.display(),
+            parent.display()
+        ),
+    }
 }
 
 /// Sends a submission; one of many jobs (`-f`) larger than the server takes in one
@@ -269,17 +398,33 @@ pub fn shown(text: &str) -> std::borrow::Cow<'_, str> {
     )
 }
 
-/// `ID STATE[: REASON]`.
-fn ended(v: &JobView) -> String {
-    format!(
-        "{} {}{}",
-        v.id,
-        v.state.as_str(),
-        v.reason
-            .as_deref()
-            .map(|r| format!(": {}", shown(r)))
-            .unwrap_or_default()
-    )
+/// How a job ended, for a person: `job 12 Done after 1.2s`,
+/// `job 13 Failed (exit status 3) after 2.0s`, `job 14 Failed (lost) after 5m02s`.
+fn ended(v: &JobView, now: u64) -> String {
+    let how = match (v.state, v.reason.as_deref()) {
+        (State::Done, _) => String::new(),
+        (_, Some(r)) => format!(" ({})", shown(r)),
+        (_, None) => match v.exit_code {
+            Some(c) => format!(" (exit status {c})"),
+            None => String::new(),
+        },
+    };
+    let when = match crate::show::elapsed_ms(v, now) {
+        Some(e) => format!(" after {}", crate::show::duration(e)),
+        None if v.state.is_final() => ", never started".to_string(),
+        None => String::new(),
+    };
+    format!("job {} {}{how}{when}", v.id, v.state.as_str())
+}
+
+/// Jobs as `--json` prints them.
+fn json_jobs(views: &[JobView]) -> Result<String> {
+    let now = crate::show::now_ms();
+    let all: Vec<serde_json::Value> = views
+        .iter()
+        .map(|v| crate::show::json_job(v, now))
+        .collect();
+    Ok(serde_json::to_string_pretty(&all)?)
 }
 
 #[cfg(test)]
@@ -292,64 +437,103 @@ mod tests {
             "x\\x1b]0;OWNED\\x07\\x1b[2J\\x0dFAKE"
         );
     }
+
+    #[test]
+    fn ranges_are_short() {
+        assert_eq!(super::ranges(&[3]), "3");
+        assert_eq!(super::ranges(&[3, 4, 5, 9, 11, 12]), "3-5,9,11-12");
+    }
 }
 
+/// The exit status of a wait (README, "Exit statuses"): 0 when every job is Done; else,
+/// of the first job that is not, its own exit status, or 122 when it has none.
 fn exit_of(views: &[JobView]) -> i32 {
-    views
-        .iter()
-        .find(|v| v.state != State::Done)
-        .map(|v| v.exit_code.filter(|c| *c != 0).unwrap_or(1))
-        .unwrap_or(0)
+    match views.iter().find(|v| v.state != State::Done) {
+        None => 0,
+        Some(v) => match v.exit_code {
+            Some(c) if c != 0 => c,
+            _ => crate::exit::NO_STATUS,
+        },
+    }
 }
 
-/// Waits for every job, with progress on a terminal; None waits without limit.
-fn wait_all(client: &Client, ids: &[u64], limit: Option<Duration>) -> Result<Vec<JobView>> {
+/// A wait that ran out of time: the jobs go on.
+#[derive(Debug)]
+struct TimedOut(String);
+
+impl std::fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TimedOut {}
+
+/// Waits for every job, saying on standard error how each ends as it ends (unless
+/// `quiet`), with progress on a terminal; None waits without limit. The jobs come back
+/// in the order given.
+fn wait_all(
+    client: &Client,
+    ids: &[u64],
+    limit: Option<Duration>,
+    quiet: bool,
+) -> Result<Vec<JobView>> {
     let start = Instant::now();
     let tty = std::io::stderr().is_terminal();
-    let mut out = Vec::new();
-    for (n, id) in ids.iter().enumerate() {
-        let mut last = String::new();
-        loop {
-            let left = limit.map(|l| l.saturating_sub(start.elapsed()));
-            let secs = left.map(|l| l.as_secs().clamp(1, 5)).unwrap_or(5);
-            let v: JobView =
-                client.call("GET", &format!("/v1/jobs/{id}/wait?timeout={secs}"), None)?;
-            if v.state.is_final() {
-                out.push(v);
-                break;
-            }
-            if tty {
-                let line = format!(
-                    "waiting for job {id} ({}/{}): {}{}",
-                    n + 1,
-                    ids.len(),
-                    v.state.as_str(),
-                    v.why_waiting
-                        .as_deref()
-                        .map(|w| format!(" ({w})"))
-                        .unwrap_or_default()
-                );
-                if line != last {
-                    eprint!("\r\x1b[K{line}");
-                    last = line;
-                }
-            }
-            if left.is_some_and(|l| l.is_zero()) {
-                if tty {
-                    eprintln!();
-                }
-                bail!(
-                    "job {id} is still {} after {:?}",
-                    v.state.as_str(),
-                    limit.unwrap_or_default()
-                );
-            }
+    let mut pending: Vec<u64> = ids.to_vec();
+    pending.dedup();
+    let mut over: std::collections::HashMap<u64, JobView> = Default::default();
+    let mut shown_progress = false;
+    while !pending.is_empty() {
+        let left = limit.map(|l| l.saturating_sub(start.elapsed()));
+        let secs = left.map(|l| l.as_secs().clamp(1, 5)).unwrap_or(5);
+        let window = &pending[..pending.len().min(berth_server::api::WAIT_MAX)];
+        let body = serde_json::to_vec(&serde_json::json!({ "jobs": window, "timeout": secs }))?;
+        let got: Vec<JobView> = client.call("POST", "/v1/wait", Some(&body))?;
+        let now = crate::show::now_ms();
+        if shown_progress && !got.is_empty() {
+            errpart!("\r\x1b[K");
+            shown_progress = false;
         }
-        if tty && !last.is_empty() {
-            eprint!("\r\x1b[K");
+        for v in got {
+            if !quiet {
+                errln!("berth: {}", ended(&v, now));
+            }
+            over.insert(v.id, v);
+        }
+        pending.retain(|id| !over.contains_key(id));
+        if pending.is_empty() {
+            break;
+        }
+        if tty && !quiet {
+            errpart!(
+                "\r\x1b[Kwaiting for {} of {} job{} ({:.0?})",
+                pending.len(),
+                ids.len(),
+                if ids.len() == 1 { "" } else { "s" },
+                Duration::from_secs(start.elapsed().as_secs())
+            );
+            shown_progress = true;
+        }
+        if left.is_some_and(|l| l.is_zero()) {
+            if shown_progress {
+                errpart!("\r\x1b[K");
+            }
+            return Err(TimedOut(format!(
+                "{} of {} job{} not over after {:?} (they go on): {}",
+                pending.len(),
+                ids.len(),
+                if ids.len() == 1 { "" } else { "s" },
+                limit.unwrap_or_default(),
+                ranges(&pending)
+            ))
+            .into());
         }
     }
-    Ok(out)
+    if shown_progress {
+        errpart!("\r\x1b[K");
+    }
+    Ok(ids.iter().filter_map(|id| over.get(id).cloned()).collect())
 }
 
 /// `berth wait JOB...`.
@@ -357,10 +541,13 @@ fn wait_all(client: &Client, ids: &[u64], limit: Option<Duration>) -> Result<Vec
 pub struct Wait {
     #[command(flatten)]
     conn: Conn,
-    /// Give up after SECONDS (exit 2).
+    /// Give up after SECONDS (exit 124); the jobs go on.
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<u64>,
-    /// Print the jobs as JSON.
+    /// Say nothing of how the jobs ended (the exit status still does).
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    /// Print the jobs as JSON once all are over.
     #[arg(long)]
     json: bool,
     /// The jobs.
@@ -373,20 +560,17 @@ pub fn wait(w: Wait) -> Result<i32> {
         &w.conn.client(),
         &w.jobs,
         w.timeout.map(Duration::from_secs),
+        w.quiet,
     ) {
         Ok(v) => v,
-        Err(e) if e.to_string().contains("is still") => {
-            eprintln!("berth wait: {e}");
-            return Ok(2);
+        Err(e) if e.downcast_ref::<TimedOut>().is_some() => {
+            errln!("berth wait: {e}");
+            return Ok(crate::exit::TIMEOUT);
         }
         Err(e) => return Err(e),
     };
     if w.json {
-        println!("{}", serde_json::to_string_pretty(&views)?);
-    } else {
-        for v in &views {
-            println!("{}", ended(v));
-        }
+        outln!("{}", json_jobs(&views)?);
     }
     Ok(exit_of(&views))
 }
@@ -408,12 +592,22 @@ pub struct List {
     /// At most this many, newest first.
     #[arg(long, default_value_t = 1000)]
     limit: u32,
+    /// The fields to print, without a heading, tab-separated (e.g. `-o id,state`); the
+    /// fields: id, state, user, name, exit, reason, tasker, slot, submitted, started,
+    /// ended, queued, elapsed, array, index, priority, resources, dir, log, command.
+    #[arg(short = 'o', value_name = "FIELDS")]
+    fields: Option<String>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
 }
 
 pub fn list(l: List) -> Result<i32> {
+    let fields = l
+        .fields
+        .as_deref()
+        .map(crate::show::parse_fields)
+        .transpose()?;
     let mut q = format!("/v1/jobs?limit={}", l.limit);
     for (k, v) in [("state", &l.state), ("user", &l.user), ("name", &l.name)] {
         if let Some(v) = v {
@@ -422,30 +616,47 @@ pub fn list(l: List) -> Result<i32> {
     }
     let jobs: Vec<JobView> = l.conn.client().call("GET", &q, None)?;
     if l.json {
-        println!("{}", serde_json::to_string_pretty(&jobs)?);
+        outln!("{}", json_jobs(&jobs)?);
         return Ok(0);
     }
-    println!(
-        "{:>8}  {:8}  {:10}  {:12}  {:>4}  COMMAND",
-        "ID", "STATE", "USER", "NAME", "EXIT"
-    );
-    for j in &jobs {
-        println!(
-            "{:>8}  {:8}  {:10}  {:12}  {:>4}  {}",
-            j.id,
-            j.state.as_str(),
-            j.user,
-            shown(j.name.as_deref().unwrap_or("-")),
-            j.exit_code
-                .map(|c| c.to_string())
-                .unwrap_or_else(|| "-".into()),
-            shown(&j.command.join(" "))
-        );
-    }
+    print_jobs(&jobs, fields.as_deref());
     Ok(0)
 }
 
-/// `berth info JOB`.
+/// Jobs as a table with a heading (the default fields), or bare values (`-o`).
+fn print_jobs(jobs: &[JobView], fields: Option<&[&'static str]>) {
+    let now = crate::show::now_ms();
+    if let Some(fields) = fields {
+        for j in jobs {
+            let row: Vec<String> = fields
+                .iter()
+                .map(|f| crate::show::field(j, f, now))
+                .collect();
+            outln!("{}", row.join("\t"));
+        }
+        return;
+    }
+    let fields = crate::show::parse_fields(crate::show::LIST_DEFAULT).unwrap_or_default();
+    let headings: Vec<&str> = fields.iter().map(|f| crate::show::heading(f)).collect();
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|j| {
+            fields
+                .iter()
+                .map(|f| crate::show::field(j, f, now))
+                .collect()
+        })
+        .collect();
+    let right: Vec<usize> = fields
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| matches!(**f, "id" | "exit" | "elapsed" | "queued" | "slot"))
+        .map(|(i, _)| i)
+        .collect();
+    outln!("{}", crate::show::table(&headings, &rows, &right));
+}
+
+/// `berth info JOB...`.
 #[derive(clap::Args)]
 pub struct Info {
     #[command(flatten)]
@@ -453,75 +664,118 @@ pub struct Info {
     /// Print JSON.
     #[arg(long)]
     json: bool,
-    /// The job.
-    job: u64,
-}
-
-fn ms(t: Option<u64>) -> String {
-    t.map(|t| format!("{}.{:03}", t / 1000, t % 1000))
-        .unwrap_or_else(|| "-".into())
+    /// Only these fields, bare, one line per job, tab-separated (e.g. `-o state`: the
+    /// one-word status a workflow manager asks for); the fields of `berth list -o`.
+    #[arg(short = 'o', value_name = "FIELDS")]
+    fields: Option<String>,
+    /// The jobs.
+    #[arg(required = true)]
+    jobs: Vec<u64>,
 }
 
 pub fn info(i: Info) -> Result<i32> {
-    let v: JobView = i
-        .conn
-        .client()
-        .call("GET", &format!("/v1/jobs/{}", i.job), None)?;
+    let fields = i
+        .fields
+        .as_deref()
+        .map(crate::show::parse_fields)
+        .transpose()?;
+    let c = i.conn.client();
+    let mut views = Vec::new();
+    for id in &i.jobs {
+        views.push(c.call::<JobView>("GET", &format!("/v1/jobs/{id}"), None)?);
+    }
     if i.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        // One job: its object (as always); several: a list of them.
+        match views.as_slice() {
+            [one] => outln!(
+                "{}",
+                serde_json::to_string_pretty(&crate::show::json_job(one, crate::show::now_ms()))?
+            ),
+            many => outln!("{}", json_jobs(many)?),
+        }
         return Ok(0);
     }
-    let rows: Vec<(&str, String)> = vec![
-        ("id", v.id.to_string()),
-        ("state", v.state.as_str().to_string()),
-        ("reason", v.reason.clone().unwrap_or_else(|| "-".into())),
-        (
-            "why it waits",
-            v.why_waiting.clone().unwrap_or_else(|| "-".into()),
-        ),
-        ("user", format!("{} (uid {})", v.user, v.uid)),
-        ("name", v.name.clone().unwrap_or_else(|| "-".into())),
-        ("command", v.command.join(" ")),
-        ("directory", v.dir.clone()),
-        (
-            "resources",
-            v.resources
-                .clone()
-                .unwrap_or_else(|| "CORES/1 SLOTS/1 (default)".into()),
-        ),
-        ("log", v.log.clone()),
-        ("priority", v.priority.to_string()),
-        (
-            "array",
-            v.array
-                .map(|(a, i)| format!("{a} index {i}"))
-                .unwrap_or_else(|| "-".into()),
-        ),
-        ("tasker", v.tasker.clone().unwrap_or_else(|| "-".into())),
-        (
-            "slot",
-            v.slot.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
-        ),
-        ("submitted", ms(Some(v.submitted_ms))),
-        ("started", ms(v.started_ms)),
-        ("ended", ms(v.ended_ms)),
-        (
-            "exit status",
-            v.exit_code
-                .map(|c| c.to_string())
-                .unwrap_or_else(|| "-".into()),
-        ),
-        (
-            "hook failures",
-            if v.hook_failures.is_empty() {
-                "-".into()
-            } else {
-                v.hook_failures.join("; ")
-            },
-        ),
-    ];
-    for (k, val) in rows {
-        println!("{k:>13}: {}", shown(&val));
+    if fields.is_some() {
+        print_jobs(&views, fields.as_deref());
+        return Ok(0);
+    }
+    let now = crate::show::now_ms();
+    for (n, v) in views.iter().enumerate() {
+        if n > 0 {
+            outln!("");
+        }
+        let f = |name: &str| crate::show::field(v, name, now);
+        let rows: Vec<(&str, String)> = vec![
+            ("id", f("id")),
+            ("state", f("state")),
+            ("reason", f("reason")),
+            (
+                "why it waits",
+                shown(v.why_waiting.as_deref().unwrap_or("-")).into_owned(),
+            ),
+            ("user", format!("{} (uid {})", f("user"), v.uid)),
+            ("name", f("name")),
+            ("command", f("command")),
+            ("directory", f("dir")),
+            (
+                "resources",
+                v.resources
+                    .as_deref()
+                    .map(|r| shown(r).into_owned())
+                    .unwrap_or_else(|| "CORES/1 SLOTS/1 (default)".into()),
+            ),
+            ("log", f("log")),
+            ("priority", f("priority")),
+            (
+                "array",
+                v.array
+                    .map(|(a, i)| format!("{a} index {i}"))
+                    .unwrap_or_else(|| "-".into()),
+            ),
+            ("tasker", f("tasker")),
+            ("slot", f("slot")),
+            ("submitted", f("submitted")),
+            (
+                "started",
+                match v.started_ms {
+                    Some(_) => format!("{} (queued {})", f("started"), f("queued")),
+                    None if v.state == State::Queued => format!("- (queued {})", f("queued")),
+                    None => "-".into(),
+                },
+            ),
+            (
+                "ended",
+                match v.ended_ms {
+                    Some(_) if v.started_ms.is_some() => {
+                        format!("{} (ran {})", f("ended"), f("elapsed"))
+                    }
+                    _ => f("ended"),
+                },
+            ),
+            (
+                "elapsed",
+                if v.state == State::Running {
+                    f("elapsed")
+                } else {
+                    "-".into()
+                },
+            ),
+            ("exit status", f("exit")),
+            (
+                "hook failures",
+                if v.hook_failures.is_empty() {
+                    "-".into()
+                } else {
+                    shown(&v.hook_failures.join("; ")).into_owned()
+                },
+            ),
+        ];
+        for (k, val) in rows {
+            if k == "elapsed" && val == "-" {
+                continue;
+            }
+            outln!("{k:>13}: {val}");
+        }
     }
     Ok(0)
 }
@@ -541,14 +795,64 @@ pub fn stop(s: Stop) -> Result<i32> {
     let mut code = 0;
     for id in s.jobs {
         match c.call::<serde_json::Value>("POST", &format!("/v1/jobs/{id}/stop"), None) {
-            Ok(v) => println!("{}", v["message"].as_str().unwrap_or("")),
+            Ok(v) => outln!("{}", v["message"].as_str().unwrap_or("")),
             Err(e) => {
-                eprintln!("berth stop: {e}");
-                code = 1;
+                errln!("berth stop: {e}");
+                code = code.max(crate::exit_of_error(&e));
             }
         }
     }
     Ok(code)
+}
+
+/// `berth down`.
+#[derive(clap::Args)]
+pub struct Down {
+    #[command(flatten)]
+    conn: Conn,
+    /// Give up waiting for the server to end after SECONDS (it goes on stopping).
+    #[arg(long, value_name = "SECONDS", default_value_t = 90)]
+    timeout: u64,
+}
+
+pub fn down(d: Down) -> Result<i32> {
+    let c = d.conn.client();
+    let v: serde_json::Value = c.call("POST", "/v1/down", None)?;
+    errln!(
+        "berth down: {}",
+        v["message"].as_str().unwrap_or("stopping")
+    );
+    // Gone once nothing answers; a clean stop waits for what it started to be recorded.
+    let start = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    loop {
+        match c.call::<Vec<TaskerView>>("GET", "/v1/taskers", None) {
+            Err(e) if e.downcast_ref::<crate::client::NoServer>().is_some() => break,
+            _ => {}
+        }
+        if start.elapsed() > Duration::from_secs(d.timeout) {
+            if tty {
+                errpart!("\r\x1b[K");
+            }
+            bail!(
+                "the server still answers after {}s; it goes on stopping (its log says why \
+                 it waits)",
+                d.timeout
+            );
+        }
+        if tty {
+            errpart!(
+                "\r\x1b[Kwaiting for the server to stop ({}s)",
+                start.elapsed().as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if tty {
+        errpart!("\r\x1b[K");
+    }
+    errln!("berth down: the server has stopped; running jobs run on");
+    Ok(0)
 }
 
 /// `berth getlog JOB`.
@@ -565,9 +869,21 @@ pub struct Getlog {
 
 pub fn getlog(g: Getlog) -> Result<i32> {
     let c = g.conn.client();
-    let v: JobView = c.call("GET", &format!("/v1/jobs/{}", g.job), None)?;
+    follow_log(&c, g.job, g.follow)?;
+    Ok(0)
+}
+
+/// Copies job `job`'s log to standard output; with `follow`, as it grows, until the job
+/// has ended (a job that has not started yet is waited for).
+fn follow_log(c: &Client, job: u64, follow: bool) -> Result<()> {
+    let v: JobView = c.call("GET", &format!("/v1/jobs/{job}"), None)?;
     let mut pos = 0u64;
     let mut out = std::io::stdout();
+    let written = |r: std::io::Result<()>| {
+        if let Err(e) = r {
+            crate::closed_output(e);
+        }
+    };
     // From another host the log is read by the job's tasker, as the job's owner; here,
     // from the file itself.
     let remote = c.is_remote();
@@ -577,15 +893,14 @@ pub fn getlog(g: Getlog) -> Result<i32> {
         let mut size = None;
         if remote {
             let part: berth_proto::LogPart =
-                c.call("GET", &format!("/v1/jobs/{}/log?offset={pos}", g.job), None)?;
+                c.call("GET", &format!("/v1/jobs/{job}/log?offset={pos}"), None)?;
             match part.error {
-                Some(e) if !g.follow => bail!("{e}"),
+                Some(e) if !follow => bail!("{e}"),
                 Some(_) => {}
                 None => {
                     let data = hex::decode(&part.data).context("the log's bytes")?;
                     pos += data.len() as u64;
-                    out.write_all(&data)?;
-                    out.flush()?;
+                    written(out.write_all(&data).and_then(|()| out.flush()));
                     size = Some(part.size);
                     if (pos as u128) < part.size as u128 {
                         continue; // more than one part: at once
@@ -598,22 +913,19 @@ pub fn getlog(g: Getlog) -> Result<i32> {
             let mut buf = Vec::new();
             f.read_to_end(&mut buf)?;
             pos += buf.len() as u64;
-            out.write_all(&buf)?;
-            out.flush()?;
+            written(out.write_all(&buf).and_then(|()| out.flush()));
             size = std::fs::metadata(&v.log).ok().map(|m| m.len());
-        } else if !g.follow {
+        } else if !follow {
             bail!(
-                "job {}: no log at {} (yet), or it is not readable by you",
-                g.job,
+                "job {job}: no log at {} (yet), or it is not readable by you",
                 v.log
             );
         }
-        if !g.follow || (over && size.is_none_or(|s| s <= pos)) {
-            return Ok(0);
+        if !follow || (over && size.is_none_or(|s| s <= pos)) {
+            return Ok(());
         }
         if !over {
-            let now: JobView =
-                c.call("GET", &format!("/v1/jobs/{}/wait?timeout=1", g.job), None)?;
+            let now: JobView = c.call("GET", &format!("/v1/jobs/{job}/wait?timeout=1"), None)?;
             over = now.state.is_final();
         }
     }
@@ -632,17 +944,24 @@ pub struct Taskers {
 pub fn taskers(t: Taskers) -> Result<i32> {
     let ts: Vec<TaskerView> = t.conn.client().call("GET", "/v1/taskers", None)?;
     if t.json {
-        println!("{}", serde_json::to_string_pretty(&ts)?);
+        outln!("{}", serde_json::to_string_pretty(&ts)?);
         return Ok(0);
     }
-    println!(
+    outln!(
         "{:16}  {:12}  {:>5}  {:>7}  FREE",
-        "NAME", "HOST", "SLOTS", "RUNNING"
+        "NAME",
+        "HOST",
+        "SLOTS",
+        "RUNNING"
     );
     for x in &ts {
-        println!(
+        outln!(
             "{:16}  {:12}  {:>5}  {:>7}  {}",
-            x.name, x.host, x.slots, x.running, x.free
+            x.name,
+            x.host,
+            x.slots,
+            x.running,
+            x.free
         );
     }
     Ok(0)
@@ -683,20 +1002,20 @@ pub fn containers(t: Taskers) -> Result<i32> {
         }
     }
     if t.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&rows.values().collect::<Vec<_>>())?
         );
         return Ok(0);
     }
-    println!("{:16}  {:20}  NOT OFFERED BY", "NAME", "OFFERED BY");
+    outln!("{:16}  {:20}  NOT OFFERED BY", "NAME", "OFFERED BY");
     for r in rows.values() {
         let refused: Vec<String> = r
             .refused_by
             .iter()
             .map(|(t, w)| format!("{t}: {w}"))
             .collect();
-        println!(
+        outln!(
             "{:16}  {:20}  {}",
             r.name,
             if r.offered_by.is_empty() {

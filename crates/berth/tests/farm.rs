@@ -504,7 +504,7 @@ fn a_user_on_a_workstation_submits_follows_and_stops_and_no_one_else_passes_for_
     assert!(out.status.success(), "{}", text(&out));
     let out = farm.on_workstation(NOBODY, &ws_munge, &["wait", &long]);
     assert!(
-        stdout(&out).contains("stopped by request"),
+        stderr(&out).contains("Failed (stopped by request)"),
         "{}",
         text(&out)
     );

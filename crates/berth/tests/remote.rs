@@ -198,7 +198,7 @@ fn a_user_of_another_host_submits_waits_lists_and_stops() {
     assert!(out.status.success(), "{}", text(&out));
     let out = remote(&fx, NOBODY, &server, &munge.sock, &["wait", &id]);
     assert!(
-        stdout(&out).contains("stopped by request"),
+        stderr(&out).contains("Failed (stopped by request)"),
         "{}",
         text(&out)
     );

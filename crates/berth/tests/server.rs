@@ -96,7 +96,7 @@ fn only_the_owner_or_an_administrator_may_stop_a_job() {
     assert!(out.status.success(), "{}", text(&out));
     let out = fx.run(&["wait", &job], T);
     assert!(
-        stdout(&out).contains(&format!("{job} Failed: stopped by request")),
+        stderr(&out).contains(&format!("job {job} Failed (stopped by request)")),
         "{}",
         text(&out)
     );
@@ -208,16 +208,22 @@ fn nothing_accepted_is_lost_when_the_server_is_killed() {
     let mut args = vec!["wait"];
     args.extend(all.iter().map(String::as_str));
     let out = fx.run(&args, Duration::from_secs(300));
-    let waited = stdout(&out);
-    for line in waited.lines() {
+    // One line per job as it ends, on standard error.
+    let waited = stderr(&out);
+    let ends: Vec<&str> = waited
+        .lines()
+        .filter(|l| l.starts_with("berth: job "))
+        .collect();
+    assert_eq!(ends.len(), known.len(), "{waited}");
+    for line in &ends {
         assert!(
-            line.ends_with(" Done") || line.ends_with(" Failed: lost"),
+            line.contains(" Done after ") || line.contains(" Failed (lost)"),
             "{line}"
         );
     }
     // None ran twice: each job appended one line; the lines never exceed the jobs.
     let ran = fx.read_work("ran.txt");
-    let done = waited.lines().filter(|l| l.ends_with(" Done")).count();
+    let done = ends.iter().filter(|l| l.contains(" Done after ")).count();
     assert!(
         ran.lines().count() >= done,
         "{} lines for {done} jobs Done",
@@ -457,9 +463,9 @@ fn a_killed_server_loses_nothing_and_runs_nothing_twice() {
     assert!(
         out.status.success(),
         "not every job is Done:\n{}",
-        stdout(&out)
+        stderr(&out)
             .lines()
-            .filter(|l| !l.ends_with(" Done"))
+            .filter(|l| !l.contains(" Done after "))
             .take(10)
             .collect::<Vec<_>>()
             .join("\n")
@@ -499,7 +505,7 @@ fn a_killed_tasker_loses_its_jobs_and_tears_down_when_it_returns() {
     Split::kill9(&mut split.tasker);
     let out = fx.run(&["wait", "--timeout", "30", &job], T);
     assert!(
-        stdout(&out).contains(&format!("{job} Failed: lost")),
+        stderr(&out).contains(&format!("job {job} Failed (lost)")),
         "{}",
         text(&out)
     );
@@ -542,7 +548,7 @@ fn a_killed_tasker_back_in_time_takes_its_container_job_over_and_finishes_it() {
     std::fs::write(fx.work.join("go"), "").unwrap();
     let out = fx.run(&["wait", "--timeout", "60", &job], Duration::from_secs(90));
     assert!(
-        stdout(&out).contains(&format!("{job} Done")),
+        stderr(&out).contains(&format!("job {job} Done")),
         "{}\n{}",
         text(&out),
         fx.read_work(&format!("berth-{job}.log"))
@@ -705,7 +711,7 @@ fn a_restarted_tasker_takes_over_a_killed_runs_plain_jobs_and_ends_its_keepers_o
     wait_until("the orphaned job to be ended", T, || !alive());
     let out = fx.run(&["wait", "--timeout", "30", &job], T);
     assert!(
-        stdout(&out).contains(&format!("{job} Failed: lost")),
+        stderr(&out).contains(&format!("job {job} Failed (lost)")),
         "{}",
         text(&out)
     );
@@ -1014,7 +1020,7 @@ fn a_stopped_job_that_ignores_sigterm_is_killed_after_the_grace() {
     assert!(out.status.success(), "{}", text(&out));
     let out = fx.run(&["wait", "--timeout", "30", &job], T);
     assert!(
-        stdout(&out).contains(&format!("{job} Failed: stopped by request")),
+        stderr(&out).contains(&format!("job {job} Failed (stopped by request)")),
         "{}",
         text(&out)
     );
@@ -1053,7 +1059,7 @@ fn killing_an_interactive_berth_run_stops_its_job() {
     // The job's own status: its shell was ended by the stop's SIGTERM.
     assert_eq!(out.status.code(), Some(143), "{}", text(&out));
     assert!(
-        stderr(&out).contains("Failed: stopped by request"),
+        stderr(&out).contains("Failed (stopped by request)"),
         "{}",
         text(&out)
     );
@@ -1132,7 +1138,7 @@ fn a_killed_berth_up_takes_its_container_job_over_when_started_again() {
     std::fs::write(fx.work.join("go"), "").unwrap();
     let out = fx.run(&["wait", "--timeout", "60", &job], Duration::from_secs(90));
     assert!(
-        stdout(&out).contains(&format!("{job} Done")),
+        stderr(&out).contains(&format!("job {job} Done")),
         "{}\n{}",
         text(&out),
         fx.read_work(&format!("berth-{job}.log"))
@@ -1336,7 +1342,7 @@ fn a_frozen_tasker_is_noticed_by_its_silence_and_rejoins() {
     let out = fx.run(&["wait", "--timeout", "40", &job], Duration::from_secs(50));
     let said = text(&out);
     signal(tasker, libc::SIGCONT);
-    assert!(said.contains(&format!("{job} Failed: lost")), "{said}");
+    assert!(said.contains(&format!("job {job} Failed (lost)")), "{said}");
     // Back, it says hello with the job still running; the server stops it.
     wait_until("the lost job's process to be stopped", T, || running() == 0);
     let out = as_nobody(&fx, &["run", "-w", "--", "true"]);
@@ -1720,7 +1726,7 @@ fn a_tasker_that_never_comes_back_after_a_server_restart_loses_its_jobs() {
     split.start_server("127.0.0.1:0");
     let out = fx.run(&["wait", "--timeout", "30", &job], T);
     assert!(
-        stdout(&out).contains(&format!("{job} Failed: lost")),
+        stderr(&out).contains(&format!("job {job} Failed (lost)")),
         "{}",
         text(&out)
     );

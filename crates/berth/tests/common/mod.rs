@@ -435,6 +435,12 @@ impl Up {
         assert!(st.success(), "berth up ended with {st}");
     }
 
+    /// Waits for it to end by itself (`berth down`), within `limit`.
+    pub fn ends(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let c = self.child.take().unwrap();
+        wait_status(c, limit)
+    }
+
     pub fn kill9(&mut self) {
         let mut c = self.child.take().unwrap();
         signal(&c, libc::SIGKILL);
