@@ -65,6 +65,40 @@ pub struct Submit {
     /// The submitter's umask: the job runs with it, and its log is created with it.
     #[serde(default = "default_umask")]
     pub umask: u32,
+    /// `--time`: stopped once it has run this long (milliseconds); None: the server's
+    /// default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_limit_ms: Option<u64>,
+    /// `--after`/`--after-any`: the jobs it waits for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<u64>,
+    /// Whether it starts once they have ended in any state (`--after-any`), rather than
+    /// once they are all Done (`--after`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub after_any: bool,
+    /// `--hold`: queued, but not started until released.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hold: bool,
+    /// `--retries N`: queued again, up to N times, when lost with its tasker.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retries: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// One earlier run of a job that was lost with its tasker and queued again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// Where it ran.
+    pub tasker: Option<String>,
+    /// When it started and was lost (ms since the epoch).
+    pub started_ms: Option<u64>,
+    /// When it was lost.
+    pub ended_ms: u64,
+    /// Why it ended (`lost`).
+    pub reason: String,
 }
 
 /// The umask of a submission that does not say (from an older client).
@@ -153,6 +187,24 @@ pub struct JobView {
     pub hook_failures: Vec<String>,
     /// For a queued job: why it waits.
     pub why_waiting: Option<String>,
+    /// Its time limit (ms), if it has one.
+    #[serde(default)]
+    pub time_limit_ms: Option<u64>,
+    /// The jobs it waits for, and whether any end will do (`--after-any`).
+    #[serde(default)]
+    pub after: Vec<u64>,
+    /// `--after-any`.
+    #[serde(default)]
+    pub after_any: bool,
+    /// Held (`berth hold`): not started until released.
+    #[serde(default)]
+    pub held: bool,
+    /// How many times it may be queued again when lost with its tasker.
+    #[serde(default)]
+    pub retries: u32,
+    /// Its earlier runs, lost with their taskers.
+    #[serde(default)]
+    pub attempts: Vec<Attempt>,
 }
 
 /// A tasker as the server shows it.
@@ -239,6 +291,8 @@ pub enum ToTasker {
     Run(Box<Assignment>),
     /// Stop this job (SIGTERM, grace, SIGKILL; cleanup and teardown still run).
     Stop(u64),
+    /// Stop this job for this reason (its time limit, say), which its failure names.
+    StopBecause(u64, String),
     /// These jobs' ends are recorded: forget them.
     Ack(Vec<u64>),
     /// Read part of a job's log, as its owner, for a user who cannot read it from where

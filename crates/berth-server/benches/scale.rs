@@ -116,6 +116,11 @@ fn main() {
                         umask: 0o022,
                         array: None,
                         submitted_ms: 0,
+                        time_limit_ms: None,
+                        after: &[],
+                        after_any: false,
+                        held: false,
+                        retries: 0,
                     })?;
                 }
                 Ok(())

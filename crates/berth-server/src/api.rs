@@ -668,6 +668,23 @@ fn route(
             ),
             Err(_) => (400, error_body(&format!("{id:?} is not a job id"))),
         },
+        ("POST", ["v1", "jobs", id, action @ ("hold" | "release")]) => match id.parse() {
+            Ok(id) => {
+                let hold = *action == "hold";
+                json(
+                    h.ask(|r| Event::Hold(caller.clone(), id, hold, r))
+                        .map(|m| serde_json::json!({ "message": m })),
+                )
+            }
+            Err(_) => (400, error_body(&format!("{id:?} is not a job id"))),
+        },
+        ("POST", ["v1", "jobs", id, "rerun"]) => match id.parse() {
+            Ok(id) => json(
+                h.ask(|r| Event::Rerun(caller.clone(), id, r))
+                    .map(|new| serde_json::json!({ "id": new })),
+            ),
+            Err(_) => (400, error_body(&format!("{id:?} is not a job id"))),
+        },
         ("GET", ["v1", "taskers"]) => json(h.ask(Event::Taskers)),
         ("POST", ["v1", "down"]) => {
             if !caller.admin {

@@ -62,6 +62,10 @@ pub enum Event {
     WaitMany(Vec<u64>, u64, Reply<JobView>, Reply<Vec<JobView>>),
     /// The waiter with that token gave up on these jobs.
     UnwaitMany(Vec<u64>, u64),
+    /// Hold a queued job (true), or release it (false).
+    Hold(Caller, u64, bool, Reply<String>),
+    /// Submit a job identical to this one: the new job's id.
+    Rerun(Caller, u64, Reply<u64>),
     /// Stop a job.
     Stop(Caller, u64, Reply<String>),
     /// The taskers.
@@ -113,7 +117,7 @@ struct TaskerEntry {
 type Accepted = (
     Reply<Submitted>,
     Submitted,
-    Vec<(u64, i32, Option<String>, u32)>,
+    Vec<(u64, Option<String>, Meta)>,
 );
 
 /// What a hello settles about the jobs recorded as running on its tasker.
@@ -125,10 +129,50 @@ struct HelloOutcome {
 
 /// What the server keeps in memory of each unfinished job: little, so that a million
 /// queued jobs fit; the rest is in the store.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 struct Meta {
     uid: u32,
     priority: i32,
+    /// Its time limit (ms).
+    time_limit_ms: Option<u64>,
+    /// Held: not in the core's queue until released.
+    held: bool,
+    /// How many more times it is queued again when lost with its tasker.
+    retries_left: u32,
+    /// When it passes its time limit, while it runs (ms since the epoch).
+    deadline_ms: Option<u64>,
+    /// The jobs it still waits for (not in the core's queue until none is left).
+    deps: Option<Box<Deps>>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Deps {
+    waits_for: Vec<u64>,
+    /// Any end will do (`--after-any`), not only Done.
+    any: bool,
+}
+
+impl Meta {
+    /// Whether it may be in the core's queue: not held, waiting for no job.
+    fn eligible(&self) -> bool {
+        !self.held && self.deps.is_none()
+    }
+}
+
+/// `10m`, `2h30m`, `1m30s`: a limit as `--time` takes it.
+pub fn limit_text(ms: u64) -> String {
+    let s = ms / 1000;
+    let (d, h, m, sec) = (s / 86_400, (s % 86_400) / 3600, (s % 3600) / 60, s % 60);
+    let mut out = String::new();
+    for (n, u) in [(d, "d"), (h, "h"), (m, "m"), (sec, "s")] {
+        if n > 0 {
+            out += &format!("{n}{u}");
+        }
+    }
+    if out.is_empty() {
+        out = format!("{ms}ms");
+    }
+    out
 }
 
 /// Changes of state not yet on disk.
@@ -172,6 +216,14 @@ pub struct Server {
     pub tasker_grace: Duration,
     /// The most unfinished jobs one user may have; a submission past it is refused.
     pub max_unfinished_per_user: u64,
+    /// The time limit of a job submitted without `--time` (ms).
+    pub time_default_ms: Option<u64>,
+    /// For each job, the queued jobs that wait for it (`--after`).
+    dependents: HashMap<u64, Vec<u64>>,
+    /// Queued jobs to fail in the next turn: a job they wait for failed.
+    doomed: Vec<(u64, String)>,
+    /// When each running job with a time limit passes it: (ms since the epoch, job).
+    deadlines: std::collections::BTreeSet<(u64, u64)>,
 }
 
 fn now_ms() -> u64 {
@@ -210,26 +262,79 @@ impl Server {
         let mut core = Core::new();
         let mut unfinished = HashMap::new();
         let mut per_uid: HashMap<u32, u64> = HashMap::new();
-        for j in store.unfinished()? {
+        let all = store.unfinished()?;
+        let open_ids: std::collections::HashSet<u64> = all.iter().map(|j| j.id).collect();
+        // The states of the jobs waited for that have ended.
+        let ended_deps: Vec<u64> = all
+            .iter()
+            .flat_map(|j| j.after.iter().copied())
+            .filter(|d| !open_ids.contains(d))
+            .collect();
+        let ended_state: HashMap<u64, State> = if ended_deps.is_empty() {
+            HashMap::new()
+        } else {
+            store
+                .list(&Filter {
+                    ids: ended_deps,
+                    ..Default::default()
+                })?
+                .into_iter()
+                .map(|v| (v.id, v.state))
+                .collect()
+        };
+        let mut dependents: HashMap<u64, Vec<u64>> = HashMap::new();
+        let mut doomed = Vec::new();
+        let mut deadlines = std::collections::BTreeSet::new();
+        for j in all {
             *per_uid.entry(j.uid).or_default() += 1;
-            unfinished.insert(
-                j.id,
-                Meta {
-                    uid: j.uid,
-                    priority: j.priority,
-                },
-            );
+            let mut m = Meta {
+                uid: j.uid,
+                priority: j.priority,
+                time_limit_ms: j.time_limit_ms,
+                held: j.held,
+                retries_left: j.retries.saturating_sub(j.attempts),
+                deadline_ms: None,
+                deps: None,
+            };
+            if j.state == State::Queued && !j.after.is_empty() {
+                let mut waits_for = Vec::new();
+                for d in &j.after {
+                    match ended_state.get(d) {
+                        _ if open_ids.contains(d) => waits_for.push(*d),
+                        Some(State::Done) => {}
+                        Some(_) if j.after_any => {}
+                        _ => doomed.push((j.id, format!("dependency {d} failed"))),
+                    }
+                }
+                for d in &waits_for {
+                    dependents.entry(*d).or_default().push(j.id);
+                }
+                if !waits_for.is_empty() {
+                    m.deps = Some(Box::new(Deps {
+                        waits_for,
+                        any: j.after_any,
+                    }));
+                }
+            }
             match j.state {
-                State::Running => core.place(
-                    j.id,
-                    j.tasker.as_deref().unwrap_or_default(),
-                    j.tasker_run.as_deref().unwrap_or_default(),
-                ),
-                _ => {
+                State::Running => {
+                    core.place(
+                        j.id,
+                        j.tasker.as_deref().unwrap_or_default(),
+                        j.tasker_run.as_deref().unwrap_or_default(),
+                    );
+                    if let (Some(limit), Some(start)) = (j.time_limit_ms, j.started_ms) {
+                        deadlines.insert((start + limit, j.id));
+                        m.deadline_ms = Some(start + limit);
+                    }
+                }
+                _ if m.eligible() => {
                     // A request that no longer parses stays queued and says why.
                     let _ = core.enqueue(j.id, j.priority, j.resources.as_deref());
                 }
+                _ => {}
             }
+            unfinished.insert(j.id, m);
         }
         Ok((
             Server {
@@ -247,6 +352,10 @@ impl Server {
                 log_reads: HashMap::new(),
                 next_log_read: 1,
                 max_unfinished_per_user: crate::policy::DEFAULT_MAX_UNFINISHED_PER_USER,
+                time_default_ms: None,
+                dependents,
+                doomed,
+                deadlines,
             },
             Handle(tx),
         ))
@@ -319,6 +428,8 @@ impl Server {
                              wait for some to end",
                             c.user, self.max_unfinished_per_user
                         )));
+                    } else if let Err(e) = self.known_deps(&r) {
+                        let _ = reply.send(Err(e));
                     } else {
                         *submitting.entry(c.uid).or_default() += n;
                         submits.push((c, r, reply));
@@ -452,10 +563,34 @@ impl Server {
             && requeued.is_empty()
             && stopped.is_empty()
             && queries.is_empty()
-            && stop_answers.is_empty();
+            && stop_answers.is_empty()
+            && self.doomed.is_empty();
         if idle {
+            self.enforce_limits(t);
             self.dispatch(t);
             return;
+        }
+
+        // Lost jobs with retries left are queued again, not ended.
+        let mut retried: Vec<u64> = Vec::new();
+        lost.retain(|id| {
+            let again = self.unfinished.get(id).is_some_and(|m| m.retries_left > 0)
+                && !ends.iter().any(|(_, e)| e.job == *id);
+            if again {
+                retried.push(*id);
+            }
+            !again
+        });
+        // The jobs that wait for one that failed fail too (and those that wait for them).
+        let mut doomed = std::mem::take(&mut self.doomed);
+        {
+            let mut over: Vec<(u64, bool)> = ends
+                .iter()
+                .map(|(_, e)| (e.job, e.failure.is_none()))
+                .collect();
+            over.extend(lost.iter().chain(&stopped).map(|id| (*id, false)));
+            over.extend(doomed.iter().map(|(id, _)| (*id, false)));
+            self.doom_dependents(over, &mut doomed);
         }
 
         // The slots freed by the ends go to queued jobs in the same transaction: one
@@ -466,6 +601,10 @@ impl Server {
         let mut accepted: Vec<Accepted> = Vec::new();
         let mut refused: Vec<Reply<Submitted>> = Vec::new();
         let taskers = &self.taskers;
+        let open = &self.unfinished;
+        let time_default = self.time_default_ms;
+        // The states of the ended jobs that new jobs wait for.
+        let dep_states = self.dep_states(&submits, open);
         let res = self.store.batch(|b| {
             Self::record_starts(taskers, b, &starts, t)?;
             for (c, req, reply) in &submits {
@@ -495,6 +634,11 @@ impl Server {
                         umask: j.umask,
                         array: None,
                         submitted_ms: t,
+                        time_limit_ms: j.time_limit_ms.or(time_default),
+                        after: &j.after,
+                        after_any: j.after_any,
+                        held: j.hold,
+                        retries: j.retries,
                     })?;
                     if let Some(i) = &j.interactive {
                         b.set_interactive(id, i)?;
@@ -510,8 +654,38 @@ impl Server {
                         let log = substitute(&[log.to_string()], index.unwrap_or(0), id, aid);
                         b.set_log(id, &log[0])?;
                     }
-                    queued.push((id, j.priority, j.resources.clone(), c.uid));
                     ids.push(id);
+                    // What it waits for: the jobs not over yet; one that failed (with
+                    // --after) fails it now.
+                    let mut waits_for = Vec::new();
+                    let mut failed_dep = None;
+                    for d in &j.after {
+                        if open.contains_key(d) {
+                            waits_for.push(*d);
+                        } else if dep_states.get(d) != Some(&State::Done) && !j.after_any {
+                            failed_dep = Some(*d);
+                        }
+                    }
+                    if let Some(d) = failed_dep {
+                        let why = format!("dependency {d} failed");
+                        b.set_ended(id, State::Failed, None, Some(&why), &[], t)?;
+                        continue;
+                    }
+                    let meta = Meta {
+                        uid: c.uid,
+                        priority: j.priority,
+                        time_limit_ms: j.time_limit_ms.or(time_default),
+                        held: j.hold,
+                        retries_left: j.retries,
+                        deadline_ms: None,
+                        deps: (!waits_for.is_empty()).then(|| {
+                            Box::new(Deps {
+                                waits_for,
+                                any: j.after_any,
+                            })
+                        }),
+                    };
+                    queued.push((id, j.resources.clone(), meta));
                 }
                 accepted.push((
                     reply.clone(),
@@ -544,13 +718,23 @@ impl Server {
             for id in &lost {
                 b.set_ended(*id, State::Failed, None, Some("lost"), &[], t)?;
             }
+            for id in &retried {
+                b.requeue_lost(*id, t)?;
+            }
+            for (id, why) in &doomed {
+                b.set_ended(*id, State::Failed, None, Some(why), &[], t)?;
+            }
             for id in &stopped {
                 b.set_ended(*id, State::Failed, None, Some("stopped by request"), &[], t)?;
             }
             Ok(())
         });
         let committed = res.is_ok();
-        self.after_starts(starts, res.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        self.after_starts(
+            starts,
+            res.as_ref().map(|_| ()).map_err(|e| e.to_string()),
+            t,
+        );
         if let Err(e) = &res {
             berth_sys::say!(
                 "berth server: cannot write to the state directory ({e}); the jobs' ends and \
@@ -582,7 +766,9 @@ impl Server {
                 self.unwritten.ends.push((name, end, slot));
             }
             self.unwritten.lost.append(&mut lost);
+            self.unwritten.lost.append(&mut retried);
             self.unwritten.stopped.append(&mut stopped);
+            self.doomed.append(&mut doomed);
         }
 
         // 3. After the commit: the core learns, and everyone is answered.
@@ -601,19 +787,43 @@ impl Server {
         }
         for id in &requeued {
             self.core.unplace(*id);
-            if let Some(m) = self.unfinished.get(id).copied() {
+            if let Some(m) = self.unfinished.get_mut(id) {
+                if let Some(at) = m.deadline_ms.take() {
+                    self.deadlines.remove(&(at, *id));
+                }
+                let priority = m.priority;
                 let req = self
                     .store
                     .run_spec(*id)
                     .ok()
                     .flatten()
                     .and_then(|s| s.resources);
+                let _ = self.core.enqueue(*id, priority, req.as_deref());
+            }
+        }
+        for id in &retried {
+            self.core.unplace(*id);
+            let req = self
+                .store
+                .run_spec(*id)
+                .ok()
+                .flatten()
+                .and_then(|s| s.resources);
+            if let Some(m) = self.unfinished.get_mut(id) {
+                m.retries_left -= 1;
+                if let Some(at) = m.deadline_ms.take() {
+                    self.deadlines.remove(&(at, *id));
+                }
                 let _ = self.core.enqueue(*id, m.priority, req.as_deref());
             }
         }
-        let mut finals: Vec<u64> = ends.iter().map(|(_, e)| e.job).collect();
-        finals.extend(&lost);
-        finals.extend(&stopped);
+        let mut over: Vec<(u64, bool)> = ends
+            .iter()
+            .map(|(_, e)| (e.job, e.failure.is_none()))
+            .collect();
+        over.extend(lost.iter().chain(&stopped).map(|id| (*id, false)));
+        over.extend(doomed.iter().map(|(id, _)| (*id, false)));
+        let mut finals: Vec<u64> = over.iter().map(|(id, _)| *id).collect();
         for id in &finals {
             if let Some(m) = self.unfinished.remove(id) {
                 if let Some(n) = self.per_uid.get_mut(&m.uid) {
@@ -622,22 +832,44 @@ impl Server {
                         self.per_uid.remove(&m.uid);
                     }
                 }
+                if let Some(at) = m.deadline_ms {
+                    self.deadlines.remove(&(at, *id));
+                }
+                // No longer among the dependents of the jobs it waited for.
+                for w in m.deps.map(|d| d.waits_for).unwrap_or_default() {
+                    if let Some(list) = self.dependents.get_mut(&w) {
+                        list.retain(|x| x != id);
+                    }
+                }
             }
             self.core.unplace(*id);
         }
+        self.release_dependents(&over);
         for (reply, mut sub, queued) in accepted {
             let mut classes: Vec<Option<String>> = Vec::new();
-            for (id, pri, req, uid) in queued {
-                if self
-                    .unfinished
-                    .insert(id, Meta { uid, priority: pri })
-                    .is_none()
-                {
+            for (id, req, meta) in queued {
+                let uid = meta.uid;
+                let pri = meta.priority;
+                if let Some(d) = &meta.deps {
+                    for w in &d.waits_for {
+                        self.dependents.entry(*w).or_default().push(id);
+                    }
+                }
+                let eligible = meta.eligible();
+                if self.unfinished.insert(id, meta).is_none() {
                     *self.per_uid.entry(uid).or_default() += 1;
                 }
-                let _ = self.core.enqueue(id, pri, req.as_deref());
+                if eligible {
+                    let _ = self.core.enqueue(id, pri, req.as_deref());
+                }
                 if !classes.contains(&req) {
                     classes.push(req);
+                }
+            }
+            // Those that failed at once (a job they wait for had failed).
+            for id in &sub.ids {
+                if !self.unfinished.contains_key(id) {
+                    finals.push(*id);
                 }
             }
             for req in classes {
@@ -660,7 +892,262 @@ impl Server {
         }
 
         // 4. The jobs submitted in this turn, and any other slot still free.
+        self.enforce_limits(t);
         self.dispatch(t);
+    }
+
+    /// Every job a submission waits for exists.
+    fn known_deps(&self, r: &SubmitRequest) -> Result<(), String> {
+        let mut ids: Vec<u64> = r
+            .jobs
+            .iter()
+            .flat_map(|j| j.after.iter().copied())
+            .filter(|d| !self.unfinished.contains_key(d))
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        let found: std::collections::HashSet<u64> = self
+            .store
+            .list(&Filter {
+                ids: ids.clone(),
+                ..Default::default()
+            })
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|v| v.id)
+            .collect();
+        match ids.iter().find(|d| !found.contains(d)) {
+            Some(d) => Err(format!("--after {d}: no job {d}")),
+            None => Ok(()),
+        }
+    }
+
+    /// The states of the jobs that this turn's submissions wait for and that are over.
+    fn dep_states(
+        &self,
+        submits: &[(Caller, SubmitRequest, Reply<Submitted>)],
+        open: &HashMap<u64, Meta>,
+    ) -> HashMap<u64, State> {
+        let ids: Vec<u64> = submits
+            .iter()
+            .flat_map(|(_, r, _)| r.jobs.iter().flat_map(|j| j.after.iter().copied()))
+            .filter(|d| !open.contains_key(d))
+            .collect();
+        if ids.is_empty() {
+            return HashMap::new();
+        }
+        self.store
+            .list(&Filter {
+                ids,
+                ..Default::default()
+            })
+            .map(|v| v.into_iter().map(|v| (v.id, v.state)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Adds to `doomed` every queued job that waits (with `--after`) for one of `over` that
+    /// failed, and so on down the graph.
+    fn doom_dependents(&self, over: Vec<(u64, bool)>, doomed: &mut Vec<(u64, String)>) {
+        let mut done: HashMap<u64, bool> = over.iter().copied().collect();
+        let mut todo: std::collections::VecDeque<(u64, bool)> = over.into_iter().collect();
+        while let Some((id, ok)) = todo.pop_front() {
+            if ok {
+                continue;
+            }
+            for d in self.dependents.get(&id).into_iter().flatten() {
+                if done.contains_key(d) {
+                    continue;
+                }
+                let any = self
+                    .unfinished
+                    .get(d)
+                    .and_then(|m| m.deps.as_ref())
+                    .is_some_and(|x| x.any);
+                if !any {
+                    doomed.push((*d, format!("dependency {id} failed")));
+                    done.insert(*d, false);
+                    todo.push_back((*d, false));
+                }
+            }
+        }
+    }
+
+    /// Once jobs are over (and recorded): those that waited for them and wait for nothing
+    /// more go to the core's queue, unless held.
+    fn release_dependents(&mut self, over: &[(u64, bool)]) {
+        for (id, ok) in over {
+            let Some(waiting) = self.dependents.remove(id) else {
+                continue;
+            };
+            for d in waiting {
+                let Some(m) = self.unfinished.get_mut(&d) else {
+                    continue;
+                };
+                let Some(deps) = m.deps.as_mut() else {
+                    continue;
+                };
+                if !*ok && !deps.any {
+                    continue; // doomed, and ended in this turn
+                }
+                deps.waits_for.retain(|w| w != id);
+                if deps.waits_for.is_empty() {
+                    m.deps = None;
+                    if m.eligible() {
+                        let pri = m.priority;
+                        let req = self
+                            .store
+                            .run_spec(d)
+                            .ok()
+                            .flatten()
+                            .and_then(|s| s.resources);
+                        let _ = self.core.enqueue(d, pri, req.as_deref());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops the running jobs past their time limit (and again, every 15 s, those whose
+    /// tasker has not ended them).
+    fn enforce_limits(&mut self, now: u64) {
+        while let Some(&(at, id)) = self.deadlines.first() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            let Some(m) = self.unfinished.get_mut(&id) else {
+                continue;
+            };
+            let (Some(limit), Some(tasker)) = (
+                m.time_limit_ms,
+                self.core.running_at(id).map(|(t, _)| t.to_string()),
+            ) else {
+                m.deadline_ms = None;
+                continue;
+            };
+            if let Some(t) = self.taskers.get(&tasker) {
+                t.link.send(ToTasker::StopBecause(
+                    id,
+                    format!("time limit {} exceeded", limit_text(limit)),
+                ));
+            }
+            let again = now + 15_000;
+            m.deadline_ms = Some(again);
+            self.deadlines.insert((again, id));
+        }
+    }
+
+    /// Holds or releases a queued job, for its owner or an administrator.
+    fn hold(&mut self, c: &Caller, id: u64, hold: bool) -> Result<String, String> {
+        let verb = if hold { "held" } else { "released" };
+        let Some(m) = self.unfinished.get(&id) else {
+            return match self.view(id) {
+                None => Err(format!("no job {id}")),
+                Some(v) => Err(format!(
+                    "job {id} is {}: only a queued job can be {verb}",
+                    v.state.as_str()
+                )),
+            };
+        };
+        if !c.admin && c.uid != m.uid {
+            return Err(format!(
+                "job {id} belongs to uid {}; only an administrator may hold or release another \
+                 user's job",
+                m.uid
+            ));
+        }
+        if self.core.placed_on(id).is_some() {
+            return Err(format!(
+                "job {id} is Running: only a queued job can be {verb} (stop it with: berth stop {id})"
+            ));
+        }
+        if m.held == hold {
+            return Ok(format!("job {id} is {verb} already"));
+        }
+        self.store
+            .batch(|b| b.set_held(id, hold))
+            .map_err(|e| format!("the server could not record it: {e}"))?;
+        let Some(m) = self.unfinished.get_mut(&id) else {
+            return Err(format!("no job {id}"));
+        };
+        if hold {
+            if m.eligible() {
+                self.core.stop(id);
+            }
+            m.held = true;
+            Ok(format!(
+                "job {id}: held; it starts once released (berth release {id})"
+            ))
+        } else {
+            m.held = false;
+            if m.eligible() {
+                let pri = m.priority;
+                let req = self
+                    .store
+                    .run_spec(id)
+                    .ok()
+                    .flatten()
+                    .and_then(|s| s.resources);
+                let _ = self.core.enqueue(id, pri, req.as_deref());
+            }
+            Ok(format!("job {id}: released"))
+        }
+    }
+
+    /// A new job identical to job `id`, for its owner or an administrator.
+    fn rerun(&mut self, c: &Caller, id: u64) -> Result<u64, String> {
+        let v = self.view(id).ok_or_else(|| format!("no job {id}"))?;
+        if !c.admin && c.uid != v.uid {
+            return Err(format!(
+                "job {id} is {}'s: only an administrator may run another user's job again",
+                v.user
+            ));
+        }
+        let spec = self
+            .store
+            .run_spec(id)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("no job {id}"))?;
+        if spec.interactive.is_some() {
+            return Err(format!(
+                "job {id} was interactive (-I): its terminal is gone; submit it again with berth run -I"
+            ));
+        }
+        let has = self.per_uid.get(&v.uid).copied().unwrap_or(0);
+        if has + 1 > self.max_unfinished_per_user {
+            return Err(format!(
+                "user {} has {has} unfinished jobs, the limit of {} per user (set by the \
+                 administrator: --max-unfinished-per-user); wait for some to end",
+                v.user, self.max_unfinished_per_user
+            ));
+        }
+        let new = self
+            .store
+            .batch(|b| b.copy_job(id, now_ms()))
+            .map_err(|e| {
+                format!(
+                    "the server could not record the jobs: {e}; its state directory is full or \
+                     read-only (try again later; an administrator should free space)"
+                )
+            })?;
+        self.unfinished.insert(
+            new,
+            Meta {
+                uid: v.uid,
+                priority: v.priority,
+                time_limit_ms: v.time_limit_ms,
+                retries_left: v.retries,
+                ..Meta::default()
+            },
+        );
+        *self.per_uid.entry(v.uid).or_default() += 1;
+        let _ = self
+            .core
+            .enqueue(new, v.priority, spec.resources.as_deref());
+        Ok(new)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -738,7 +1225,7 @@ impl Server {
     }
 
     fn stop(&mut self, c: &Caller, id: u64, stopped: &mut Vec<u64>) -> Result<String, String> {
-        let Some(meta) = self.unfinished.get(&id).copied() else {
+        let Some(meta) = self.unfinished.get(&id) else {
             return Err(format!(
                 "job {id} is not queued or running (see: berth info {id})"
             ));
@@ -748,6 +1235,11 @@ impl Server {
                 "job {id} belongs to uid {}; only an administrator may stop another user's job",
                 meta.uid
             ));
+        }
+        if !meta.eligible() && self.core.placed_on(id).is_none() {
+            // Held, or waiting for other jobs: not in the core's queue.
+            stopped.push(id);
+            return Ok(format!("job {id}: stopped before it started"));
         }
         match self.core.stop(id) {
             StopWhat::Dequeued => {
@@ -780,7 +1272,23 @@ impl Server {
             .ok()?
             .pop()?;
         if v.state == State::Queued {
-            v.why_waiting = self.core.why_waiting(v.resources.as_deref());
+            let m = self.unfinished.get(&id);
+            v.why_waiting = match (m.is_some_and(|m| m.held), m.and_then(|m| m.deps.as_ref())) {
+                (true, _) => Some(format!(
+                    "held: it starts once released (berth release {id})"
+                )),
+                (false, Some(d)) => Some(format!(
+                    "waiting for job{} {} to {}",
+                    if d.waits_for.len() == 1 { "" } else { "s" },
+                    d.waits_for
+                        .iter()
+                        .map(u64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if d.any { "end" } else { "be Done" }
+                )),
+                (false, None) => self.core.why_waiting(v.resources.as_deref()),
+            };
         }
         Some(v)
     }
@@ -855,6 +1363,12 @@ impl Server {
                         self.waiters.remove(&id);
                     }
                 }
+            }
+            Event::Hold(c, id, hold, reply) => {
+                let _ = reply.send(self.hold(&c, id, hold));
+            }
+            Event::Rerun(c, id, reply) => {
+                let _ = reply.send(self.rerun(&c, id));
             }
             Event::UnwaitMany(ids, token) => {
                 for id in ids {
@@ -957,7 +1471,7 @@ impl Server {
         let res = self
             .store
             .batch(|b| Self::record_starts(&self.taskers, b, &ready, t));
-        self.after_starts(ready, res.map_err(|e| e.to_string()));
+        self.after_starts(ready, res.map_err(|e| e.to_string()), t);
     }
 
     /// The core's choice of jobs to start, each with what its tasker needs to run it.
@@ -998,7 +1512,12 @@ impl Server {
     }
 
     /// Once the starts are committed (or not): hands the jobs over, or queues them again.
-    fn after_starts(&mut self, ready: Vec<(Dispatch, Assignment)>, committed: Result<(), String>) {
+    fn after_starts(
+        &mut self,
+        ready: Vec<(Dispatch, Assignment)>,
+        committed: Result<(), String>,
+        t: u64,
+    ) {
         if ready.is_empty() {
             return;
         }
@@ -1027,6 +1546,13 @@ impl Server {
                 .is_some_and(|tk| tk.link.send(ToTasker::Run(Box::new(a))));
             if !sent {
                 failed.push((d, resources));
+            } else if let Some(m) = self.unfinished.get_mut(&d.job) {
+                if let Some(limit) = m.time_limit_ms {
+                    if let Some(at) = m.deadline_ms.replace(t + limit) {
+                        self.deadlines.remove(&(at, d.job));
+                    }
+                    self.deadlines.insert((t + limit, d.job));
+                }
             }
         }
         if !failed.is_empty() {
@@ -1153,6 +1679,11 @@ mod tests {
             priority: 0,
             interactive: None,
             umask: 0o022,
+            time_limit_ms: None,
+            after: Vec::new(),
+            after_any: false,
+            hold: false,
+            retries: 0,
         };
         h.ask(|r| {
             Event::Submit(
@@ -1391,7 +1922,7 @@ mod tests {
                         *self.runs.entry(a.job).or_default() += 1;
                         self.running.insert(a.slot, a.job);
                     }
-                    ToTasker::Stop(job) => {
+                    ToTasker::Stop(job) | ToTasker::StopBecause(job, _) => {
                         if let Some(slot) = self
                             .running
                             .iter()

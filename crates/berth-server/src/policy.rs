@@ -18,6 +18,10 @@ pub struct Policy {
     pub max_jobs_per_submission: u64,
     /// The most unfinished (queued or running) jobs one user may have.
     pub max_unfinished_per_user: u64,
+    /// The time limit of a job submitted without one (ms).
+    pub time_default_ms: Option<u64>,
+    /// The longest time limit a job may ask for (ms); a longer one is refused.
+    pub time_max_ms: Option<u64>,
 }
 
 impl Default for Policy {
@@ -27,6 +31,8 @@ impl Default for Policy {
             containers: None,
             max_jobs_per_submission: DEFAULT_MAX_JOBS_PER_SUBMISSION,
             max_unfinished_per_user: DEFAULT_MAX_UNFINISHED_PER_USER,
+            time_default_ms: None,
+            time_max_ms: None,
         }
     }
 }
@@ -140,6 +146,29 @@ impl Policy {
                     j.priority
                 ));
             }
+            if let (Some(t), Some(max)) =
+                (j.time_limit_ms.or(self.time_default_ms), self.time_max_ms)
+            {
+                if t > max {
+                    return Err(format!(
+                        "--time {}: above the longest time limit of {} (set by the \
+                         administrator: --time-max); ask for {} or less",
+                        crate::daemon::limit_text(t),
+                        crate::daemon::limit_text(max),
+                        crate::daemon::limit_text(max)
+                    ));
+                }
+            }
+            if j.time_limit_ms == Some(0) {
+                return Err("--time 0: a time limit is above 0".into());
+            }
+            if j.after.len() > 1000 {
+                return Err(format!(
+                    "a job waits for {} jobs; at most 1,000 (wait for an array's last jobs, or \
+                     chain them)",
+                    j.after.len()
+                ));
+            }
             if seen.insert(j.resources.as_deref(), ()).is_none() {
                 self.check_request(j.resources.as_deref())?;
             }
@@ -197,6 +226,11 @@ mod tests {
             priority,
             interactive: None,
             umask: 0o022,
+            time_limit_ms: None,
+            after: Vec::new(),
+            after_any: false,
+            hold: false,
+            retries: 0,
         }
     }
 

@@ -92,6 +92,13 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE jobs ADD COLUMN interactive TEXT;",
     // 4: the submitter's umask, for the job and its log (022 for jobs from before)
     "ALTER TABLE jobs ADD COLUMN umask INTEGER NOT NULL DEFAULT 18;",
+    // 5: time limits, dependencies, holds, retries of jobs lost with their tasker
+    "ALTER TABLE jobs ADD COLUMN time_limit_ms INTEGER;
+     ALTER TABLE jobs ADD COLUMN after TEXT;
+     ALTER TABLE jobs ADD COLUMN after_any INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE jobs ADD COLUMN held INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE jobs ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE jobs ADD COLUMN attempts TEXT;",
 ];
 
 /// Makes `path` (if it does not exist) and its WAL and shared-memory files readable by
@@ -150,6 +157,16 @@ pub struct NewJob<'a> {
     pub array: Option<(u64, u32)>,
     /// Submission time.
     pub submitted_ms: u64,
+    /// Its time limit (ms).
+    pub time_limit_ms: Option<u64>,
+    /// The jobs it waits for.
+    pub after: &'a [u64],
+    /// Whether any end of theirs will do.
+    pub after_any: bool,
+    /// Held at submission.
+    pub held: bool,
+    /// How many times it may be queued again when lost.
+    pub retries: u32,
 }
 
 /// What the server needs of an unfinished job when it starts again.
@@ -169,6 +186,20 @@ pub struct Unfinished {
     pub tasker: Option<String>,
     /// Which run (incarnation) of that tasker its start was sent to.
     pub tasker_run: Option<String>,
+    /// When it started, while it runs.
+    pub started_ms: Option<u64>,
+    /// Its time limit (ms).
+    pub time_limit_ms: Option<u64>,
+    /// The jobs it waits for.
+    pub after: Vec<u64>,
+    /// Whether any end of theirs will do.
+    pub after_any: bool,
+    /// Held.
+    pub held: bool,
+    /// How many times it may be queued again when lost, and how many it was.
+    pub retries: u32,
+    /// How many times it was lost and queued again.
+    pub attempts: u32,
 }
 
 /// Filters for [`Store::list`].
@@ -295,7 +326,8 @@ impl Store {
         let mut st = self
             .conn
             .prepare(
-                "SELECT id, state, uid, priority, resources, tasker, tasker_run FROM jobs
+                "SELECT id, state, uid, priority, resources, tasker, tasker_run, started_ms,
+                        time_limit_ms, after, after_any, held, retries, attempts FROM jobs
                  WHERE state IN ('Queued', 'Running') ORDER BY id",
             )
             .map_err(self.err())?;
@@ -309,6 +341,19 @@ impl Store {
                     resources: r.get(4)?,
                     tasker: r.get(5)?,
                     tasker_run: r.get(6)?,
+                    started_ms: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
+                    time_limit_ms: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
+                    after: r
+                        .get::<_, Option<String>>(9)?
+                        .and_then(|a| serde_json::from_str(&a).ok())
+                        .unwrap_or_default(),
+                    after_any: r.get(10)?,
+                    held: r.get(11)?,
+                    retries: r.get(12)?,
+                    attempts: r
+                        .get::<_, Option<String>>(13)?
+                        .and_then(|a| serde_json::from_str::<Vec<serde_json::Value>>(&a).ok())
+                        .map_or(0, |v| v.len() as u32),
                 })
             })
             .map_err(self.err())?;
@@ -383,7 +428,8 @@ impl Store {
         let mut sql = String::from(
             "SELECT id, state, user, uid, name, command, dir, resources, log, priority, array_id,
                     array_index, submitted_ms, started_ms, ended_ms, tasker, slot, exit_code,
-                    reason, hook_failures FROM jobs WHERE 1",
+                    reason, hook_failures, time_limit_ms, after, after_any, held, retries,
+                    attempts FROM jobs WHERE 1",
         );
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         if !f.states.is_empty() {
@@ -441,6 +487,18 @@ impl Store {
                         .and_then(|h| serde_json::from_str(&h).ok())
                         .unwrap_or_default(),
                     why_waiting: None,
+                    time_limit_ms: r.get::<_, Option<i64>>(20)?.map(|v| v as u64),
+                    after: r
+                        .get::<_, Option<String>>(21)?
+                        .and_then(|a| serde_json::from_str(&a).ok())
+                        .unwrap_or_default(),
+                    after_any: r.get(22)?,
+                    held: r.get(23)?,
+                    retries: r.get(24)?,
+                    attempts: r
+                        .get::<_, Option<String>>(25)?
+                        .and_then(|a| serde_json::from_str(&a).ok())
+                        .unwrap_or_default(),
                 })
             })
             .map_err(self.err())?;
@@ -467,8 +525,10 @@ impl Batch<'_> {
         self.tx
             .prepare_cached(
                 "INSERT INTO jobs(state, uid, gid, user, name, command, dir, env, resources, log,
-                                  priority, array_id, array_index, submitted_ms, umask)
-                 VALUES ('Queued', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                                  priority, array_id, array_index, submitted_ms, umask,
+                                  time_limit_ms, after, after_any, held, retries)
+                 VALUES ('Queued', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
+                         ?15, ?16, ?17, ?18, ?19)",
             )?
             .execute(params![
                 j.uid,
@@ -484,7 +544,12 @@ impl Batch<'_> {
                 j.array.map(|a| a.0 as i64),
                 j.array.map(|a| a.1),
                 j.submitted_ms as i64,
-                j.umask & 0o777
+                j.umask & 0o777,
+                j.time_limit_ms.map(|t| t as i64),
+                (!j.after.is_empty()).then(|| serde_json::to_string(j.after).expect("numbers")),
+                j.after_any,
+                j.held,
+                j.retries
             ])?;
         Ok(self.tx.last_insert_rowid() as u64)
     }
@@ -559,6 +624,57 @@ impl Batch<'_> {
         Ok(())
     }
 
+    /// A new job, queued, identical to job `id` (its command, directory, environment,
+    /// request, log, name, priority, umask, time limit and retries; not what it waited
+    /// for); its id.
+    pub fn copy_job(&mut self, id: u64, submitted_ms: u64) -> Result<u64, rusqlite::Error> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO jobs(state, uid, gid, user, name, command, dir, env, resources, log,
+                                  priority, submitted_ms, umask, time_limit_ms, retries)
+                 SELECT 'Queued', uid, gid, user, name, command, dir, env, resources, log,
+                        priority, ?2, umask, time_limit_ms, retries
+                 FROM jobs WHERE id = ?1",
+            )?
+            .execute(params![id as i64, submitted_ms as i64])?;
+        Ok(self.tx.last_insert_rowid() as u64)
+    }
+
+    /// Holds a queued job, or releases it.
+    pub fn set_held(&mut self, id: u64, held: bool) -> Result<(), rusqlite::Error> {
+        self.tx
+            .prepare_cached("UPDATE jobs SET held = ?2 WHERE id = ?1 AND state = 'Queued'")?
+            .execute(params![id as i64, held])?;
+        Ok(())
+    }
+
+    /// Queues again a job lost with its tasker, keeping the run that was lost among its
+    /// attempts.
+    pub fn requeue_lost(&mut self, id: u64, at_ms: u64) -> Result<(), rusqlite::Error> {
+        let (tasker, started, attempts): (Option<String>, Option<i64>, Option<String>) = self
+            .tx
+            .prepare_cached("SELECT tasker, started_ms, attempts FROM jobs WHERE id = ?1")?
+            .query_row([id as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        let mut all: Vec<berth_proto::Attempt> = attempts
+            .and_then(|a| serde_json::from_str(&a).ok())
+            .unwrap_or_default();
+        all.push(berth_proto::Attempt {
+            tasker,
+            started_ms: started.map(|s| s as u64),
+            ended_ms: at_ms,
+            reason: "lost".into(),
+        });
+        let text = serde_json::to_string(&all).expect("attempts serialize");
+        self.tx
+            .prepare_cached(
+                "UPDATE jobs SET state = 'Queued', tasker = NULL, tasker_run = NULL, slot = NULL,
+                        started_ms = NULL, attempts = ?2
+                 WHERE id = ?1 AND state = 'Running'",
+            )?
+            .execute(params![id as i64, text])?;
+        Ok(())
+    }
+
     /// Marks a job ended.
     pub fn set_ended(
         &mut self,
@@ -602,6 +718,11 @@ mod tests {
             umask: 0o022,
             array: None,
             submitted_ms: 1,
+            time_limit_ms: None,
+            after: &[],
+            after_any: false,
+            held: false,
+            retries: 0,
         }
     }
 

@@ -413,6 +413,11 @@ impl Agent {
                     s.trigger();
                 }
             }
+            ToTasker::StopBecause(job, why) => {
+                if let Some((_, s, _)) = self.running.lock().expect("lock").get(&job) {
+                    s.trigger_because(&why);
+                }
+            }
             ToTasker::Run(a) => {
                 let a = *a;
                 if self.closing.load(std::sync::atomic::Ordering::SeqCst) {

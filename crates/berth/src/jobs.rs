@@ -84,6 +84,29 @@ pub struct Run {
     /// Higher runs first.
     #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     priority: i32,
+    /// Stop the job (SIGTERM, grace, SIGKILL; hooks still run) once it has run this long:
+    /// 90 (seconds), 10m, 2h30m, 1d; its reason says `time limit 10m exceeded`.
+    #[arg(long, visible_alias = "autokill", value_name = "DURATION", value_parser = crate::show::parse_duration)]
+    time: Option<u64>,
+    /// Start only once these jobs are all Done; fail (`dependency 12 failed`) if one
+    /// fails.
+    #[arg(
+        long,
+        value_name = "JOB[,JOB...]",
+        value_delimiter = ',',
+        conflicts_with = "after_any"
+    )]
+    after: Vec<u64>,
+    /// Start only once these jobs have all ended, however they ended.
+    #[arg(long, value_name = "JOB[,JOB...]", value_delimiter = ',')]
+    after_any: Vec<u64>,
+    /// Queue the job held: it starts once released (`berth release JOB`).
+    #[arg(long)]
+    hold: bool,
+    /// Queue the job again, up to N times, when it is lost with its host (each attempt is
+    /// in `berth info`).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    retries: u32,
     /// The command line: its first word is the first that is not one of berth's options
     /// (or give `--` before it).
     #[arg(
@@ -173,6 +196,15 @@ pub fn run(r: Run) -> Result<i32> {
         priority: r.priority,
         interactive: listening.as_ref().map(|l| l.interactive.clone()),
         umask,
+        time_limit_ms: r.time,
+        after: if r.after_any.is_empty() {
+            r.after.clone()
+        } else {
+            r.after_any.clone()
+        },
+        after_any: !r.after_any.is_empty(),
+        hold: r.hold,
+        retries: r.retries,
     };
     let req = match (&r.file, r.command.is_empty()) {
         (Some(_), false) => bail!("give either -f FILE or a command after --, not both"),
@@ -762,6 +794,40 @@ pub fn info(i: Info) -> Result<i32> {
             ),
             ("exit status", f("exit")),
             (
+                "time limit",
+                v.time_limit_ms
+                    .map(berth_server::daemon::limit_text)
+                    .unwrap_or_else(|| "-".into()),
+            ),
+            (
+                "after",
+                if v.after.is_empty() {
+                    "-".into()
+                } else {
+                    format!(
+                        "{} ({})",
+                        v.after
+                            .iter()
+                            .map(u64::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        if v.after_any {
+                            "once they have ended"
+                        } else {
+                            "once they are Done"
+                        }
+                    )
+                },
+            ),
+            (
+                "retries",
+                if v.retries == 0 && v.attempts.is_empty() {
+                    "-".into()
+                } else {
+                    format!("{} ({} used)", v.retries, v.attempts.len())
+                },
+            ),
+            (
                 "hook failures",
                 if v.hook_failures.is_empty() {
                     "-".into()
@@ -771,10 +837,23 @@ pub fn info(i: Info) -> Result<i32> {
             ),
         ];
         for (k, val) in rows {
-            if k == "elapsed" && val == "-" {
+            if matches!(k, "elapsed" | "time limit" | "after" | "retries") && val == "-" {
                 continue;
             }
             outln!("{k:>13}: {val}");
+        }
+        for (n, a) in v.attempts.iter().enumerate() {
+            outln!(
+                "{:>13}: {} on {}, started {}, {} {}",
+                format!("attempt {}", n + 1),
+                shown(&a.reason),
+                shown(a.tasker.as_deref().unwrap_or("-")),
+                a.started_ms
+                    .map(crate::show::local_time)
+                    .unwrap_or_else(|| "-".into()),
+                shown(&a.reason),
+                crate::show::local_time(a.ended_ms)
+            );
         }
     }
     Ok(0)
@@ -798,6 +877,48 @@ pub fn stop(s: Stop) -> Result<i32> {
             Ok(v) => outln!("{}", v["message"].as_str().unwrap_or("")),
             Err(e) => {
                 errln!("berth stop: {e}");
+                code = code.max(crate::exit_of_error(&e));
+            }
+        }
+    }
+    Ok(code)
+}
+
+/// `berth hold`, `berth release` and `berth rerun`.
+#[derive(clap::Args)]
+pub struct Jobs {
+    #[command(flatten)]
+    conn: Conn,
+    /// The jobs.
+    #[arg(required = true)]
+    jobs: Vec<u64>,
+}
+
+/// Holds (`hold`) or releases (`release`) queued jobs.
+pub fn hold(j: Jobs, action: &str) -> Result<i32> {
+    let c = j.conn.client();
+    let mut code = 0;
+    for id in j.jobs {
+        match c.call::<serde_json::Value>("POST", &format!("/v1/jobs/{id}/{action}"), None) {
+            Ok(v) => outln!("{}", v["message"].as_str().unwrap_or("")),
+            Err(e) => {
+                errln!("berth {action}: {e}");
+                code = code.max(crate::exit_of_error(&e));
+            }
+        }
+    }
+    Ok(code)
+}
+
+/// Submits a job identical to each of these; prints the new ids.
+pub fn rerun(j: Jobs) -> Result<i32> {
+    let c = j.conn.client();
+    let mut code = 0;
+    for id in j.jobs {
+        match c.call::<serde_json::Value>("POST", &format!("/v1/jobs/{id}/rerun"), None) {
+            Ok(v) => outln!("{}", v["id"]),
+            Err(e) => {
+                errln!("berth rerun: {e}");
                 code = code.max(crate::exit_of_error(&e));
             }
         }

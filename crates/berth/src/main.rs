@@ -85,6 +85,13 @@ enum Cmd {
     Taskers(jobs::Taskers),
     /// List the container configurations the taskers offer, and why some are not.
     Containers(jobs::Taskers),
+    /// Hold queued jobs: they start once released.
+    Hold(jobs::Jobs),
+    /// Release held jobs.
+    Release(jobs::Jobs),
+    /// Submit a job identical to each JOB (its command, directory, environment, request,
+    /// log, time limit); prints the new ids.
+    Rerun(jobs::Jobs),
     /// Stop the server (`berth up` or `berth server`) cleanly: it starts nothing more and
     /// exits, leaving running jobs to run on (administrators).
     Down(jobs::Down),
@@ -235,6 +242,9 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Taskers(t) => jobs::taskers(t),
         Cmd::Containers(t) => jobs::containers(t),
         Cmd::Down(d) => jobs::down(d),
+        Cmd::Hold(j) => jobs::hold(j, "hold"),
+        Cmd::Release(j) => jobs::hold(j, "release"),
+        Cmd::Rerun(j) => jobs::rerun(j),
         Cmd::Completions { shell } => {
             use clap::CommandFactory;
             let mut out = Vec::new();

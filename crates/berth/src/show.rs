@@ -42,6 +42,63 @@ pub fn duration(ms: u64) -> String {
     }
 }
 
+/// A duration as `--time` takes it: `90` (seconds), `10m`, `2h30m`, `1d`, `1h30m10s`;
+/// in milliseconds.
+pub fn parse_duration(text: &str) -> Result<u64> {
+    let bad = |why: &str| {
+        anyhow::anyhow!(
+            "{text:?} is not a duration ({why}): give seconds (90) or amounts with d, h, m, s \
+             (10m, 2h30m, 1d)"
+        )
+    };
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    if let Ok(secs) = t.parse::<u64>() {
+        return secs
+            .checked_mul(1000)
+            .filter(|ms| *ms > 0)
+            .ok_or_else(|| bad("it must be above 0"));
+    }
+    let mut total: u64 = 0;
+    let mut num = String::new();
+    let mut last_unit = 5;
+    for c in t.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let (rank, ms) = match c {
+            'd' => (0, 86_400_000),
+            'h' => (1, 3_600_000),
+            'm' => (2, 60_000),
+            's' => (3, 1000),
+            _ => return Err(bad(&format!("{c:?} is not a unit"))),
+        };
+        if num.is_empty() {
+            return Err(bad(&format!("no number before {c:?}")));
+        }
+        if last_unit != 5 && rank <= last_unit {
+            return Err(bad("units go from the largest to the smallest, once each"));
+        }
+        last_unit = rank;
+        let n: u64 = num.parse().map_err(|_| bad("a number is too large"))?;
+        num.clear();
+        total = n
+            .checked_mul(ms)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(|| bad("it is too long"))?;
+    }
+    if !num.is_empty() {
+        return Err(bad("a number without a unit after another amount"));
+    }
+    if total == 0 {
+        return Err(bad("it must be above 0"));
+    }
+    Ok(total)
+}
+
 /// How long the job has run (or ran); None before it starts.
 pub fn elapsed_ms(v: &JobView, now: u64) -> Option<u64> {
     let start = v.started_ms?;
@@ -194,6 +251,29 @@ mod tests {
         assert_eq!(duration(72_000), "1m12s");
         assert_eq!(duration(3_600_000 + 3 * 60_000), "1h03m");
         assert_eq!(duration(3 * 86_400_000 + 4 * 3_600_000), "3d04h");
+    }
+
+    #[test]
+    fn durations_parse_as_people_write_them() {
+        assert_eq!(parse_duration("90").unwrap(), 90_000);
+        assert_eq!(parse_duration("10m").unwrap(), 600_000);
+        assert_eq!(parse_duration("2h30m").unwrap(), 9_000_000);
+        assert_eq!(parse_duration("1d").unwrap(), 86_400_000);
+        assert_eq!(parse_duration("1h30m10s").unwrap(), 5_410_000);
+        for bad in [
+            "",
+            "0",
+            "10x",
+            "m",
+            "30m2h",
+            "1h1h",
+            "10m5",
+            "-5",
+            "99999999999999999999d",
+        ] {
+            let e = parse_duration(bad).unwrap_err().to_string();
+            assert!(e.contains("is not a duration"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -112,10 +112,26 @@ pub struct PolicyArgs {
     /// The most unfinished (queued or running) jobs one user may have.
     #[arg(long, value_name = "N", default_value_t = berth_server::policy::DEFAULT_MAX_UNFINISHED_PER_USER)]
     max_unfinished_per_user: u64,
+    /// The time limit of a job submitted without --time (90, 10m, 2h30m, 1d; default:
+    /// none).
+    #[arg(long, value_name = "DURATION", value_parser = crate::show::parse_duration)]
+    time_default: Option<u64>,
+    /// The longest --time a job may ask for; a longer one is refused at submission.
+    #[arg(long, value_name = "DURATION", value_parser = crate::show::parse_duration)]
+    time_max: Option<u64>,
 }
 
 impl PolicyArgs {
     fn policy(&self, swd: &Path) -> Result<berth_server::policy::Policy> {
+        if let (Some(d), Some(m)) = (self.time_default, self.time_max) {
+            if d > m {
+                anyhow::bail!(
+                    "--time-default {} is above --time-max {}: give a default within the maximum",
+                    berth_server::daemon::limit_text(d),
+                    berth_server::daemon::limit_text(m)
+                );
+            }
+        }
         let mut admins = vec![berth_sys::euid()];
         for a in &self.admins {
             let uid = match a.parse::<u32>() {
@@ -133,6 +149,8 @@ impl PolicyArgs {
             containers: Some(swd::containers(swd)),
             max_jobs_per_submission: self.max_jobs_per_submission,
             max_unfinished_per_user: self.max_unfinished_per_user,
+            time_default_ms: self.time_default,
+            time_max_ms: self.time_max,
         })
     }
 }
@@ -420,6 +438,7 @@ fn start_server(
     let (mut server, handle) = Server::open(store)?;
     server.tasker_grace = grace;
     server.max_unfinished_per_user = policy.max_unfinished_per_user;
+    server.time_default_ms = policy.time_default_ms;
     let actor = std::thread::spawn(move || server.run());
     let listener =
         UnixListener::bind(&sock).with_context(|| format!("listening on {}", sock.display()))?;

@@ -451,3 +451,209 @@ fn berth_down_stops_the_server_cleanly_for_administrators_only() {
     let out = fx.run(&["wait", &id], T);
     assert_eq!(out.status.code(), Some(7), "{}", text(&out));
 }
+
+#[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
+fn a_job_past_its_time_limit_is_stopped_with_that_reason_and_its_hooks_still_run() {
+    need_root!();
+    let fx = Fixture::new();
+    // A configuration whose cleanup hook leaves a mark in the job's directory.
+    let enter = fx.hook("enter.sh", "#!/bin/sh\nexec \"$@\"\n");
+    let cleanup = fx.hook("cleanup.sh", "#!/bin/sh\necho \"$VOV_JOBID\" >> cleaned\n");
+    fx.cfg(
+        "c1",
+        &format!(
+            "containerHook enter user {} SIG({})\ncontainerHook cleanup user {} SIG({})\n",
+            enter.display(),
+            enter.display(),
+            cleanup.display(),
+            cleanup.display()
+        ),
+    );
+    let _up = Up::start(
+        &fx,
+        &[
+            "--slots",
+            "4",
+            "-r",
+            "CORES/4",
+            "--time-max",
+            "1h",
+            "--time-default",
+            "30m",
+        ],
+    );
+    // A plain job and a container job, each stopped at 2 s with the reason.
+    for (n, res) in [(1, None), (2, Some("Container:c1"))] {
+        let mut args = vec!["run", "-w", "--time", "2"];
+        if let Some(r) = res {
+            args.extend(["-r", r]);
+        }
+        args.extend(["sh", "-c", "echo started; sleep 60"]);
+        let out = as_nobody(&fx, &args);
+        assert_eq!(out.status.code(), Some(143), "{}", text(&out));
+        let v = info(&fx, &n.to_string());
+        assert_eq!(v["state"], "Failed");
+        assert_eq!(v["reason"], "time limit 2s exceeded", "{v}");
+        assert_eq!(v["time_limit_ms"], 2000);
+        assert!(v["elapsed_ms"].as_u64().unwrap() >= 2000, "{v}");
+        assert!(
+            stderr(&out).contains(&format!("job {n} Failed (time limit 2s exceeded) after")),
+            "{}",
+            text(&out)
+        );
+    }
+    assert_eq!(fx.read_work("cleaned"), "2\n", "the cleanup hook ran");
+    // The server's default applies to a job without --time; above the maximum is refused,
+    // nothing created.
+    let out = as_nobody(&fx, &["run", "true"]);
+    let id = stdout(&out).trim().to_string();
+    assert_eq!(info(&fx, &id)["time_limit_ms"], 30 * 60 * 1000);
+    let out = as_nobody(&fx, &["run", "--autokill", "2h", "true"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains(
+            "--time 2h: above the longest time limit of 1h (set by the administrator: --time-max)"
+        ),
+        "{}",
+        text(&out)
+    );
+    let out = as_nobody(&fx, &["run", "--time", "ten", "true"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("\"ten\" is not a duration"),
+        "{}",
+        text(&out)
+    );
+    let out = fx.run(&["list", "-o", "id"], T);
+    assert_eq!(stdout(&out).lines().count(), 3, "{}", text(&out));
+}
+
+#[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
+fn dependencies_start_after_their_jobs_and_fail_with_them_and_holds_wait_for_a_release() {
+    need_root!();
+    let fx = Fixture::new();
+    let mut up = Up::start_keeping(&fx, &["--slots", "4", "-r", "CORES/4"]);
+    let run = |args: &[&str]| {
+        let out = as_nobody(&fx, args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        stdout(&out).trim().to_string()
+    };
+    let state = |id: &str| {
+        let v = info(&fx, id);
+        (
+            v["state"].as_str().unwrap().to_string(),
+            v["reason"].clone(),
+        )
+    };
+    // 1 is Done late, 2 fails; 3 runs after 1, 4 never (2 failed), 5 after 2 however it
+    // ends, 6 after 4 (which fails): the failure goes down the chain.
+    let ok = run(&["run", "sh", "-c", "sleep 2; date +%s%N > one"]);
+    let bad = run(&["run", "sh", "-c", "sleep 1; exit 1"]);
+    let after_ok = run(&["run", "--after", &ok, "sh", "-c", "date +%s%N > three"]);
+    let after_bad = run(&["run", "--after", &format!("{ok},{bad}"), "touch", "four"]);
+    let any = run(&["run", "--after-any", &bad, "touch", "five"]);
+    let chain = run(&["run", "--after", &after_bad, "touch", "six"]);
+    let v = info(&fx, &after_ok);
+    assert_eq!(v["state"], "Queued");
+    assert_eq!(
+        v["why_waiting"],
+        format!("waiting for job {ok} to be Done"),
+        "{v}"
+    );
+    let out = as_nobody(&fx, &["wait", &after_ok, &after_bad, &any, &chain]);
+    assert_eq!(out.status.code(), Some(122), "{}", text(&out));
+    assert_eq!(state(&after_ok).0, "Done");
+    let (one, three): (u128, u128) = (
+        fx.read_work("one").trim().parse().unwrap(),
+        fx.read_work("three").trim().parse().unwrap(),
+    );
+    assert!(three > one, "job {after_ok} ran before job {ok} ended");
+    assert_eq!(
+        state(&after_bad),
+        ("Failed".into(), format!("dependency {bad} failed").into())
+    );
+    assert_eq!(
+        state(&chain),
+        (
+            "Failed".into(),
+            format!("dependency {after_bad} failed").into()
+        )
+    );
+    assert_eq!(state(&any).0, "Done");
+    assert!(!fx.work.join("four").exists() && !fx.work.join("six").exists());
+    // A job that waits for one that has failed already fails at once; one that does not
+    // exist is refused.
+    let late = run(&["run", "--after", &bad, "true"]);
+    assert_eq!(
+        state(&late),
+        ("Failed".into(), format!("dependency {bad} failed").into())
+    );
+    let out = as_nobody(&fx, &["run", "--after", "9999", "true"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("--after 9999: no job 9999"),
+        "{}",
+        text(&out)
+    );
+
+    // Held: queued, not started, across a restart of the server; released, it runs.
+    let held = run(&["run", "--hold", "touch", "held"]);
+    let waits = run(&["run", "--after", &held, "touch", "after-held"]);
+    let v = info(&fx, &held);
+    assert_eq!(v["held"], true);
+    assert!(
+        v["why_waiting"]
+            .as_str()
+            .unwrap()
+            .starts_with("held: it starts once released"),
+        "{v}"
+    );
+    let other = test_user();
+    let out = as_user(&fx, other, &["release", &held]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("only an administrator may hold or release"),
+        "{}",
+        text(&out)
+    );
+    up.stop();
+    let mut up = Up::start_keeping(&fx, &["--slots", "4", "-r", "CORES/4"]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(state(&held).0, "Queued");
+    assert_eq!(state(&waits).0, "Queued");
+    assert!(!fx.work.join("held").exists());
+    let out = as_nobody(&fx, &["release", &held]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = as_nobody(&fx, &["wait", &held, &waits]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(fx.work.join("held").exists() && fx.work.join("after-held").exists());
+    // Only a queued job is held; a held job can be stopped.
+    let long = run(&["run", "sleep", "60"]);
+    wait_until("the long job to run", T, || state(&long).0 == "Running");
+    let out = as_nobody(&fx, &["hold", &long]);
+    assert!(
+        stderr(&out).contains(&format!(
+            "job {long} is Running: only a queued job can be held"
+        )),
+        "{}",
+        text(&out)
+    );
+    let h2 = run(&["run", "--hold", "true"]);
+    assert!(as_nobody(&fx, &["stop", &h2, &long]).status.success());
+    assert_eq!(state(&h2), ("Failed".into(), "stopped by request".into()));
+
+    // Rerun: an identical new job, its command and directory and environment.
+    let out = as_nobody(&fx, &["rerun", &ok]);
+    assert!(out.status.success(), "{}", text(&out));
+    let again = stdout(&out).trim().to_string();
+    let (a, b) = (info(&fx, &ok), info(&fx, &again));
+    assert_eq!(a["command"], b["command"]);
+    assert_eq!(a["dir"], b["dir"]);
+    let out = as_nobody(&fx, &["wait", &again]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = as_user(&fx, other, &["rerun", &ok]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    up.stop();
+}

@@ -2145,3 +2145,66 @@ fn a_tasker_that_stops_reading_holds_nothing_of_the_server() {
     );
     signal(&tasker.0, libc::SIGCONT);
 }
+
+/// `--retries N`: a job lost with its host (the tasker, its keeper and the job's own
+/// processes killed, as a power cut does) is queued again, up to N times, each attempt in
+/// `berth info`; a job without retries is lost.
+#[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
+fn a_job_lost_with_its_host_runs_again_when_it_has_retries() {
+    need_root!();
+    let fx = Fixture::new();
+    let mut split = Split::start(&fx, "2");
+    let tag = std::process::id();
+    let again =
+        format!("echo run >> runs.txt; [ $(wc -l < runs.txt) -ge 2 ] || exec sleep 313.{tag}");
+    let out = as_nobody(&fx, &["run", "--retries", "1", "sh", "-c", &again]);
+    let retried = stdout(&out).trim().to_string();
+    let out = as_nobody(&fx, &["run", "sh", "-c", &format!("exec sleep 314.{tag}")]);
+    let once = stdout(&out).trim().to_string();
+    let running = |id: &str| {
+        let out = fx.run(&["info", "-o", "state", id], T);
+        stdout(&out).trim() == "Running"
+    };
+    wait_until("both jobs to run", T, || {
+        running(&retried) && running(&once)
+    });
+    wait_until("the first run", T, || fx.work.join("runs.txt").exists());
+    // The host goes: its tasker, its keeper, the jobs' processes.
+    Split::kill9(&mut split.tasker);
+    let keeper = fx.swd.join("tasker").join("t1");
+    for pattern in [
+        format!("berth keeper --state {}", keeper.display()),
+        format!("sleep 31[34].{tag}"),
+    ] {
+        let _ = Command::new("pkill").args(["-9", "-f", &pattern]).output();
+    }
+    let out = fx.run(&["wait", "--timeout", "30", &once], T);
+    assert!(
+        stderr(&out).contains(&format!("job {once} Failed (lost)")),
+        "{}",
+        text(&out)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&fx.run(&["info", "--json", &retried], T).stdout).unwrap();
+    assert_eq!(v["state"], "Queued", "{v}");
+    assert_eq!(v["retries"], 1);
+    assert_eq!(v["attempts"][0]["reason"], "lost", "{v}");
+    assert_eq!(v["attempts"][0]["tasker"], "t1", "{v}");
+    // The host back: the job runs again, and this time ends.
+    split.start_tasker("2");
+    let out = fx.run(&["wait", "--timeout", "30", &retried], T);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(fx.read_work("runs.txt"), "run\nrun\n");
+    let out = fx.run(&["info", &retried], T);
+    assert!(
+        stdout(&out).contains("attempt 1: lost on t1"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        stdout(&out).contains("retries: 1 (1 used)"),
+        "{}",
+        text(&out)
+    );
+}
