@@ -450,6 +450,9 @@ fn json<T: serde::Serialize>(r: Result<T, String>) -> (u16, Vec<u8>) {
     }
 }
 
+/// The most jobs one `POST /v1/stop` stops (an array's, at most the largest submission).
+pub const STOP_MAX: usize = 1_000_000;
+
 /// The most jobs one `POST /v1/wait` waits for.
 pub const WAIT_MAX: usize = 5_000;
 
@@ -547,6 +550,12 @@ fn route(
                 }
             }
             f.name = req.param("name").map(str::to_string);
+            if let Some(a) = req.param("array") {
+                match a.parse() {
+                    Ok(a) => f.array = Some(a),
+                    Err(_) => return (400, error_body(&format!("{a:?} is not an array id"))),
+                }
+            }
             // Bounded, so that one request cannot make the server build any length of list.
             f.limit = Some(
                 req.param("limit")
@@ -587,6 +596,55 @@ fn route(
                     json(mine(h.ask(|r| Event::Info(id, r)), caller))
                 }
             }
+        }
+        ("POST", ["v1", "resolve"]) => {
+            // Which of these ids name arrays: `{"arrays": {"12": [13, 14, ...]}}`.
+            #[derive(serde::Deserialize)]
+            struct Ids {
+                ids: Vec<u64>,
+            }
+            match serde_json::from_slice::<Ids>(&req.body) {
+                Ok(i) if i.ids.len() <= WAIT_MAX => json(
+                    h.ask(|r| Event::Arrays(i.ids, r))
+                        .map(|a| serde_json::json!({ "arrays": a })),
+                ),
+                Ok(i) => (
+                    400,
+                    error_body(&format!(
+                        "resolve at most {WAIT_MAX} ids at a time, not {}",
+                        i.ids.len()
+                    )),
+                ),
+                Err(e) => (400, error_body(&format!("not valid JSON: {e}"))),
+            }
+        }
+        ("POST", ["v1", "stop"]) => {
+            // Many jobs in one request (an array's): each answered as alone.
+            #[derive(serde::Deserialize)]
+            struct Jobs {
+                jobs: Vec<u64>,
+            }
+            let jobs = match serde_json::from_slice::<Jobs>(&req.body) {
+                Ok(j) if j.jobs.len() <= STOP_MAX => j.jobs,
+                Ok(j) => {
+                    return (
+                        400,
+                        error_body(&format!(
+                            "stop at most {STOP_MAX} jobs at a time, not {}",
+                            j.jobs.len()
+                        )),
+                    )
+                }
+                Err(e) => return (400, error_body(&format!("not valid JSON: {e}"))),
+            };
+            let out: Vec<serde_json::Value> = jobs
+                .into_iter()
+                .map(|id| match h.ask(|r| Event::Stop(caller.clone(), id, r)) {
+                    Ok(m) => serde_json::json!({ "job": id, "message": m }),
+                    Err(e) => serde_json::json!({ "job": id, "error": e }),
+                })
+                .collect();
+            json::<Vec<serde_json::Value>>(Ok(out))
         }
         ("POST", ["v1", "wait"]) => {
             #[derive(serde::Deserialize)]

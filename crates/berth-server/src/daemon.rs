@@ -62,6 +62,8 @@ pub enum Event {
     WaitMany(Vec<u64>, u64, Reply<JobView>, Reply<Vec<JobView>>),
     /// The waiter with that token gave up on these jobs.
     UnwaitMany(Vec<u64>, u64),
+    /// Which of these ids name arrays, with their jobs.
+    Arrays(Vec<u64>, Reply<HashMap<u64, Vec<u64>>>),
     /// Hold a queued job (true), or release it (false).
     Hold(Caller, u64, bool, Reply<String>),
     /// Submit a job identical to this one: the new job's id.
@@ -610,7 +612,11 @@ impl Server {
             for (c, req, reply) in &submits {
                 let mut ids = Vec::new();
                 let mut queued = Vec::new();
-                let mut array_id = None;
+                // An array's id is one no job has: naming it names the array.
+                let array_id = match req.array {
+                    Some(_) => Some(b.reserve_id()?),
+                    None => None,
+                };
                 let n = req
                     .array
                     .map(|(a, z)| (z - a + 1) as usize)
@@ -643,8 +649,7 @@ impl Server {
                     if let Some(i) = &j.interactive {
                         b.set_interactive(id, i)?;
                     }
-                    if let Some(i) = index {
-                        let aid = *array_id.get_or_insert(id);
+                    if let (Some(i), Some(aid)) = (index, array_id) {
                         b.set_command(id, &substitute(&j.command, i, id, aid), Some((aid, i)))?;
                     }
                     // `-l out.@JOBID@.log`: each job of an array its own log. Outside an
@@ -1363,6 +1368,9 @@ impl Server {
                         self.waiters.remove(&id);
                     }
                 }
+            }
+            Event::Arrays(ids, reply) => {
+                let _ = reply.send(self.store.arrays(&ids).map_err(|e| e.to_string()));
             }
             Event::Hold(c, id, hold, reply) => {
                 let _ = reply.send(self.hold(&c, id, hold));

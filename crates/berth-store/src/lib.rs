@@ -8,6 +8,7 @@
 
 use berth_proto::{Assignment, JobView, State};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// The error a [`Batch`] step fails with.
@@ -98,7 +99,8 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE jobs ADD COLUMN after_any INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE jobs ADD COLUMN held INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE jobs ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;
-     ALTER TABLE jobs ADD COLUMN attempts TEXT;",
+     ALTER TABLE jobs ADD COLUMN attempts TEXT;
+     CREATE INDEX jobs_array ON jobs(array_id) WHERE array_id IS NOT NULL;",
 ];
 
 /// Makes `path` (if it does not exist) and its WAL and shared-memory files readable by
@@ -213,6 +215,8 @@ pub struct Filter {
     pub name: Option<String>,
     /// Only these ids.
     pub ids: Vec<u64>,
+    /// Only the jobs of this array.
+    pub array: Option<u64>,
     /// At most this many, newest first.
     pub limit: Option<u32>,
 }
@@ -318,6 +322,29 @@ impl Store {
         let mut b = Batch { tx };
         let out = f(&mut b).map_err(err)?;
         b.tx.commit().map_err(err)?;
+        Ok(out)
+    }
+
+    /// Of these ids, those that name arrays, each with its jobs in order.
+    pub fn arrays(&self, ids: &[u64]) -> Result<HashMap<u64, Vec<u64>>, StoreError> {
+        let mut out: HashMap<u64, Vec<u64>> = HashMap::new();
+        for chunk in ids.chunks(10_000) {
+            let sql = format!(
+                "SELECT array_id, id FROM jobs WHERE array_id IN ({}) ORDER BY id",
+                vec!["?"; chunk.len()].join(",")
+            );
+            let mut st = self.conn.prepare(&sql).map_err(self.err())?;
+            let rows = st
+                .query_map(
+                    rusqlite::params_from_iter(chunk.iter().map(|i| *i as i64)),
+                    |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+                )
+                .map_err(self.err())?;
+            for row in rows {
+                let (a, id) = row.map_err(self.err())?;
+                out.entry(a).or_default().push(id);
+            }
+        }
         Ok(out)
     }
 
@@ -447,6 +474,10 @@ impl Store {
         if !f.ids.is_empty() {
             sql += &format!(" AND id IN ({})", vec!["?"; f.ids.len()].join(","));
             args.extend(f.ids.iter().map(|i| (*i as i64).into()));
+        }
+        if let Some(a) = f.array {
+            sql += " AND array_id = ?";
+            args.push((a as i64).into());
         }
         sql += " ORDER BY id DESC";
         if let Some(l) = f.limit {
@@ -622,6 +653,26 @@ impl Batch<'_> {
             )?
             .execute(params![id as i64])?;
         Ok(())
+    }
+
+    /// An id no job will have (the next one is taken): an array's, so that naming it
+    /// names the array and nothing else.
+    pub fn reserve_id(&mut self) -> Result<u64, rusqlite::Error> {
+        self.tx.execute(
+            "INSERT INTO sqlite_sequence(name, seq)
+             SELECT 'jobs', COALESCE((SELECT MAX(id) FROM jobs), 0)
+             WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'jobs')",
+            [],
+        )?;
+        self.tx.execute(
+            "UPDATE sqlite_sequence SET seq = seq + 1 WHERE name = 'jobs'",
+            [],
+        )?;
+        self.tx.query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'jobs'",
+            [],
+            |r| r.get::<_, i64>(0).map(|v| v as u64),
+        )
     }
 
     /// A new job, queued, identical to job `id` (its command, directory, environment,

@@ -568,6 +568,44 @@ fn wait_all(
     Ok(ids.iter().filter_map(|id| over.get(id).cloned()).collect())
 }
 
+/// What an id given on the command line names: a job, or an array and its jobs.
+enum Named {
+    Job(u64),
+    Array(u64, Vec<u64>),
+}
+
+/// Finds which ids name arrays (an array's id is one no job has).
+fn resolve(c: &Client, ids: &[u64]) -> Result<Vec<Named>> {
+    let mut arrays: std::collections::HashMap<u64, Vec<u64>> = Default::default();
+    for chunk in ids.chunks(berth_server::api::WAIT_MAX) {
+        let body = serde_json::to_vec(&serde_json::json!({ "ids": chunk }))?;
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            arrays: std::collections::HashMap<u64, Vec<u64>>,
+        }
+        let a: Answer = c.call("POST", "/v1/resolve", Some(&body))?;
+        arrays.extend(a.arrays);
+    }
+    Ok(ids
+        .iter()
+        .map(|id| match arrays.remove(id) {
+            Some(jobs) => Named::Array(*id, jobs),
+            None => Named::Job(*id),
+        })
+        .collect())
+}
+
+/// The jobs the ids name, arrays expanded, in order.
+fn expand(named: &[Named]) -> Vec<u64> {
+    named
+        .iter()
+        .flat_map(|n| match n {
+            Named::Job(id) => vec![*id],
+            Named::Array(_, jobs) => jobs.clone(),
+        })
+        .collect()
+}
+
 /// `berth wait JOB...`.
 #[derive(clap::Args)]
 pub struct Wait {
@@ -582,18 +620,15 @@ pub struct Wait {
     /// Print the jobs as JSON once all are over.
     #[arg(long)]
     json: bool,
-    /// The jobs.
-    #[arg(required = true)]
+    /// The jobs (an array's id: all its jobs).
+    #[arg(required = true, value_name = "JOB|ARRAY")]
     jobs: Vec<u64>,
 }
 
 pub fn wait(w: Wait) -> Result<i32> {
-    let views = match wait_all(
-        &w.conn.client(),
-        &w.jobs,
-        w.timeout.map(Duration::from_secs),
-        w.quiet,
-    ) {
+    let c = w.conn.client();
+    let ids = expand(&resolve(&c, &w.jobs)?);
+    let views = match wait_all(&c, &ids, w.timeout.map(Duration::from_secs), w.quiet) {
         Ok(v) => v,
         Err(e) if e.downcast_ref::<TimedOut>().is_some() => {
             errln!("berth wait: {e}");
@@ -632,6 +667,9 @@ pub struct List {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Only these jobs (an array's id: its jobs).
+    #[arg(value_name = "JOB|ARRAY")]
+    jobs: Vec<u64>,
 }
 
 pub fn list(l: List) -> Result<i32> {
@@ -646,7 +684,23 @@ pub fn list(l: List) -> Result<i32> {
             q += &format!("&{k}={}", berth_server::http::encode(v));
         }
     }
-    let jobs: Vec<JobView> = l.conn.client().call("GET", &q, None)?;
+    let c = l.conn.client();
+    let jobs: Vec<JobView> = if l.jobs.is_empty() {
+        c.call("GET", &q, None)?
+    } else {
+        let mut all = Vec::new();
+        for n in resolve(&c, &l.jobs)? {
+            match n {
+                Named::Array(a, _) => {
+                    all.extend(c.call::<Vec<JobView>>("GET", &format!("{q}&array={a}"), None)?)
+                }
+                Named::Job(id) => {
+                    all.push(c.call::<JobView>("GET", &format!("/v1/jobs/{id}"), None)?)
+                }
+            }
+        }
+        all
+    };
     if l.json {
         outln!("{}", json_jobs(&jobs)?);
         return Ok(0);
@@ -700,9 +754,25 @@ pub struct Info {
     /// one-word status a workflow manager asks for); the fields of `berth list -o`.
     #[arg(short = 'o', value_name = "FIELDS")]
     fields: Option<String>,
-    /// The jobs.
-    #[arg(required = true)]
+    /// The jobs (an array's id: its jobs counted by state; with -o, each of them).
+    #[arg(required = true, value_name = "JOB|ARRAY")]
     jobs: Vec<u64>,
+}
+
+/// An array's jobs counted by state.
+fn array_summary(array: u64, jobs: &[u64], views: &[JobView]) -> serde_json::Value {
+    let count = |st: State| views.iter().filter(|v| v.state == st).count();
+    serde_json::json!({
+        "array": array,
+        "jobs": jobs.len(),
+        "ids": ranges(jobs),
+        "states": {
+            "Queued": count(State::Queued),
+            "Running": count(State::Running),
+            "Done": count(State::Done),
+            "Failed": count(State::Failed),
+        },
+    })
 }
 
 pub fn info(i: Info) -> Result<i32> {
@@ -712,8 +782,40 @@ pub fn info(i: Info) -> Result<i32> {
         .map(crate::show::parse_fields)
         .transpose()?;
     let c = i.conn.client();
+    let named = resolve(&c, &i.jobs)?;
+    // An array without -o: what its jobs are doing, counted by state.
+    if fields.is_none() && named.iter().all(|n| matches!(n, Named::Array(..))) {
+        let mut out = Vec::new();
+        for n in &named {
+            if let Named::Array(a, jobs) = n {
+                let views: Vec<JobView> =
+                    c.call("GET", &format!("/v1/jobs?array={a}&limit=1000000"), None)?;
+                out.push(array_summary(*a, jobs, &views));
+            }
+        }
+        if i.json {
+            outln!("{}", serde_json::to_string_pretty(&out)?);
+        } else {
+            for (k, a) in out.iter().enumerate() {
+                if k > 0 {
+                    outln!("");
+                }
+                outln!("{:>13}: {}", "array", a["array"]);
+                outln!(
+                    "{:>13}: {} ({})",
+                    "jobs",
+                    a["jobs"],
+                    a["ids"].as_str().unwrap_or("")
+                );
+                for st in ["Queued", "Running", "Done", "Failed"] {
+                    outln!("{st:>13}: {}", a["states"][st]);
+                }
+            }
+        }
+        return Ok(0);
+    }
     let mut views = Vec::new();
-    for id in &i.jobs {
+    for id in expand(&named) {
         views.push(c.call::<JobView>("GET", &format!("/v1/jobs/{id}"), None)?);
     }
     if i.json {
@@ -864,20 +966,51 @@ pub fn info(i: Info) -> Result<i32> {
 pub struct Stop {
     #[command(flatten)]
     conn: Conn,
-    /// The jobs.
-    #[arg(required = true)]
+    /// The jobs (an array's id: all its jobs).
+    #[arg(required = true, value_name = "JOB|ARRAY")]
     jobs: Vec<u64>,
 }
 
 pub fn stop(s: Stop) -> Result<i32> {
     let c = s.conn.client();
     let mut code = 0;
-    for id in s.jobs {
-        match c.call::<serde_json::Value>("POST", &format!("/v1/jobs/{id}/stop"), None) {
-            Ok(v) => outln!("{}", v["message"].as_str().unwrap_or("")),
-            Err(e) => {
-                errln!("berth stop: {e}");
-                code = code.max(crate::exit_of_error(&e));
+    for n in resolve(&c, &s.jobs)? {
+        match n {
+            Named::Job(id) => {
+                match c.call::<serde_json::Value>("POST", &format!("/v1/jobs/{id}/stop"), None) {
+                    Ok(v) => outln!("{}", v["message"].as_str().unwrap_or("")),
+                    Err(e) => {
+                        errln!("berth stop: {e}");
+                        code = code.max(crate::exit_of_error(&e));
+                    }
+                }
+            }
+            Named::Array(a, jobs) => {
+                let (mut stopped, mut over, mut refused) = (0, 0, Vec::new());
+                for chunk in jobs.chunks(10_000) {
+                    let body = serde_json::to_vec(&serde_json::json!({ "jobs": chunk }))?;
+                    let answers: Vec<serde_json::Value> =
+                        c.call("POST", "/v1/stop", Some(&body))?;
+                    for a in answers {
+                        match a["error"].as_str() {
+                            None => stopped += 1,
+                            Some(e) if e.contains("is not queued or running") => over += 1,
+                            Some(e) => refused.push(e.to_string()),
+                        }
+                    }
+                }
+                outln!(
+                    "array {a}: {stopped} job{} stopped or stopping, {over} over already",
+                    if stopped == 1 { "" } else { "s" }
+                );
+                if let Some(e) = refused.first() {
+                    errln!(
+                        "berth stop: array {a}: {} job{} not stopped: {e}",
+                        refused.len(),
+                        if refused.len() == 1 { "" } else { "s" }
+                    );
+                    code = code.max(crate::exit::ERROR);
+                }
             }
         }
     }

@@ -287,7 +287,7 @@ fn each_array_job_gets_its_own_log_and_a_log_nowhere_is_refused_at_submission() 
         ],
     );
     assert!(out.status.success(), "{}", text(&out));
-    for (i, id) in [(1, 1), (2, 2), (3, 3)] {
+    for (i, id) in [(1, 2), (2, 3), (3, 4)] {
         assert_eq!(
             fx.read_work(&format!("out.1.{i}.{id}.log")),
             format!("{i}\n")
@@ -656,4 +656,69 @@ fn dependencies_start_after_their_jobs_and_fail_with_them_and_holds_wait_for_a_r
     let out = as_user(&fx, other, &["rerun", &ok]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     up.stop();
+}
+
+#[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
+fn an_arrays_id_is_a_handle_on_all_its_jobs() {
+    need_root!();
+    let fx = Fixture::new();
+    let _up = Up::start(&fx, &["--slots", "4", "-r", "CORES/4"]);
+    let out = as_nobody(&fx, &["run", "true"]);
+    assert_eq!(stdout(&out).trim(), "1");
+    // 30 jobs: ids 3-32, the array 2 (an id no job has).
+    let out = as_nobody(
+        &fx,
+        &[
+            "run",
+            "--array",
+            "30",
+            "sh",
+            "-c",
+            "[ @INDEX@ -le 25 ] || exec sleep 60",
+        ],
+    );
+    assert_eq!(
+        stdout(&out).trim(),
+        "3-32 (30 jobs, array 2)",
+        "{}",
+        text(&out)
+    );
+    let out = as_nobody(&fx, &["info", "2"]);
+    assert!(stdout(&out).contains("array: 2"), "{}", text(&out));
+    assert!(stdout(&out).contains("jobs: 30 (3-32)"), "{}", text(&out));
+    wait_until("25 jobs Done, 5 running", T, || {
+        let out = as_nobody(&fx, &["info", "--json", "2"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v[0]["states"]["Done"] == 25 && v[0]["states"]["Running"] == 4
+            || v[0]["states"]["Done"] == 25 && v[0]["states"]["Running"] == 5
+    });
+    let out = as_nobody(&fx, &["list", "-o", "id", "2"]);
+    assert_eq!(stdout(&out).lines().count(), 30, "{}", text(&out));
+    let out = as_nobody(&fx, &["info", "-o", "state", "2"]);
+    assert_eq!(stdout(&out).lines().filter(|l| *l == "Done").count(), 25);
+    // Waiting runs out of time on the array's sleepers; stopping the array stops them.
+    let out = as_nobody(&fx, &["wait", "--timeout", "1", "-q", "2"]);
+    assert_eq!(out.status.code(), Some(124), "{}", text(&out));
+    let out = as_nobody(&fx, &["stop", "2"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        stdout(&out).trim(),
+        "array 2: 5 jobs stopped or stopping, 25 over already",
+        "{}",
+        text(&out)
+    );
+    let out = as_nobody(&fx, &["wait", "2"]);
+    assert_eq!(out.status.code(), Some(143), "{}", text(&out));
+    let ends = stderr(&out)
+        .lines()
+        .filter(|l| l.starts_with("berth: job "))
+        .count();
+    assert_eq!(ends, 30, "{}", text(&out));
+    let out = as_nobody(&fx, &["info", "--json", "2"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["states"]["Failed"], 5, "{v}");
+    // Job 1 is a job, not an array.
+    let out = as_nobody(&fx, &["info", "-o", "state", "1"]);
+    assert_eq!(stdout(&out), "Done\n");
 }
