@@ -550,6 +550,12 @@ fn route(
                 }
             }
             f.name = req.param("name").map(str::to_string);
+            if let Some(b) = req.param("below") {
+                match b.parse() {
+                    Ok(b) => f.below = Some(b),
+                    Err(_) => return (400, error_body(&format!("{b:?} is not a job id"))),
+                }
+            }
             if let Some(a) = req.param("array") {
                 match a.parse() {
                     Ok(a) => f.array = Some(a),

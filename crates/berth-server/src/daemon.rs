@@ -161,6 +161,9 @@ impl Meta {
     }
 }
 
+/// How long ended jobs stay in the store unless `--keep` says.
+pub const DEFAULT_KEEP: Duration = Duration::from_secs(30 * 86_400);
+
 /// `10m`, `2h30m`, `1m30s`: a limit as `--time` takes it.
 pub fn limit_text(ms: u64) -> String {
     let s = ms / 1000;
@@ -226,6 +229,10 @@ pub struct Server {
     doomed: Vec<(u64, String)>,
     /// When each running job with a time limit passes it: (ms since the epoch, job).
     deadlines: std::collections::BTreeSet<(u64, u64)>,
+    /// How long ended jobs stay in the store (`--keep`); None: for ever.
+    pub keep: Option<Duration>,
+    /// When ended jobs were last removed, and whether some are left to remove.
+    purged: Option<(Instant, bool)>,
 }
 
 fn now_ms() -> u64 {
@@ -358,6 +365,8 @@ impl Server {
                 dependents,
                 doomed,
                 deadlines,
+                keep: Some(DEFAULT_KEEP),
+                purged: None,
             },
             Handle(tx),
         ))
@@ -569,6 +578,7 @@ impl Server {
             && self.doomed.is_empty();
         if idle {
             self.enforce_limits(t);
+            self.purge(t);
             self.dispatch(t);
             return;
         }
@@ -898,6 +908,7 @@ impl Server {
 
         // 4. The jobs submitted in this turn, and any other slot still free.
         self.enforce_limits(t);
+        self.purge(t);
         self.dispatch(t);
     }
 
@@ -1011,6 +1022,39 @@ impl Server {
                         let _ = self.core.enqueue(d, pri, req.as_deref());
                     }
                 }
+            }
+        }
+    }
+
+    /// Removes from the store the jobs that ended longer ago than `--keep`, a bounded
+    /// number at a time (the actor is not held for long): every quarter of `--keep`
+    /// (between a second and ten minutes), and at once again while some are left.
+    fn purge(&mut self, now: u64) {
+        let Some(keep) = self.keep else {
+            return;
+        };
+        let every = (keep / 4).clamp(Duration::from_secs(1), Duration::from_secs(600));
+        if let Some((at, more)) = self.purged {
+            if !more && at.elapsed() < every {
+                return;
+            }
+        }
+        let before = now.saturating_sub(keep.as_millis() as u64);
+        const AT_ONCE: usize = 5_000;
+        match self.store.purge(before, AT_ONCE) {
+            Ok(n) => {
+                if n > 0 {
+                    berth_sys::say!(
+                        "berth server: removed {n} job(s) that ended over {} ago from the \
+                         store (--keep; their logs stay)",
+                        limit_text(keep.as_millis() as u64)
+                    );
+                }
+                self.purged = Some((Instant::now(), n == AT_ONCE));
+            }
+            Err(e) => {
+                berth_sys::say!("berth server: removing old jobs from the store: {e}");
+                self.purged = Some((Instant::now(), false));
             }
         }
     }

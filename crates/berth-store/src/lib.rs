@@ -100,7 +100,8 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE jobs ADD COLUMN held INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE jobs ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE jobs ADD COLUMN attempts TEXT;
-     CREATE INDEX jobs_array ON jobs(array_id) WHERE array_id IS NOT NULL;",
+     CREATE INDEX jobs_array ON jobs(array_id) WHERE array_id IS NOT NULL;
+     CREATE INDEX jobs_ended ON jobs(ended_ms) WHERE ended_ms IS NOT NULL;",
 ];
 
 /// Makes `path` (if it does not exist) and its WAL and shared-memory files readable by
@@ -217,6 +218,8 @@ pub struct Filter {
     pub ids: Vec<u64>,
     /// Only the jobs of this array.
     pub array: Option<u64>,
+    /// Only jobs below this id (the next page of a listing, newest first).
+    pub below: Option<u64>,
     /// At most this many, newest first.
     pub limit: Option<u32>,
 }
@@ -323,6 +326,34 @@ impl Store {
         let out = f(&mut b).map_err(err)?;
         b.tx.commit().map_err(err)?;
         Ok(out)
+    }
+
+    /// Removes at most `max` jobs that ended before `before_ms` (never a log file: they
+    /// are the users'), and the environments no job uses any more; how many jobs.
+    pub fn purge(&mut self, before_ms: u64, max: usize) -> Result<usize, StoreError> {
+        let path = self.path.clone();
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        let n = tx
+            .execute(
+                "DELETE FROM jobs WHERE id IN (
+                     SELECT id FROM jobs WHERE ended_ms IS NOT NULL AND ended_ms < ?1
+                     AND state IN ('Done', 'Failed') LIMIT ?2)",
+                params![before_ms as i64, max as i64],
+            )
+            .map_err(err)?;
+        if n > 0 {
+            tx.execute(
+                "DELETE FROM envs WHERE hash NOT IN (SELECT DISTINCT env FROM jobs)",
+                [],
+            )
+            .map_err(err)?;
+        }
+        tx.commit().map_err(err)?;
+        Ok(n)
     }
 
     /// Of these ids, those that name arrays, each with its jobs in order.
@@ -478,6 +509,10 @@ impl Store {
         if let Some(a) = f.array {
             sql += " AND array_id = ?";
             args.push((a as i64).into());
+        }
+        if let Some(b) = f.below {
+            sql += " AND id < ?";
+            args.push((b as i64).into());
         }
         sql += " ORDER BY id DESC";
         if let Some(l) = f.limit {

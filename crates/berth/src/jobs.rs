@@ -659,6 +659,9 @@ pub struct List {
     /// At most this many, newest first.
     #[arg(long, default_value_t = 1000)]
     limit: u32,
+    /// The next page: the jobs listed after job ID (older than it).
+    #[arg(long, value_name = "ID")]
+    after_id: Option<u64>,
     /// The fields to print, without a heading, tab-separated (e.g. `-o id,state`); the
     /// fields: id, state, user, name, exit, reason, tasker, slot, submitted, started,
     /// ended, queued, elapsed, array, index, priority, resources, dir, log, command.
@@ -684,6 +687,9 @@ pub fn list(l: List) -> Result<i32> {
             q += &format!("&{k}={}", berth_server::http::encode(v));
         }
     }
+    if let Some(b) = l.after_id {
+        q += &format!("&below={b}");
+    }
     let c = l.conn.client();
     let jobs: Vec<JobView> = if l.jobs.is_empty() {
         c.call("GET", &q, None)?
@@ -706,6 +712,16 @@ pub fn list(l: List) -> Result<i32> {
         return Ok(0);
     }
     print_jobs(&jobs, fields.as_deref());
+    if l.jobs.is_empty() && jobs.len() as u64 >= l.limit as u64 && std::io::stdout().is_terminal()
+    {
+        if let Some(last) = jobs.last() {
+            errln!(
+                "berth list: the newest {} shown; the next page: berth list --after-id {}",
+                jobs.len(),
+                last.id
+            );
+        }
+    }
     Ok(0)
 }
 

@@ -119,6 +119,23 @@ pub struct PolicyArgs {
     /// The longest --time a job may ask for; a longer one is refused at submission.
     #[arg(long, value_name = "DURATION", value_parser = crate::show::parse_duration)]
     time_max: Option<u64>,
+    /// How long ended jobs stay in the store (`berth list`, `info`), as 30d, 12h;
+    /// `forever` keeps them all. Their log files are the users' and always stay.
+    #[arg(long, value_name = "DURATION|forever", default_value = "30d", value_parser = parse_keep)]
+    pub keep: Keep,
+}
+
+/// `--keep`: a duration, or for ever.
+#[derive(Clone, Copy, Debug)]
+pub struct Keep(pub Option<std::time::Duration>);
+
+fn parse_keep(s: &str) -> Result<Keep> {
+    if s == "forever" {
+        return Ok(Keep(None));
+    }
+    crate::show::parse_duration(s)
+        .map(|ms| Keep(Some(std::time::Duration::from_millis(ms))))
+        .map_err(|e| anyhow::anyhow!("{e}, or forever"))
 }
 
 impl PolicyArgs {
@@ -412,6 +429,7 @@ fn start_server(
     policy: &PolicyArgs,
     remote: &RemoteArgs,
 ) -> Result<Running> {
+    let keep = policy.keep;
     let policy = policy.policy(swd)?;
     if let Err(e) = berth_sys::raise_open_files() {
         berth_sys::say!("berth: warning: cannot raise the limit of open files: {e}");
@@ -439,6 +457,7 @@ fn start_server(
     server.tasker_grace = grace;
     server.max_unfinished_per_user = policy.max_unfinished_per_user;
     server.time_default_ms = policy.time_default_ms;
+    server.keep = keep.0;
     let actor = std::thread::spawn(move || server.run());
     let listener =
         UnixListener::bind(&sock).with_context(|| format!("listening on {}", sock.display()))?;

@@ -721,3 +721,34 @@ fn an_arrays_id_is_a_handle_on_all_its_jobs() {
     let out = as_nobody(&fx, &["info", "-o", "state", "1"]);
     assert_eq!(stdout(&out), "Done\n");
 }
+
+#[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
+fn ended_jobs_leave_the_store_after_keep_their_logs_stay_and_listings_page() {
+    need_root!();
+    let fx = Fixture::new();
+    let _up = Up::start(&fx, &["--slots", "4", "-r", "CORES/4", "--keep", "3"]);
+    let out = as_nobody(&fx, &["run", "-w", "-q", "--array", "5", "echo", "@INDEX@"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let held = as_nobody(&fx, &["run", "--hold", "true"]);
+    let held = stdout(&held).trim().to_string();
+    // Pages, newest first.
+    let out = as_nobody(&fx, &["list", "-o", "id", "--limit", "2"]);
+    assert_eq!(stdout(&out), format!("{held}\n6\n"), "{}", text(&out));
+    let out = as_nobody(&fx, &["list", "-o", "id", "--limit", "2", "--after-id", "5"]);
+    assert_eq!(stdout(&out), "4\n3\n", "{}", text(&out));
+    // Three seconds after they ended, the ended jobs are gone; the held one stays, and
+    // so do the logs.
+    wait_until("the ended jobs to leave the store", T, || {
+        let out = as_nobody(&fx, &["list", "-o", "id"]);
+        stdout(&out) == format!("{held}\n")
+    });
+    for (i, id) in [(1, 2), (5, 6)] {
+        assert_eq!(fx.read_work(&format!("berth-{id}.log")), format!("{i}\n"));
+    }
+    let out = as_nobody(&fx, &["info", "2"]);
+    assert_eq!(out.status.code(), Some(121), "{}", text(&out));
+    let out = fx.berth(&["up", "--keep", "soon"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(stderr(&out).contains("or forever"), "{}", text(&out));
+}
