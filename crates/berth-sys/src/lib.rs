@@ -308,6 +308,56 @@ pub fn kill_group(pgid: u32, sig: libc::c_int) {
     unsafe { libc::kill(-(pgid as libc::pid_t), sig) };
 }
 
+/// CLOCK_MONOTONIC in microseconds: the clock of the kernel log's timestamps.
+pub fn monotonic_us() -> u64 {
+    // SAFETY: timespec is plain data, filled by the call.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid clock id and out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+}
+
+/// Whether the kernel's log says it killed process `pid` for memory at or after
+/// `since_us` (CLOCK_MONOTONIC): `Some(true)` in a memory cgroup at its limit,
+/// `Some(false)` when the host ran out, None when it did not (or the log cannot be
+/// read: it needs root).
+pub fn oom_killed(pid: u32, since_us: u64) -> Option<bool> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/dev/kmsg")
+        .ok()?;
+    let needle = format!("Killed process {pid} (");
+    let mut buf = vec![0u8; 8192];
+    let mut found = None;
+    loop {
+        // One record per read.
+        let n = match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            // Overwritten while read: the next one follows.
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break, // EAGAIN: no more
+        };
+        let rec = String::from_utf8_lossy(&buf[..n]);
+        let Some((head, msg)) = rec.split_once(';') else {
+            continue;
+        };
+        let ts: u64 = head
+            .split(',')
+            .nth(2)
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0);
+        if ts >= since_us && msg.contains(&needle) {
+            found = Some(msg.contains("Memory cgroup out of memory"));
+        }
+    }
+    found
+}
+
 /// Sends this process SIGTERM: the clean stop its signal thread (which waits for the
 /// blocked [`STOP_SIGNALS`]) carries out.
 pub fn terminate_self() {

@@ -501,6 +501,8 @@ enum Report {
     None,
     Started,
     Ended(End),
+    /// Killed by the kernel for memory, in a cgroup with this limit (bytes), if any.
+    OutOfMemory(End, Option<u64>),
     /// The report was replaced by something that is not a regular file.
     Refused(String),
 }
@@ -522,9 +524,23 @@ fn parse_report(text: Option<&str>) -> Report {
     let mut w = last.split_whitespace();
     match (w.next(), w.next().and_then(|n| n.parse::<i32>().ok())) {
         (Some("exit"), Some(c)) => Report::Ended(End::Exited(c)),
-        (Some("signal"), Some(s)) => Report::Ended(End::Signaled(s)),
+        (Some("signal"), Some(s)) => match (w.next(), w.next()) {
+            (Some("oom"), limit) => {
+                Report::OutOfMemory(End::Signaled(s), limit.and_then(|l| l.parse().ok()))
+            }
+            _ => Report::Ended(End::Signaled(s)),
+        },
         (Some("started"), _) => Report::Started,
         _ => Report::None,
+    }
+}
+
+/// The reason of a job the kernel killed for memory: `out of memory (limit 64 MB)`.
+pub fn out_of_memory(limit: Option<u64>) -> String {
+    match limit {
+        Some(b) if b % (1 << 20) == 0 => format!("out of memory (limit {} MB)", b >> 20),
+        Some(b) => format!("out of memory (limit {b} bytes)"),
+        None => "out of memory".to_string(),
     }
 }
 
@@ -835,6 +851,10 @@ fn run_with_sink(host: &Host, job: &Job, cfg: &Config, stop: &Stop, sink: &Arc<S
                 outcome.end = e;
                 outcome.failure = e.failure(stopped);
             }
+            Report::OutOfMemory(e, limit) => {
+                outcome.end = e;
+                outcome.failure = Some(out_of_memory(limit));
+            }
             Report::Refused(why) => {
                 outcome.end = hook_end;
                 outcome.failure = Some(why);
@@ -1050,6 +1070,11 @@ pub fn resume(host: &Host, a: Adopted, stop: &Stop) -> Outcome {
             failure: e.failure(stopped),
             after_failures: Vec::new(),
         },
+        Report::OutOfMemory(e, limit) => Outcome {
+            end: e,
+            failure: Some(out_of_memory(limit)),
+            after_failures: Vec::new(),
+        },
         Report::Refused(why) => Outcome::refused(why),
         Report::Started | Report::None => Outcome::refused(if stopped {
             "stopped by request (the wrapper did not report the command's status)".to_string()
@@ -1168,6 +1193,16 @@ mod tests {
             Report::Ended(End::Signaled(9))
         );
         assert_eq!(parse_report(Some("garbage")), Report::None);
+        assert_eq!(
+            parse_report(Some("started 12\nsignal 9 oom 67108864\n")),
+            Report::OutOfMemory(End::Signaled(9), Some(64 << 20))
+        );
+        assert_eq!(
+            parse_report(Some("signal 9 oom -\n")),
+            Report::OutOfMemory(End::Signaled(9), None)
+        );
+        assert_eq!(out_of_memory(Some(64 << 20)), "out of memory (limit 64 MB)");
+        assert_eq!(out_of_memory(None), "out of memory");
     }
 
     #[test]

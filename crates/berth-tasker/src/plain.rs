@@ -177,6 +177,7 @@ fn run_kept(
         log: log.to_path_buf(),
         cgroup,
     };
+    let since = berth_sys::monotonic_us();
     let pid = match keeper.spawn(&req, &file, join.map(|(_, fd)| fd)) {
         Ok(Started::Pid(pid)) => pid,
         Ok(Started::Not(not_found, e)) => return not_started(job, sink, not_found, &e),
@@ -190,7 +191,31 @@ fn run_kept(
         keeper.reap(id, stop.requested())
     });
     stop.set_steady(false);
-    outcome_of_end(end, &job.id)
+    let mut out = outcome_of_end(end, &job.id);
+    named_oom(&mut out, pid, since, sink);
+    out
+}
+
+/// A job that SIGKILL ended, which the kernel's log says it killed for memory, ended for
+/// that: its reason says so (and its log).
+fn named_oom(out: &mut Outcome, pid: u32, since_us: u64, sink: &Sink) {
+    if out.end != End::Signaled(libc::SIGKILL)
+        || out
+            .failure
+            .as_deref()
+            .is_some_and(|f| f.starts_with("stopped"))
+    {
+        return;
+    }
+    if let Some(memcg) = berth_sys::oom_killed(pid, since_us) {
+        let why = if memcg {
+            "out of memory (the memory cgroup it ran in reached its limit)"
+        } else {
+            "out of memory (the host ran out)"
+        };
+        sink.note(why);
+        out.failure = Some(why.to_string());
+    }
 }
 
 /// Takes over a job that the keeper kept while no tasker ran: waits for it (or, on a

@@ -9,6 +9,11 @@
 //! The status file holds `started PID` once the command is running, then `exit N` or
 //! `signal N`; the tasker reads the last line. The wrapper's own exit code is N, or 128+N
 //! for a signal, as a shell would report it.
+//!
+//! A command killed by SIGKILL while the kernel's count of OOM kills in the wrapper's own
+//! memory cgroup (the container's: v2 `memory.events`, v1 `memory.oom_control`) went up
+//! was killed for memory: the line is then `signal 9 oom BYTES`, BYTES the cgroup's limit
+//! (`-` when it has none).
 
 // A static wrapper that forks, waits and forwards signals by system calls of its own.
 #![allow(unsafe_code)]
@@ -135,6 +140,8 @@ fn run(args: &[OsString], status_path: Option<&std::ffi::OsStr>) -> i32 {
     // SAFETY: setpgid on our own child.
     unsafe { libc::setpgid(pid, pid) };
     report(status_path, &format!("started {pid}\n"), true);
+    let memory = Memory::find();
+    let ooms_before = memory.as_ref().and_then(Memory::oom_kills);
 
     loop {
         // SAFETY: siginfo_t is plain data filled by the kernel.
@@ -167,7 +174,19 @@ fn run(args: &[OsString], status_path: Option<&std::ffi::OsStr>) -> i32 {
                     (format!("exit {c}\n"), c)
                 } else {
                     let s = libc::WTERMSIG(status);
-                    (format!("signal {s}\n"), 128 + s)
+                    let oom = s == libc::SIGKILL
+                        && memory.as_ref().is_some_and(
+                            |m| matches!((ooms_before, m.oom_kills()), (Some(a), Some(b)) if b > a),
+                        );
+                    if oom {
+                        let limit = memory
+                            .as_ref()
+                            .and_then(Memory::limit)
+                            .map_or("-".to_string(), |b| b.to_string());
+                        (format!("signal {s} oom {limit}\n"), 128 + s)
+                    } else {
+                        (format!("signal {s}\n"), 128 + s)
+                    }
                 };
                 report(status_path, &line, false);
                 if is_init {
@@ -179,5 +198,72 @@ fn run(args: &[OsString], status_path: Option<&std::ffi::OsStr>) -> i32 {
                 return code;
             }
         }
+    }
+}
+
+/// The memory cgroup the wrapper (and so the command) is in, as seen from inside its
+/// container: where the kernel counts its OOM kills, and its limit.
+struct Memory {
+    /// `memory.events` (v2) or `memory.oom_control` (v1): both have `oom_kill N`.
+    events: std::path::PathBuf,
+    /// `memory.max` (v2) or `memory.limit_in_bytes` (v1).
+    limit: std::path::PathBuf,
+}
+
+impl Memory {
+    /// The first of the places the cgroup may be mounted that has the files: its own
+    /// path below the mount (no cgroup namespace), or the mount's root (a container's
+    /// cgroup mounted as the root, or a cgroup namespace).
+    fn find() -> Option<Memory> {
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let mut candidates: Vec<(String, &str, &str)> = Vec::new();
+        for line in own.lines() {
+            let mut f = line.splitn(3, ':');
+            let (Some(id), Some(ctl), Some(path)) = (f.next(), f.next(), f.next()) else {
+                continue;
+            };
+            let path = if path == "/" { "" } else { path };
+            if ctl.split(',').any(|c| c == "memory") {
+                for base in ["/sys/fs/cgroup/memory"] {
+                    candidates.push((
+                        format!("{base}{path}"),
+                        "memory.oom_control",
+                        "memory.limit_in_bytes",
+                    ));
+                    candidates.push((
+                        base.to_string(),
+                        "memory.oom_control",
+                        "memory.limit_in_bytes",
+                    ));
+                }
+            } else if id == "0" && ctl.is_empty() {
+                for base in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+                    candidates.push((format!("{base}{path}"), "memory.events", "memory.max"));
+                    candidates.push((base.to_string(), "memory.events", "memory.max"));
+                }
+            }
+        }
+        candidates.into_iter().find_map(|(dir, events, limit)| {
+            let m = Memory {
+                events: std::path::Path::new(&dir).join(events),
+                limit: std::path::Path::new(&dir).join(limit),
+            };
+            m.oom_kills().map(|_| m)
+        })
+    }
+
+    /// How many processes the kernel has killed in it for memory.
+    fn oom_kills(&self) -> Option<u64> {
+        let text = std::fs::read_to_string(&self.events).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|n| n.trim().parse().ok())
+    }
+
+    /// Its limit in bytes; None when it has none.
+    fn limit(&self) -> Option<u64> {
+        let text = std::fs::read_to_string(&self.limit).ok()?;
+        let n: u64 = text.trim().parse().ok()?; // v2 says "max"
+        (n < 1 << 62).then_some(n)
     }
 }

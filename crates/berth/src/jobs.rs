@@ -712,8 +712,7 @@ pub fn list(l: List) -> Result<i32> {
         return Ok(0);
     }
     print_jobs(&jobs, fields.as_deref());
-    if l.jobs.is_empty() && jobs.len() as u64 >= l.limit as u64 && std::io::stdout().is_terminal()
-    {
+    if l.jobs.is_empty() && jobs.len() as u64 >= l.limit as u64 && std::io::stdout().is_terminal() {
         if let Some(last) = jobs.last() {
             errln!(
                 "berth list: the newest {} shown; the next page: berth list --after-id {}",

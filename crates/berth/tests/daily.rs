@@ -735,7 +735,10 @@ fn ended_jobs_leave_the_store_after_keep_their_logs_stay_and_listings_page() {
     // Pages, newest first.
     let out = as_nobody(&fx, &["list", "-o", "id", "--limit", "2"]);
     assert_eq!(stdout(&out), format!("{held}\n6\n"), "{}", text(&out));
-    let out = as_nobody(&fx, &["list", "-o", "id", "--limit", "2", "--after-id", "5"]);
+    let out = as_nobody(
+        &fx,
+        &["list", "-o", "id", "--limit", "2", "--after-id", "5"],
+    );
     assert_eq!(stdout(&out), "4\n3\n", "{}", text(&out));
     // Three seconds after they ended, the ended jobs are gone; the held one stays, and
     // so do the logs.
@@ -751,4 +754,89 @@ fn ended_jobs_leave_the_store_after_keep_their_logs_stay_and_listings_page() {
     let out = fx.berth(&["up", "--keep", "soon"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(stderr(&out).contains("or forever"), "{}", text(&out));
+}
+
+/// A v1 memory cgroup of the test's own, removed when dropped.
+struct MemoryCgroup(std::path::PathBuf);
+
+impl MemoryCgroup {
+    fn new(limit_mb: u64) -> MemoryCgroup {
+        let dir = std::path::PathBuf::from(format!(
+            "/sys/fs/cgroup/memory/berth-test-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("memory.limit_in_bytes"),
+            format!("{}", limit_mb << 20),
+        )
+        .unwrap();
+        MemoryCgroup(dir)
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.0).is_ok() || !self.0.exists() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
+fn a_job_killed_for_memory_says_so_and_one_killed_otherwise_does_not() {
+    need_root!();
+    let fx = Fixture::new();
+    image();
+    // berth up, and so its jobs, in a memory cgroup of 300 MB.
+    let cg = MemoryCgroup::new(300);
+    let join = format!("echo $$ > {}/cgroup.procs && exec \"$@\"", cg.0.display());
+    let _up = Up::start_wrapped(
+        &fx,
+        &["--slots", "2", "--examples", "--project", "t-oom"],
+        &["sh", "-c", &join, "sh"],
+    );
+    let hog = "x=$(head -c 600000000 /dev/zero | tr '\\0' a); echo ${#x}";
+    // A plain job over the cgroup's limit: the kernel's log names it.
+    let out = as_nobody(&fx, &["run", "-w", "sh", "-c", hog]);
+    assert_eq!(out.status.code(), Some(137), "{}", text(&out));
+    assert!(
+        stderr(&out).contains(
+            "job 1 Failed (out of memory (the memory cgroup it ran in reached its limit))"
+        ),
+        "{}",
+        text(&out)
+    );
+    // A container job over its RAM/64: the wrapper reads its container's cgroup.
+    let out = as_nobody(
+        &fx,
+        &[
+            "run",
+            "-w",
+            "-r",
+            "Container:docker RAM/64",
+            "sh",
+            "-c",
+            hog,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(137), "{}", text(&out));
+    let v = info(&fx, "2");
+    assert_eq!(v["reason"], "out of memory (limit 64 MB)", "{v}");
+    // Killed by SIGKILL for another reason: not out of memory, in a container or not.
+    for (id, res) in [("3", None), ("4", Some("Container:docker RAM/64"))] {
+        let mut args = vec!["run", "-w"];
+        if let Some(r) = res {
+            args.extend(["-r", r]);
+        }
+        args.extend(["sh", "-c", "kill -9 $$"]);
+        let out = as_nobody(&fx, &args);
+        assert_eq!(out.status.code(), Some(137), "{}", text(&out));
+        assert_eq!(info(&fx, id)["reason"], "killed by signal 9 (SIGKILL)");
+    }
+    assert!(podman_containers("t-oom").is_empty());
 }

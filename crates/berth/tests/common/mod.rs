@@ -375,12 +375,35 @@ impl Up {
         Up::start_inner(fx, extra, log, true)
     }
 
+    /// Started by `wrapper` (a command that ends by exec'ing its arguments: `berth up ...`).
+    pub fn start_wrapped(fx: &Fixture, extra: &[&str], wrapper: &[&str]) -> Up {
+        Up::start_full(fx, extra, None, true, wrapper)
+    }
+
     fn start_inner(fx: &Fixture, extra: &[&str], log: Option<&Path>, stop_jobs: bool) -> Up {
+        Up::start_full(fx, extra, log, stop_jobs, &[])
+    }
+
+    fn start_full(
+        fx: &Fixture,
+        extra: &[&str],
+        log: Option<&Path>,
+        stop_jobs: bool,
+        wrapper: &[&str],
+    ) -> Up {
         let stderr = match log {
             Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
             None => Stdio::null(),
         };
-        let child = Command::new(berth())
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(berth());
+                c
+            }
+            None => Command::new(berth()),
+        };
+        let child = cmd
             .arg("up")
             .arg("--swd")
             .arg(&fx.swd)
