@@ -224,18 +224,17 @@ impl Memory {
             };
             let path = if path == "/" { "" } else { path };
             if ctl.split(',').any(|c| c == "memory") {
-                for base in ["/sys/fs/cgroup/memory"] {
-                    candidates.push((
-                        format!("{base}{path}"),
-                        "memory.oom_control",
-                        "memory.limit_in_bytes",
-                    ));
-                    candidates.push((
-                        base.to_string(),
-                        "memory.oom_control",
-                        "memory.limit_in_bytes",
-                    ));
-                }
+                let base = "/sys/fs/cgroup/memory";
+                candidates.push((
+                    format!("{base}{path}"),
+                    "memory.oom_control",
+                    "memory.limit_in_bytes",
+                ));
+                candidates.push((
+                    base.to_string(),
+                    "memory.oom_control",
+                    "memory.limit_in_bytes",
+                ));
             } else if id == "0" && ctl.is_empty() {
                 for base in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
                     candidates.push((format!("{base}{path}"), "memory.events", "memory.max"));
