@@ -840,3 +840,101 @@ fn a_job_killed_for_memory_says_so_and_one_killed_otherwise_does_not() {
     }
     assert!(podman_containers("t-oom").is_empty());
 }
+
+/// Snakemake 9 from PyPI, in a virtual environment in `dir` that others may run; its
+/// `bin`.
+fn snakemake(dir: &std::path::Path) -> std::path::PathBuf {
+    let run = |c: &mut Command| {
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{c:?}: {}", text(&out));
+    };
+    run(Command::new("/usr/bin/python3")
+        .args(["-m", "venv"])
+        .arg(dir));
+    run(Command::new(dir.join("bin/pip")).args([
+        "install",
+        "-q",
+        "snakemake>=9,<10",
+        "snakemake-executor-plugin-cluster-generic",
+    ]));
+    run(Command::new("chmod").args(["-R", "go+rX"]).arg(dir));
+    dir.join("bin")
+}
+
+#[test]
+#[ignore = "needs root and PyPI: .ci/run runs it with --include-ignored"]
+fn a_snakemake_workflow_runs_through_berth_with_the_example_profile() {
+    need_root!();
+    let fx = Fixture::new();
+    let _up = Up::start(&fx, &["--slots", "4", "-r", "CORES/4"]);
+    let bin = snakemake(&fx.root.join("venv"));
+    let profile = repo().join("examples/snakemake");
+    std::fs::copy(profile.join("Snakefile"), fx.work.join("Snakefile")).unwrap();
+    let path = format!("{}:{}:/usr/bin:/bin", profile.display(), bin.display());
+    let as_nobody_with = |program: &str, args: &[&str]| {
+        let mut c = Command::new(program);
+        c.args(args)
+            .current_dir(&fx.work)
+            .env_clear()
+            .env("PATH", &path)
+            .env("HOME", &fx.work)
+            .env("XDG_CACHE_HOME", fx.work.join(".cache"))
+            .env("BERTH", berth())
+            .env("BERTH_SWD", &fx.swd)
+            .uid(NOBODY)
+            .gid(NOBODY);
+        output_within(&mut c, std::time::Duration::from_secs(300))
+    };
+    let out = as_nobody_with("snakemake", &["--profile", profile.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let all = fx.read_work("all.txt");
+    assert_eq!(all.lines().count(), 19, "{all}");
+    assert!(all.lines().all(|l| l.ends_with("as nobody")), "{all}");
+    // 20 berth jobs; the one that gathers waited for the 19 parts (--after).
+    let out = fx.run(&["list", "--json", "--name", "snakemake"], T);
+    let jobs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let jobs = jobs.as_array().unwrap();
+    assert_eq!(jobs.len(), 20, "{}", text(&out));
+    assert!(jobs.iter().all(|j| j["state"] == "Done"));
+    assert_eq!(
+        jobs[0]["after"].as_array().unwrap().len(),
+        19,
+        "{}",
+        jobs[0]
+    );
+    // The status script tells a missing job (failed) from a server that does not answer
+    // (running: ask again), and both from a job's own states.
+    let status = |id: &str, swd: &std::path::Path| {
+        let mut c = Command::new(profile.join("berth-status"));
+        c.arg(id)
+            .env("BERTH", berth())
+            .env("BERTH_SWD", swd)
+            .uid(NOBODY)
+            .gid(NOBODY);
+        let out = output_within(&mut c, T);
+        assert!(out.status.success(), "{}", text(&out));
+        stdout(&out).trim().to_string()
+    };
+    assert_eq!(status("1", &fx.swd), "success");
+    assert_eq!(status("999", &fx.swd), "failed");
+    assert_eq!(status("1", &fx.root.join("nowhere")), "running");
+    let out = as_nobody(&fx, &["run", "sh", "-c", "exit 2"]);
+    let failed = stdout(&out).trim().to_string();
+    let _ = as_nobody(&fx, &["wait", &failed]);
+    assert_eq!(status(&failed, &fx.swd), "failed");
+    // Cancel: one executable, any number of jobs.
+    let a = stdout(&as_nobody(&fx, &["run", "sleep", "60"]))
+        .trim()
+        .to_string();
+    let b = stdout(&as_nobody(&fx, &["run", "sleep", "60"]))
+        .trim()
+        .to_string();
+    let out = as_nobody_with(profile.join("berth-cancel").to_str().unwrap(), &[&a, &b]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = as_nobody(&fx, &["wait", &a, &b]);
+    assert!(
+        stderr(&out).matches("Failed (stopped by request)").count() == 2,
+        "{}",
+        text(&out)
+    );
+}
