@@ -45,9 +45,9 @@ mkdir -p "$hooks" "$swd/containers"
 chmod 755 "$hooks"
 for name in "$@"; do
     case $name in
-    docker) files=docker-enter.sh ;;
-    podman-split) files="podman-setup.sh podman-enter.sh podman-cleanup.sh podman-teardown.sh" ;;
-    bwrap) files="bwrap-setup.sh bwrap-enter.sh" ;;
+    docker) files="docker-enter.sh docker-exec.sh" ;;
+    podman-split) files="podman-setup.sh podman-enter.sh podman-cleanup.sh podman-teardown.sh podman-exec.sh" ;;
+    bwrap) files="bwrap-setup.sh bwrap-enter.sh bwrap-exec.sh" ;;
     *) echo "install.sh: no example named $name (docker, podman-split, bwrap)" >&2; exit 2 ;;
     esac
     for f in $files; do

@@ -20,15 +20,19 @@ pub enum HookType {
     Cleanup,
     /// Removes the container, whatever happened.
     Teardown,
+    /// Runs a command in a running job's container (`berth exec`); optional, never part
+    /// of the life cycle.
+    Exec,
 }
 
 impl HookType {
     /// All types, in the order of the life cycle.
-    pub const ALL: [HookType; 4] = [
+    pub const ALL: [HookType; 5] = [
         HookType::Setup,
         HookType::Enter,
         HookType::Cleanup,
         HookType::Teardown,
+        HookType::Exec,
     ];
 
     /// The name used in configuration files.
@@ -38,6 +42,7 @@ impl HookType {
             HookType::Enter => "enter",
             HookType::Cleanup => "cleanup",
             HookType::Teardown => "teardown",
+            HookType::Exec => "exec",
         }
     }
 
@@ -75,7 +80,7 @@ impl Privilege {
 /// One `containerHook` directive.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Hook {
-    /// setup, enter, cleanup or teardown.
+    /// setup, enter, cleanup, teardown or exec.
     pub kind: HookType,
     /// user or root.
     pub privilege: Privilege,
@@ -167,7 +172,7 @@ impl Config {
 
     /// How long a hook of this type may run; `None` for enter, which lasts as the job.
     pub fn timeout(&self, kind: HookType) -> Option<Duration> {
-        if kind == HookType::Enter {
+        if matches!(kind, HookType::Enter | HookType::Exec) {
             return None;
         }
         Some(
@@ -405,7 +410,7 @@ fn hook(cmd: &Command, seen: &mut Vec<(HookType, usize)>) -> Result<Hook, String
     }
     let kind = HookType::parse(&args[0].text).ok_or_else(|| {
         format!(
-            "containerHook: unknown hook type {:?}; expected setup, enter, cleanup or teardown",
+            "containerHook: unknown hook type {:?}; expected setup, enter, cleanup, teardown or exec",
             args[0].text
         )
     })?;
@@ -522,21 +527,27 @@ fn timeout(
     seen: &mut Vec<(HookType, usize)>,
 ) -> Result<(HookType, Duration), String> {
     arity(args, 2, 2, "containerHookTimeout", "TYPE SECONDS")?;
-    let kind = match HookType::parse(&args[0].text) {
-        Some(HookType::Enter) => {
-            return Err(
-                "containerHookTimeout enter: enter lasts as long as the job and has no timeout"
+    let kind =
+        match HookType::parse(&args[0].text) {
+            Some(HookType::Enter) => {
+                return Err(
+                    "containerHookTimeout enter: enter lasts as long as the job and has no timeout"
+                        .to_string(),
+                )
+            }
+            Some(HookType::Exec) => return Err(
+                "containerHookTimeout exec: exec lasts as long as the command berth exec runs, \
+                 and has no timeout"
                     .to_string(),
-            )
-        }
-        Some(k) => k,
-        None => {
-            return Err(format!(
+            ),
+            Some(k) => k,
+            None => {
+                return Err(format!(
                 "containerHookTimeout: unknown hook type {:?}; expected setup, cleanup or teardown",
                 args[0].text
             ))
-        }
-    };
+            }
+        };
     let secs = seconds(&args[1], &format!("containerHookTimeout {kind}"))?;
     if secs == 0 {
         return Err(format!(

@@ -293,6 +293,9 @@ pub enum ToTasker {
     Stop(u64),
     /// Stop this job for this reason (its time limit, say), which its failure names.
     StopBecause(u64, String),
+    /// Run a command in a running container job's container, with its exec hook
+    /// (`berth exec`); answered with [`FromTasker::ExecEnded`].
+    Exec(ExecRequest),
     /// These jobs' ends are recorded: forget them.
     Ack(Vec<u64>),
     /// Read part of a job's log, as its owner, for a user who cannot read it from where
@@ -348,6 +351,28 @@ pub enum FromTasker {
     /// This process stops, leaving its jobs running for the next: start nothing more
     /// here. Answered with [`ToTasker::Bye`].
     Leaving,
+    /// An exec ended: its exit status, or why it could not run.
+    ExecEnded {
+        /// The request.
+        req: u64,
+        /// The exit status a shell would report.
+        exit_code: Option<i32>,
+        /// Why it did not run.
+        error: Option<String>,
+    },
+}
+
+/// `berth exec JOB -- CMD`: what the tasker runs, and where the user's terminal is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// The request's number, for the answer.
+    pub req: u64,
+    /// The job.
+    pub job: u64,
+    /// The command to run in its container.
+    pub command: Vec<String>,
+    /// The user's terminal, which the tasker connects to (as for `berth run -I`).
+    pub terminal: Interactive,
 }
 
 /// Which part of which log to read.

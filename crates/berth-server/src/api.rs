@@ -742,6 +742,41 @@ fn route(
             }
             Err(_) => (400, error_body(&format!("{id:?} is not a job id"))),
         },
+        ("POST", ["v1", "jobs", id, "exec"]) => {
+            #[derive(serde::Deserialize)]
+            struct ExecBody {
+                command: Vec<String>,
+                terminal: berth_proto::Interactive,
+            }
+            let Ok(id) = id.parse::<u64>() else {
+                return (400, error_body(&format!("{id:?} is not a job id")));
+            };
+            let mut b: ExecBody = match serde_json::from_slice(&req.body) {
+                Ok(b) => b,
+                Err(e) => return (400, error_body(&format!("not valid JSON: {e}"))),
+            };
+            if let Err(e) = crate::policy::valid_terminal(&b.terminal) {
+                return (400, error_body(&e));
+            }
+            // The terminal is on the host the request came from, whatever it says.
+            b.terminal.host = client_host.to_string();
+            json(
+                h.ask(|r| Event::Exec(caller.clone(), id, b.command, b.terminal, r))
+                    .map(|req| serde_json::json!({ "req": req })),
+            )
+        }
+        ("GET", ["v1", "exec", req]) => match req.parse() {
+            Ok(n) => json(
+                h.ask(|r| Event::ExecResult(caller.clone(), n, r))
+                    .map(|d| match d {
+                        None => serde_json::json!({ "done": false }),
+                        Some((code, error)) => {
+                            serde_json::json!({ "done": true, "exit_code": code, "error": error })
+                        }
+                    }),
+            ),
+            Err(_) => (400, error_body(&format!("{req:?} is not an exec number"))),
+        },
         ("POST", ["v1", "jobs", id, "rerun"]) => match id.parse() {
             Ok(id) => json(
                 h.ask(|r| Event::Rerun(caller.clone(), id, r))

@@ -62,6 +62,17 @@ pub enum Event {
     WaitMany(Vec<u64>, u64, Reply<JobView>, Reply<Vec<JobView>>),
     /// The waiter with that token gave up on these jobs.
     UnwaitMany(Vec<u64>, u64),
+    /// `berth exec`: run a command in a running container job's container, the user's
+    /// terminal where it says; the request's number.
+    Exec(
+        Caller,
+        u64,
+        Vec<String>,
+        berth_proto::Interactive,
+        Reply<u64>,
+    ),
+    /// How an exec ended, once it has: (exit status, why it did not run).
+    ExecResult(Caller, u64, Reply<Option<(Option<i32>, Option<String>)>>),
     /// Which of these ids name arrays, with their jobs.
     Arrays(Vec<u64>, Reply<HashMap<u64, Vec<u64>>>),
     /// Hold a queued job (true), or release it (false).
@@ -229,6 +240,9 @@ pub struct Server {
     doomed: Vec<(u64, String)>,
     /// When each running job with a time limit passes it: (ms since the epoch, job).
     deadlines: std::collections::BTreeSet<(u64, u64)>,
+    /// `berth exec` requests: who asked, and how each ended once it has.
+    execs: HashMap<u64, (u32, Option<(Option<i32>, Option<String>)>)>,
+    next_exec: u64,
     /// How long ended jobs stay in the store (`--keep`); None: for ever.
     pub keep: Option<Duration>,
     /// When ended jobs were last removed, and whether some are left to remove.
@@ -367,6 +381,8 @@ impl Server {
                 deadlines,
                 keep: Some(DEFAULT_KEEP),
                 purged: None,
+                execs: HashMap::new(),
+                next_exec: 1,
             },
             Handle(tx),
         ))
@@ -496,6 +512,18 @@ impl Server {
                         }
                     }
                 }
+                Event::Tasker(
+                    _,
+                    FromTasker::ExecEnded {
+                        req,
+                        exit_code,
+                        error,
+                    },
+                ) => {
+                    if let Some(e) = self.execs.get_mut(&req) {
+                        e.1 = Some((exit_code, error));
+                    }
+                }
                 Event::Tasker(name, FromTasker::Leaving) => {
                     self.core.tasker_leaving(&name);
                     if let Some(t) = self.taskers.get(&name) {
@@ -615,8 +643,19 @@ impl Server {
         let taskers = &self.taskers;
         let open = &self.unfinished;
         let time_default = self.time_default_ms;
-        // The states of the ended jobs that new jobs wait for.
+        // The states of the ended jobs that new jobs wait for, and of those that end in
+        // this very turn (Done or not).
         let dep_states = self.dep_states(&submits, open);
+        let mut over_now: HashMap<u64, bool> = ends
+            .iter()
+            .map(|(_, e)| (e.job, e.failure.is_none()))
+            .collect();
+        for id in lost.iter().chain(&stopped) {
+            over_now.entry(*id).or_insert(false);
+        }
+        for (id, _) in &doomed {
+            over_now.entry(*id).or_insert(false);
+        }
         let res = self.store.batch(|b| {
             Self::record_starts(taskers, b, &starts, t)?;
             for (c, req, reply) in &submits {
@@ -675,10 +714,15 @@ impl Server {
                     let mut waits_for = Vec::new();
                     let mut failed_dep = None;
                     for d in &j.after {
-                        if open.contains_key(d) {
-                            waits_for.push(*d);
-                        } else if dep_states.get(d) != Some(&State::Done) && !j.after_any {
-                            failed_dep = Some(*d);
+                        let done = match over_now.get(d) {
+                            Some(done) => Some(*done),
+                            None if open.contains_key(d) => None,
+                            None => Some(dep_states.get(d) == Some(&State::Done)),
+                        };
+                        match done {
+                            None => waits_for.push(*d),
+                            Some(false) if !j.after_any => failed_dep = Some(*d),
+                            Some(_) => {}
                         }
                     }
                     if let Some(d) = failed_dep {
@@ -1146,6 +1190,54 @@ impl Server {
         }
     }
 
+    /// Sends a `berth exec` to the tasker of running job `id`, for its owner or an
+    /// administrator.
+    fn exec(
+        &mut self,
+        c: &Caller,
+        id: u64,
+        command: Vec<String>,
+        terminal: berth_proto::Interactive,
+    ) -> Result<u64, String> {
+        let v = self.view(id).ok_or_else(|| format!("no job {id}"))?;
+        if !c.admin && c.uid != v.uid {
+            return Err(format!(
+                "job {id} is {}'s: only an administrator may enter another user's job",
+                v.user
+            ));
+        }
+        if command.is_empty() || command.len() > 4096 {
+            return Err("berth exec needs a command (at most 4,096 words)".into());
+        }
+        let Some(tasker) = self.core.running_at(id).map(|(t, _)| t.to_string()) else {
+            return Err(format!(
+                "job {id} is {}: berth exec enters running jobs only",
+                v.state.as_str()
+            ));
+        };
+        let Some(t) = self.taskers.get(&tasker) else {
+            return Err(format!("job {id}: its tasker {tasker} cannot be reached"));
+        };
+        // Bounded: the oldest answers nobody came for are dropped.
+        if self.execs.len() >= 1000 {
+            if let Some(oldest) = self.execs.keys().min().copied() {
+                self.execs.remove(&oldest);
+            }
+        }
+        let req = self.next_exec;
+        self.next_exec += 1;
+        if !t.link.send(ToTasker::Exec(berth_proto::ExecRequest {
+            req,
+            job: id,
+            command,
+            terminal,
+        })) {
+            return Err(format!("job {id}: its tasker {tasker} cannot be reached"));
+        }
+        self.execs.insert(req, (c.uid, None));
+        Ok(req)
+    }
+
     /// A new job identical to job `id`, for its owner or an administrator.
     fn rerun(&mut self, c: &Caller, id: u64) -> Result<u64, String> {
         let v = self.view(id).ok_or_else(|| format!("no job {id}"))?;
@@ -1412,6 +1504,22 @@ impl Server {
                         self.waiters.remove(&id);
                     }
                 }
+            }
+            Event::Exec(c, id, command, terminal, reply) => {
+                let _ = reply.send(self.exec(&c, id, command, terminal));
+            }
+            Event::ExecResult(c, req, reply) => {
+                let r = match self.execs.get(&req) {
+                    None => Err(format!("no berth exec {req}")),
+                    Some((uid, _)) if *uid != c.uid && !c.admin => {
+                        Err(format!("berth exec {req} is another user's"))
+                    }
+                    Some((_, done)) => Ok(done.clone()),
+                };
+                if matches!(r, Ok(Some(_))) {
+                    self.execs.remove(&req);
+                }
+                let _ = reply.send(r);
             }
             Event::Arrays(ids, reply) => {
                 let _ = reply.send(self.store.arrays(&ids).map_err(|e| e.to_string()));
@@ -1773,6 +1881,84 @@ mod tests {
         h.ask(|r| Event::Info(id, r)).unwrap()
     }
 
+    /// A job that waits for one whose end comes in the very turn it is submitted: it
+    /// starts (the end was Done), or fails with the dependency (it was not), never waits
+    /// for ever.
+    #[test]
+    fn a_dependent_submitted_in_the_turn_its_dependency_ends_is_decided() {
+        for ok in [true, false] {
+            let tmp = tempfile::tempdir().unwrap();
+            let (mut s, _h) = Server::open(Store::open(&tmp.path().join("db")).unwrap()).unwrap();
+            let link = Fake::default();
+            s.turn(vec![
+                Event::Connect("t1".into(), Box::new(link.clone())),
+                Event::Tasker(
+                    "t1".into(),
+                    FromTasker::Hello {
+                        name: "t1".into(),
+                        host: "h".into(),
+                        resources: "CORES/2 SLOTS/2".into(),
+                        slots: 2,
+                        containers_refused: vec![],
+                        running: vec![],
+                        ended: vec![],
+                        incarnation: "i1".into(),
+                    },
+                ),
+            ]);
+            let sub = |after: Vec<u64>| {
+                let (tx, rx) = mpsc::channel();
+                let job = Submit {
+                    command: vec!["true".into()],
+                    dir: "/tmp".into(),
+                    env: vec![],
+                    resources: None,
+                    name: None,
+                    log: None,
+                    priority: 0,
+                    interactive: None,
+                    umask: 0o022,
+                    time_limit_ms: None,
+                    after,
+                    after_any: false,
+                    hold: false,
+                    retries: 0,
+                };
+                let e = Event::Submit(
+                    caller(),
+                    SubmitRequest {
+                        jobs: vec![job],
+                        array: None,
+                    },
+                    tx,
+                );
+                (e, rx)
+            };
+            let (e, rx) = sub(vec![]);
+            s.turn(vec![e]);
+            let a = rx.recv().unwrap().unwrap().ids[0];
+            assert_eq!(link.runs(), vec![a]);
+            let mut end = done(a);
+            if !ok {
+                end.failure = Some("exit status 1".into());
+                end.exit_code = Some(1);
+            }
+            let (e, rx) = sub(vec![a]);
+            s.turn(vec![Event::Tasker("t1".into(), FromTasker::Ended(end)), e]);
+            let b = rx.recv().unwrap().unwrap().ids[0];
+            let v = s.view(b).unwrap();
+            if ok {
+                assert_eq!(link.runs(), vec![a, b], "{v:?}");
+            } else {
+                assert_eq!(v.state, State::Failed, "{v:?}");
+                assert_eq!(
+                    v.reason.as_deref(),
+                    Some(format!("dependency {a} failed").as_str())
+                );
+            }
+        }
+    }
+
     #[test]
     fn ends_are_recorded_once_and_acknowledged() {
         let tmp = tempfile::tempdir().unwrap();
@@ -1985,7 +2171,7 @@ mod tests {
                         }
                     }
                     ToTasker::Ack(jobs) => self.unacked.retain(|e| !jobs.contains(&e.job)),
-                    ToTasker::ReadLog(_) | ToTasker::Bye => {}
+                    ToTasker::ReadLog(_) | ToTasker::Bye | ToTasker::Exec(_) => {}
                 }
             }
         }

@@ -413,6 +413,43 @@ impl Agent {
                     s.trigger();
                 }
             }
+            ToTasker::Exec(x) => {
+                // Off the link's thread: it lasts as long as the user's command.
+                let me = self.clone();
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("berth-exec".into())
+                        .spawn(move || {
+                            let runs = me.running.lock().expect("lock").contains_key(&x.job);
+                            let r = if runs {
+                                lifecycle::exec(
+                                    &me.host,
+                                    &me.containers_dir,
+                                    &x.job.to_string(),
+                                    &x.command,
+                                    &x.terminal,
+                                )
+                            } else {
+                                Err(format!("job {} does not run on this tasker", x.job))
+                            };
+                            let (exit_code, error) = match r {
+                                Ok(c) => (Some(c), None),
+                                Err(e) => (None, Some(e)),
+                            };
+                            (me.report)(FromTasker::ExecEnded {
+                                req: x.req,
+                                exit_code,
+                                error,
+                            });
+                        });
+                if let Err(e) = spawned {
+                    (self.report)(FromTasker::ExecEnded {
+                        req: 0,
+                        exit_code: None,
+                        error: Some(format!("no thread for berth exec: {e}")),
+                    });
+                }
+            }
             ToTasker::StopBecause(job, why) => {
                 if let Some((_, s, _)) = self.running.lock().expect("lock").get(&job) {
                     s.trigger_because(&why);

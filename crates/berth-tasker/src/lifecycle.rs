@@ -535,6 +535,117 @@ fn parse_report(text: Option<&str>) -> Report {
     }
 }
 
+/// `berth exec`: runs `command` in running job `job_id`'s container with the
+/// configuration's exec hook (checked again now, as every hook is before it runs), as
+/// the hook says (`user`: the job's owner; `root`), with the job's variables and
+/// `"$@"` = WRAPPER COMMAND..., its standard input, output and error the user's
+/// terminal (relayed as `berth run -I`'s). Returns the exit status a shell would report.
+pub fn exec(
+    host: &Host,
+    containers_dir: &Path,
+    job_id: &str,
+    command: &[String],
+    terminal: &berth_proto::Interactive,
+) -> Result<i32, String> {
+    if !valid_job_id(job_id) || command.is_empty() {
+        return Err("a job id and a command are needed".into());
+    }
+    let path = record::dir(&host.state_dir).join(format!("{job_id}.json"));
+    let text = std::fs::read(&path).map_err(|e| {
+        format!("job {job_id} runs in no container on this tasker ({}: {e}); berth exec enters container jobs only", path.display())
+    })?;
+    let rec: Record = serde_json::from_slice(&text)
+        .map_err(|e| format!("job {job_id}: its record {}: {e}", path.display()))?;
+    let Some(enter) = &rec.enter else {
+        return Err(format!(
+            "job {job_id} has not entered its container yet; try again"
+        ));
+    };
+    let cfg = check::load(containers_dir, &rec.container).map_err(|e| e.to_string())?;
+    let Some(hook) = cfg.hooks.iter().find(|h| h.kind == HookType::Exec) else {
+        return Err(format!(
+            "container {}: {} has no exec hook (containerHook exec PRIVILEGE PATH SIGNATURE), \
+             so berth exec cannot enter its jobs; ask an administrator to add one",
+            cfg.name,
+            cfg.path.display()
+        ));
+    };
+    if hook.privilege == Privilege::Root && sys::euid() != 0 {
+        return Err(format!(
+            "container {}: its exec hook runs as root, but berth runs as uid {}",
+            cfg.name,
+            sys::euid()
+        ));
+    }
+    let checked = check::check_hook(
+        &cfg.name,
+        hook,
+        Policy {
+            key: host.key.as_ref(),
+        },
+    )
+    .map_err(|r| r.to_string())?;
+    // The job's own wrapper reports to BERTH_VW_STATUS; the one of an exec must not.
+    let job_env: Vec<(OsString, OsString)> = rec
+        .job_env
+        .iter()
+        .filter(|(k, _)| k != "BERTH_VW_STATUS")
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect();
+    let mut vars: Vec<(String, String)> = rec
+        .vars
+        .iter()
+        .filter(|(k, _)| k != "BERTH_VW_STATUS")
+        .cloned()
+        .collect();
+    vars.push(("BERTH_ENTER_PID".into(), enter.pid.to_string()));
+    let env = hook_env(hook.privilege, &job_env, &vars);
+    let mut args: Vec<OsString> = vec![host.wrapper.clone().into()];
+    args.extend(command.iter().map(OsString::from));
+    // The hooks' directory, opened as the job's owner: a root hook enters only one the
+    // owner could enter.
+    let dir = sys::as_user(&rec.owner, || std::fs::File::open(&rec.hook_dir))
+        .map_err(|e| format!("{}: {e}", rec.hook_dir.display()))?;
+    let sink = Arc::new(Sink::Terminal);
+    let (terminal, slave) = crate::terminal::Terminal::connect(terminal, &host.host)
+        .map_err(|e| format!("reaching the terminal of berth exec: {e}"))?;
+    let mut terminal = Some(terminal);
+    let mut relay = None;
+    let end = run_hook(
+        &HookRun {
+            hook: &checked,
+            args: &args,
+            env: &env,
+            dir: &rec.hook_dir,
+            owner: &rec.owner,
+            timeout: None,
+            grace: Duration::from_secs(rec.kill_grace),
+            stop: None,
+            sink: &sink,
+            tty: Some(&slave),
+            cgroup: None,
+            umask: 0o022,
+            dir_fd: Some(dir.as_raw_fd()),
+        },
+        |_| relay = terminal.take().map(|t| t.relay(None)),
+    );
+    drop(slave);
+    if let Some(r) = relay {
+        r.finish(Duration::from_secs(2));
+    }
+    match end {
+        HookEnd::NotStarted(e) => Err(format!(
+            "container {}: exec hook {} could not be started: {e}",
+            cfg.name,
+            hook.path.display()
+        )),
+        e => Ok(e
+            .status()
+            .map(|s| s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)))
+            .unwrap_or(1)),
+    }
+}
+
 /// The reason of a job the kernel killed for memory: `out of memory (limit 64 MB)`.
 pub fn out_of_memory(limit: Option<u64>) -> String {
     match limit {

@@ -37,7 +37,8 @@ fn main() {
         eprintln!("usage: berth-vw CMD [ARGS...]\n\nruns CMD for a berth job inside a container; BERTH_VW_STATUS names the file that receives its exit status");
         std::process::exit(if args.is_empty() { 2 } else { 0 });
     }
-    let status_path = std::env::var_os("BERTH_VW_STATUS");
+    // Empty: no report (`berth exec` runs the wrapper where the job's own reports).
+    let status_path = std::env::var_os("BERTH_VW_STATUS").filter(|p| !p.is_empty());
     std::process::exit(run(&args, status_path.as_deref()));
 }
 

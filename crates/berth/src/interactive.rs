@@ -109,6 +109,103 @@ impl Listening {
         }
     }
 
+    /// `berth exec`: waits for the tasker of exec `req` to connect (or for the exec to
+    /// end without it), relays this terminal, and returns how the exec ended: its exit
+    /// status, or why it did not run.
+    pub fn exec(self, client: &Client, req: u64, stdin: bool, tty: bool) -> Result<i32> {
+        let result = |client: &Client| -> Result<Option<(Option<i32>, Option<String>)>> {
+            let v: serde_json::Value = client.call("GET", &format!("/v1/exec/{req}"), None)?;
+            Ok(v["done"].as_bool().unwrap_or(false).then(|| {
+                (
+                    v["exit_code"].as_i64().map(|c| c as i32),
+                    v["error"].as_str().map(str::to_string),
+                )
+            }))
+        };
+        let mut early = None;
+        let channel = self.accept_until(|| {
+            early = result(client)?;
+            Ok(early.is_some())
+        })?;
+        let ended = |r: (Option<i32>, Option<String>)| -> Result<i32> {
+            match r {
+                (_, Some(e)) => anyhow::bail!("{e}"),
+                (Some(c), None) => Ok(c),
+                (None, None) => Ok(crate::exit::NO_STATUS),
+            }
+        };
+        let Some(channel) = channel else {
+            return ended(early.unwrap_or((None, None)));
+        };
+        *self.to_job.lock().expect("lock") = Some(channel.tx);
+        relay_with(channel.rx, self.to_job.clone(), stdin, tty)?;
+        // The tasker reports the end once its hook has ended.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(r) = result(client)? {
+                return ended(r);
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("berth exec {req}: its end was not reported within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The tasker's channel, once it has proven the token; None when `over` says, first,
+    /// that there is nothing to wait for.
+    fn accept_until(
+        &self,
+        mut over: impl FnMut() -> Result<bool>,
+    ) -> Result<Option<berth_channel::Channel>> {
+        self.listener.set_nonblocking(true)?;
+        let want = Arc::new(self.interactive.token.clone());
+        let (found_tx, found) = std::sync::mpsc::channel::<berth_channel::Channel>();
+        let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut next_check = Instant::now() + Duration::from_millis(100);
+        loop {
+            if let Ok(c) = found.try_recv() {
+                c.rx.set_timeout(None)?;
+                return Ok(Some(c));
+            }
+            match self.listener.accept() {
+                Ok((s, _)) => {
+                    use std::sync::atomic::Ordering;
+                    if pending.load(Ordering::Relaxed) < 64 {
+                        pending.fetch_add(1, Ordering::Relaxed);
+                        let (want, tx, pending) = (want.clone(), found_tx.clone(), pending.clone());
+                        std::thread::spawn(move || {
+                            let opened =
+                                s.set_nonblocking(false).is_ok() && s.set_nodelay(true).is_ok();
+                            if opened {
+                                if let Ok(c) = berth_channel::open(
+                                    s,
+                                    want.as_bytes(),
+                                    berth_tasker::terminal::PURPOSE,
+                                    false,
+                                    berth_tasker::terminal::SECRET_NAME,
+                                ) {
+                                    let _ = tx.send(c);
+                                }
+                            }
+                            pending.fetch_sub(1, Ordering::Relaxed);
+                        });
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(e).context("waiting for the tasker to connect"),
+            }
+            if Instant::now() >= next_check {
+                next_check = Instant::now() + Duration::from_millis(300);
+                if over()? {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
     /// The tasker's channel, once it has proven the token; or the job, if it ended first.
     fn accept(
         &self,
@@ -192,17 +289,37 @@ impl Listening {
 /// This terminal to the job and back, until the tasker closes the connection (the job
 /// and everything it started are gone).
 fn relay(
-    mut from_job: berth_channel::Receiver,
+    from_job: berth_channel::Receiver,
     to_job: Arc<Mutex<Option<berth_channel::Sender>>>,
 ) -> Result<()> {
+    relay_with(from_job, to_job, true, true)
+}
+
+/// The same; `stdin`: the keys go to the job (else it reads an end of file); `tty`: this
+/// terminal in raw mode (when standard input is one).
+fn relay_with(
+    mut from_job: berth_channel::Receiver,
+    to_job: Arc<Mutex<Option<berth_channel::Sender>>>,
+    stdin_too: bool,
+    tty: bool,
+) -> Result<()> {
+    if !stdin_too {
+        if let Some(s) = to_job.lock().expect("lock").as_mut() {
+            // ^D on the job's terminal: its reader sees the end of its input.
+            let _ = s.send(&[4]);
+        }
+    }
     let stdin = std::io::stdin();
-    let raw = if stdin.is_terminal() {
+    let raw = if tty && stdin_too && stdin.is_terminal() {
         Some(berth_sys::pty::RawMode::enable(&stdin).context("putting the terminal in raw mode")?)
     } else {
         None
     };
     // The keys: a thread of their own, left behind blocked in read when the job ends.
     std::thread::spawn(move || {
+        if !stdin_too {
+            return;
+        }
         let mut buf = [0u8; 4096];
         let mut input = std::io::stdin().lock();
         loop {
@@ -219,9 +336,26 @@ fn relay(
         }
     });
     let mut out = std::io::stdout().lock();
-    while let Ok(data) = from_job.recv() {
-        out.write_all(&data)?;
-        out.flush()?;
+    // Without a terminal here, the far terminal's line ends (CR LF) are plain ones.
+    let mut cr = false;
+    while let Ok(mut data) = from_job.recv() {
+        if !tty {
+            let mut plain = Vec::with_capacity(data.len());
+            for b in data {
+                if cr && b != b'\n' {
+                    plain.push(b'\r');
+                }
+                cr = b == b'\r';
+                if !cr {
+                    plain.push(b);
+                }
+            }
+            data = plain;
+        }
+        if let Err(e) = out.write_all(&data).and_then(|()| out.flush()) {
+            drop(raw);
+            crate::closed_output(e);
+        }
     }
     drop(raw);
     Ok(())

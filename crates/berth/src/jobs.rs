@@ -1032,6 +1032,44 @@ pub fn stop(s: Stop) -> Result<i32> {
     Ok(code)
 }
 
+/// `berth exec`.
+#[derive(clap::Args)]
+pub struct Exec {
+    #[command(flatten)]
+    conn: Conn,
+    /// Pass this command's standard input to the command (else it reads an end of file).
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// This terminal in raw mode, as the command's (for a shell, an editor, `top`).
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// The running container job.
+    job: u64,
+    /// The command to run in its container.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        required = true,
+        value_name = "CMD"
+    )]
+    command: Vec<String>,
+}
+
+pub fn exec(x: Exec) -> Result<i32> {
+    let client = x.conn.client();
+    let listening = crate::interactive::listen(&client)?;
+    let body = serde_json::to_vec(&serde_json::json!({
+        "command": x.command,
+        "terminal": listening.interactive,
+    }))?;
+    let v: serde_json::Value =
+        client.call("POST", &format!("/v1/jobs/{}/exec", x.job), Some(&body))?;
+    let req = v["req"]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("the server's answer has no exec number: {v}"))?;
+    listening.exec(&client, req, x.interactive || x.tty, x.tty)
+}
+
 /// `berth hold`, `berth release` and `berth rerun`.
 #[derive(clap::Args)]
 pub struct Jobs {

@@ -85,6 +85,9 @@ enum Cmd {
     Taskers(jobs::Taskers),
     /// List the container configurations the taskers offer, and why some are not.
     Containers(jobs::Taskers),
+    /// Run a command in a running container job's container (its configuration's exec
+    /// hook), for the job's owner or an administrator: `berth exec -it JOB sh`.
+    Exec(jobs::Exec),
     /// Hold queued jobs: they start once released.
     Hold(jobs::Jobs),
     /// Release held jobs.
@@ -242,6 +245,7 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Taskers(t) => jobs::taskers(t),
         Cmd::Containers(t) => jobs::containers(t),
         Cmd::Down(d) => jobs::down(d),
+        Cmd::Exec(x) => jobs::exec(x),
         Cmd::Hold(j) => jobs::hold(j, "hold"),
         Cmd::Release(j) => jobs::hold(j, "release"),
         Cmd::Rerun(j) => jobs::rerun(j),

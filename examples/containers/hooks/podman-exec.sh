@@ -1,0 +1,24 @@
+#!/bin/sh
+# berth example `podman-split`, exec (root): `berth exec JOB CMD...` runs "$@" (WRAPPER
+# CMD ARGS...) in the container that setup started, as the job's owner, in the job's
+# directory, with a terminal when berth gives the hook one.
+set -eu
+
+# --- site settings: edit them, then re-sign: berth container sign podman-split ---
+CONTAINERS_CONF_FILE=
+# ---------------------------------------------------------------------------------
+
+if [ -n "$CONTAINERS_CONF_FILE" ]; then
+    CONTAINERS_CONF=$CONTAINERS_CONF_FILE
+    export CONTAINERS_CONF
+fi
+
+name="$VOV_PROJECT_NAME-$HOST-$VOV_CONTAINER_NAME-$VOV_JOBSLOT"
+jobdir=${VOV_CONTAINER_JOB_RUNDIR:-$PWD}
+tty=
+if [ -t 0 ]; then
+    tty="--interactive --tty"
+fi
+# shellcheck disable=SC2086 # $tty is zero or two words
+exec podman exec $tty --user "$BERTH_JOB_UID:$BERTH_JOB_GID" --env BERTH_VW_STATUS= \
+    --env-file "$VOV_CONTAINER_ENV_FILE" --workdir "$jobdir" "$name" "$@"
