@@ -72,7 +72,7 @@ pub enum Event {
         Reply<u64>,
     ),
     /// How an exec ended, once it has: (exit status, why it did not run).
-    ExecResult(Caller, u64, Reply<Option<(Option<i32>, Option<String>)>>),
+    ExecResult(Caller, u64, Reply<Option<ExecEnd>>),
     /// Which of these ids name arrays, with their jobs.
     Arrays(Vec<u64>, Reply<HashMap<u64, Vec<u64>>>),
     /// Hold a queued job (true), or release it (false).
@@ -95,6 +95,9 @@ pub enum Event {
     /// Stop the actor.
     Shutdown,
 }
+
+/// How a `berth exec` ended: its exit status, or why it did not run.
+pub type ExecEnd = (Option<i32>, Option<String>);
 
 /// A handle for sending events to the actor.
 #[derive(Clone)]
@@ -241,7 +244,7 @@ pub struct Server {
     /// When each running job with a time limit passes it: (ms since the epoch, job).
     deadlines: std::collections::BTreeSet<(u64, u64)>,
     /// `berth exec` requests: who asked, and how each ended once it has.
-    execs: HashMap<u64, (u32, Option<(Option<i32>, Option<String>)>)>,
+    execs: HashMap<u64, (u32, Option<ExecEnd>)>,
     next_exec: u64,
     /// How long ended jobs stay in the store (`--keep`); None: for ever.
     pub keep: Option<Duration>,
