@@ -373,6 +373,12 @@ pub struct ExecRequest {
     pub command: Vec<String>,
     /// The user's terminal, which the tasker connects to (as for `berth run -I`).
     pub terminal: Interactive,
+    /// `-i`: the user's input goes to the command (else it reads an end of file).
+    #[serde(default)]
+    pub stdin: bool,
+    /// `-t`: the command has a terminal of its own in the container.
+    #[serde(default)]
+    pub tty: bool,
 }
 
 /// Which part of which log to read.

@@ -471,6 +471,8 @@ fn redacted(mut v: JobView, caller: &Caller) -> JobView {
         v.reason = v.reason.map(|_| "(another user's job)".to_string());
         v.hook_failures = Vec::new();
         v.why_waiting = None;
+        v.after = Vec::new();
+        v.attempts = Vec::new();
     }
     v
 }
@@ -747,6 +749,10 @@ fn route(
             struct ExecBody {
                 command: Vec<String>,
                 terminal: berth_proto::Interactive,
+                #[serde(default)]
+                stdin: bool,
+                #[serde(default)]
+                tty: bool,
             }
             let Ok(id) = id.parse::<u64>() else {
                 return (400, error_body(&format!("{id:?} is not a job id")));
@@ -760,8 +766,16 @@ fn route(
             }
             // The terminal is on the host the request came from, whatever it says.
             b.terminal.host = client_host.to_string();
+            let x = berth_proto::ExecRequest {
+                req: 0,
+                job: id,
+                command: b.command,
+                terminal: b.terminal,
+                stdin: b.stdin,
+                tty: b.tty,
+            };
             json(
-                h.ask(|r| Event::Exec(caller.clone(), id, b.command, b.terminal, r))
+                h.ask(|r| Event::Exec(caller.clone(), x, r))
                     .map(|req| serde_json::json!({ "req": req })),
             )
         }

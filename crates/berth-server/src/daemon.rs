@@ -64,13 +64,7 @@ pub enum Event {
     UnwaitMany(Vec<u64>, u64),
     /// `berth exec`: run a command in a running container job's container, the user's
     /// terminal where it says; the request's number.
-    Exec(
-        Caller,
-        u64,
-        Vec<String>,
-        berth_proto::Interactive,
-        Reply<u64>,
-    ),
+    Exec(Caller, berth_proto::ExecRequest, Reply<u64>),
     /// How an exec ended, once it has: (exit status, why it did not run).
     ExecResult(Caller, u64, Reply<Option<ExecEnd>>),
     /// Which of these ids name arrays, with their jobs.
@@ -291,11 +285,13 @@ impl Server {
         let all = store.unfinished()?;
         let open_ids: std::collections::HashSet<u64> = all.iter().map(|j| j.id).collect();
         // The states of the jobs waited for that have ended.
-        let ended_deps: Vec<u64> = all
+        let mut ended_deps: Vec<u64> = all
             .iter()
             .flat_map(|j| j.after.iter().copied())
             .filter(|d| !open_ids.contains(d))
             .collect();
+        ended_deps.sort_unstable();
+        ended_deps.dedup();
         let ended_state: HashMap<u64, State> = if ended_deps.is_empty() {
             HashMap::new()
         } else {
@@ -324,13 +320,22 @@ impl Server {
             };
             if j.state == State::Queued && !j.after.is_empty() {
                 let mut waits_for = Vec::new();
+                let mut failed = None;
                 for d in &j.after {
                     match ended_state.get(d) {
                         _ if open_ids.contains(d) => waits_for.push(*d),
                         Some(State::Done) => {}
                         Some(_) if j.after_any => {}
-                        _ => doomed.push((j.id, format!("dependency {d} failed"))),
+                        Some(_) => failed = Some(*d),
+                        // Gone from the store (--keep): its end was taken into account
+                        // when it came (a failure fails its dependents in that commit).
+                        None => {}
                     }
+                }
+                if let Some(d) = failed {
+                    doomed.push((j.id, format!("dependency {d} failed")));
+                    // Not queued: it fails in the first turn.
+                    m.held = true;
                 }
                 for d in &waits_for {
                     dependents.entry(*d).or_default().push(j.id);
@@ -350,8 +355,8 @@ impl Server {
                         j.tasker_run.as_deref().unwrap_or_default(),
                     );
                     if let (Some(limit), Some(start)) = (j.time_limit_ms, j.started_ms) {
-                        deadlines.insert((start + limit, j.id));
-                        m.deadline_ms = Some(start + limit);
+                        deadlines.insert((start.saturating_add(limit), j.id));
+                        m.deadline_ms = Some(start.saturating_add(limit));
                     }
                 }
                 _ if m.eligible() => {
@@ -618,7 +623,8 @@ impl Server {
         let mut retried: Vec<u64> = Vec::new();
         lost.retain(|id| {
             let again = self.unfinished.get(id).is_some_and(|m| m.retries_left > 0)
-                && !ends.iter().any(|(_, e)| e.job == *id);
+                && !ends.iter().any(|(_, e)| e.job == *id)
+                && !stopped.contains(id);
             if again {
                 retried.push(*id);
             }
@@ -720,7 +726,8 @@ impl Server {
                         let done = match over_now.get(d) {
                             Some(done) => Some(*done),
                             None if open.contains_key(d) => None,
-                            None => Some(dep_states.get(d) == Some(&State::Done)),
+                            // Not read (an error, said): counted as Done.
+                            None => Some(dep_states.get(d).is_none_or(|s| *s == State::Done)),
                         };
                         match done {
                             None => waits_for.push(*d),
@@ -897,6 +904,10 @@ impl Server {
                 if let Some(at) = m.deadline_ms {
                     self.deadlines.remove(&(at, *id));
                 }
+                // Out of the core's queue, whatever put it there.
+                if matches!(self.core.stop(*id), StopWhat::Dequeued) {
+                    berth_sys::say!("berth server: job {id} ended while queued");
+                }
                 // No longer among the dependents of the jobs it waited for.
                 for w in m.deps.map(|d| d.waits_for).unwrap_or_default() {
                     if let Some(list) = self.dependents.get_mut(&w) {
@@ -1002,13 +1013,17 @@ impl Server {
         if ids.is_empty() {
             return HashMap::new();
         }
-        self.store
-            .list(&Filter {
-                ids,
-                ..Default::default()
-            })
-            .map(|v| v.into_iter().map(|v| (v.id, v.state)).collect())
-            .unwrap_or_default()
+        match self.store.list(&Filter {
+            ids,
+            ..Default::default()
+        }) {
+            Ok(v) => v.into_iter().map(|v| (v.id, v.state)).collect(),
+            Err(e) => {
+                // Unknown, a dependency counts as Done rather than failing its dependents.
+                berth_sys::say!("berth server: reading the states of dependencies: {e}");
+                HashMap::new()
+            }
+        }
     }
 
     /// Adds to `doomed` every queued job that waits (with `--after`) for one of `over` that
@@ -1117,10 +1132,11 @@ impl Server {
             let Some(m) = self.unfinished.get_mut(&id) else {
                 continue;
             };
-            let (Some(limit), Some(tasker)) = (
-                m.time_limit_ms,
-                self.core.running_at(id).map(|(t, _)| t.to_string()),
-            ) else {
+            let Some(limit) = m.time_limit_ms else {
+                m.deadline_ms = None;
+                continue;
+            };
+            let Some(tasker) = self.core.placed_on(id).map(str::to_string) else {
                 m.deadline_ms = None;
                 continue;
             };
@@ -1195,13 +1211,8 @@ impl Server {
 
     /// Sends a `berth exec` to the tasker of running job `id`, for its owner or an
     /// administrator.
-    fn exec(
-        &mut self,
-        c: &Caller,
-        id: u64,
-        command: Vec<String>,
-        terminal: berth_proto::Interactive,
-    ) -> Result<u64, String> {
+    fn exec(&mut self, c: &Caller, mut x: berth_proto::ExecRequest) -> Result<u64, String> {
+        let id = x.job;
         let v = self.view(id).ok_or_else(|| format!("no job {id}"))?;
         if !c.admin && c.uid != v.uid {
             return Err(format!(
@@ -1209,7 +1220,7 @@ impl Server {
                 v.user
             ));
         }
-        if command.is_empty() || command.len() > 4096 {
+        if x.command.is_empty() || x.command.len() > 4096 {
             return Err("berth exec needs a command (at most 4,096 words)".into());
         }
         let Some(tasker) = self.core.running_at(id).map(|(t, _)| t.to_string()) else {
@@ -1229,12 +1240,8 @@ impl Server {
         }
         let req = self.next_exec;
         self.next_exec += 1;
-        if !t.link.send(ToTasker::Exec(berth_proto::ExecRequest {
-            req,
-            job: id,
-            command,
-            terminal,
-        })) {
+        x.req = req;
+        if !t.link.send(ToTasker::Exec(x)) {
             return Err(format!("job {id}: its tasker {tasker} cannot be reached"));
         }
         self.execs.insert(req, (c.uid, None));
@@ -1508,8 +1515,8 @@ impl Server {
                     }
                 }
             }
-            Event::Exec(c, id, command, terminal, reply) => {
-                let _ = reply.send(self.exec(&c, id, command, terminal));
+            Event::Exec(c, x, reply) => {
+                let _ = reply.send(self.exec(&c, x));
             }
             Event::ExecResult(c, req, reply) => {
                 let r = match self.execs.get(&req) {
@@ -1711,10 +1718,11 @@ impl Server {
                 failed.push((d, resources));
             } else if let Some(m) = self.unfinished.get_mut(&d.job) {
                 if let Some(limit) = m.time_limit_ms {
-                    if let Some(at) = m.deadline_ms.replace(t + limit) {
-                        self.deadlines.remove(&(at, d.job));
+                    let at = t.saturating_add(limit);
+                    if let Some(was) = m.deadline_ms.replace(at) {
+                        self.deadlines.remove(&(was, d.job));
                     }
-                    self.deadlines.insert((t + limit, d.job));
+                    self.deadlines.insert((at, d.job));
                 }
             }
         }

@@ -162,6 +162,23 @@ impl Policy {
             if j.time_limit_ms == Some(0) {
                 return Err("--time 0: a time limit is above 0".into());
             }
+            if j.time_limit_ms.is_some_and(|t| t > MAX_TIME_LIMIT_MS) {
+                return Err("--time: at most 365d".into());
+            }
+            let mut after = j.after.clone();
+            after.sort_unstable();
+            after.dedup();
+            if after.len() != j.after.len() {
+                return Err("--after names a job twice".into());
+            }
+            // What a submission's dependencies cost the server: bounded.
+            if (j.after.len() as u64).saturating_mul(n) > 100_000 {
+                return Err(format!(
+                    "the submission makes {n} jobs that wait for {} jobs each: at most 100,000 \
+                     waits in one submission (wait for fewer jobs, or chain them)",
+                    j.after.len()
+                ));
+            }
             if j.after.len() > 1000 {
                 return Err(format!(
                     "a job waits for {} jobs; at most 1,000 (wait for an array's last jobs, or \
@@ -194,6 +211,9 @@ impl Policy {
         Ok(())
     }
 }
+
+/// The longest time limit a job may have: a year.
+pub const MAX_TIME_LIMIT_MS: u64 = 365 * 86_400_000;
 
 /// An interactive job's terminal: a token of 64 hex digits (the tasker sends it in a
 /// line of its own), and an unprivileged port (the tasker, as root, connects to it).

@@ -483,6 +483,24 @@ impl Store {
 
     /// Jobs as shown to users, newest first.
     pub fn list(&self, f: &Filter) -> Result<Vec<JobView>, StoreError> {
+        // SQLite takes at most 32,766 parameters: many ids are asked for in parts.
+        if f.ids.len() > 10_000 {
+            let mut ids = f.ids.clone();
+            ids.sort_unstable();
+            ids.dedup();
+            let mut all = Vec::new();
+            for chunk in ids.chunks(10_000) {
+                all.extend(self.list(&Filter {
+                    ids: chunk.to_vec(),
+                    ..f.clone()
+                })?);
+            }
+            all.sort_unstable_by(|a, b| b.id.cmp(&a.id));
+            if let Some(l) = f.limit {
+                all.truncate(l as usize);
+            }
+            return Ok(all);
+        }
         let mut sql = String::from(
             "SELECT id, state, user, uid, name, command, dir, resources, log, priority, array_id,
                     array_index, submitted_ms, started_ms, ended_ms, tasker, slot, exit_code,

@@ -426,8 +426,7 @@ impl Agent {
                                     &me.host,
                                     &me.containers_dir,
                                     &x.job.to_string(),
-                                    &x.command,
-                                    &x.terminal,
+                                    &x,
                                 )
                             } else {
                                 Err(format!("job {} does not run on this tasker", x.job))

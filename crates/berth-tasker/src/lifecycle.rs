@@ -544,9 +544,9 @@ pub fn exec(
     host: &Host,
     containers_dir: &Path,
     job_id: &str,
-    command: &[String],
-    terminal: &berth_proto::Interactive,
+    x: &berth_proto::ExecRequest,
 ) -> Result<i32, String> {
+    let (command, terminal) = (&x.command, &x.terminal);
     if !valid_job_id(job_id) || command.is_empty() {
         return Err("a job id and a command are needed".into());
     }
@@ -599,6 +599,9 @@ pub fn exec(
         .cloned()
         .collect();
     vars.push(("BERTH_ENTER_PID".into(), enter.pid.to_string()));
+    // Whether the command reads the user's input, and has a terminal of its own.
+    vars.push(("BERTH_EXEC_STDIN".into(), u8::from(x.stdin).to_string()));
+    vars.push(("BERTH_EXEC_TTY".into(), u8::from(x.tty).to_string()));
     let env = hook_env(hook.privilege, &job_env, &vars);
     let mut args: Vec<OsString> = vec![host.wrapper.clone().into()];
     args.extend(command.iter().map(OsString::from));
@@ -964,7 +967,12 @@ fn run_with_sink(host: &Host, job: &Job, cfg: &Config, stop: &Stop, sink: &Arc<S
             }
             Report::OutOfMemory(e, limit) => {
                 outcome.end = e;
-                outcome.failure = Some(out_of_memory(limit));
+                // A stop's reason wins: its SIGKILL may have come while memory ran out.
+                outcome.failure = if stopped {
+                    e.failure(stopped)
+                } else {
+                    Some(out_of_memory(limit))
+                };
             }
             Report::Refused(why) => {
                 outcome.end = hook_end;
@@ -1183,7 +1191,11 @@ pub fn resume(host: &Host, a: Adopted, stop: &Stop) -> Outcome {
         },
         Report::OutOfMemory(e, limit) => Outcome {
             end: e,
-            failure: Some(out_of_memory(limit)),
+            failure: if stopped {
+                e.failure(stopped)
+            } else {
+                Some(out_of_memory(limit))
+            },
             after_failures: Vec::new(),
         },
         Report::Refused(why) => Outcome::refused(why),

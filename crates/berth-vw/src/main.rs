@@ -37,6 +37,9 @@ fn main() {
         eprintln!("usage: berth-vw CMD [ARGS...]\n\nruns CMD for a berth job inside a container; BERTH_VW_STATUS names the file that receives its exit status");
         std::process::exit(if args.is_empty() { 2 } else { 0 });
     }
+    if args[0] == "--enter" {
+        std::process::exit(enter(&args[1..]));
+    }
     // Empty: no report (`berth exec` runs the wrapper where the job's own reports).
     let status_path = std::env::var_os("BERTH_VW_STATUS").filter(|p| !p.is_empty());
     std::process::exit(run(&args, status_path.as_deref()));
@@ -243,7 +246,15 @@ impl Memory {
                 }
             }
         }
+        // Only the wrapper's own cgroup (its processes list it): a mount's root may be
+        // the host's, where every OOM kill of the host is counted.
+        let me = std::process::id().to_string();
         candidates.into_iter().find_map(|(dir, events, limit)| {
+            let procs = std::fs::read_to_string(std::path::Path::new(&dir).join("cgroup.procs"))
+                .unwrap_or_default();
+            if !procs.lines().any(|p| p.trim() == me) {
+                return None;
+            }
             let m = Memory {
                 events: std::path::Path::new(&dir).join(events),
                 limit: std::path::Path::new(&dir).join(limit),
@@ -265,5 +276,108 @@ impl Memory {
         let text = std::fs::read_to_string(&self.limit).ok()?;
         let n: u64 = text.trim().parse().ok()?; // v2 says "max"
         (n < 1 << 62).then_some(n)
+    }
+}
+
+/// `berth-vw --enter PID DIR CMD ARGS...`: runs CMD in the namespaces of process PID
+/// (user, mount, pid, ipc, uts), in DIR, and exits with its status: what an exec hook
+/// needs to enter a sandbox such as bubblewrap's, whose namespaces belong to the parent
+/// of the user namespace its process is in (which `nsenter` cannot enter in that order).
+fn enter(args: &[OsString]) -> i32 {
+    let fail = |what: &str| -> i32 {
+        eprintln!(
+            "berth-vw --enter: {what}: {}",
+            std::io::Error::last_os_error()
+        );
+        126
+    };
+    if args.len() < 3 {
+        eprintln!("usage: berth-vw --enter PID DIR CMD [ARGS...]");
+        return 2;
+    }
+    let Some(pid) = args[0].to_str().and_then(|p| p.parse::<u32>().ok()) else {
+        eprintln!("berth-vw --enter: {:?} is not a process id", args[0]);
+        return 2;
+    };
+    // All opened before any is entered: /proc is another once the mounts are.
+    let open = |ns: &str| -> libc::c_int {
+        let path = CString::new(format!("/proc/{pid}/ns/{ns}")).expect("no NUL");
+        // SAFETY: a valid path; the descriptor is ours.
+        unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) }
+    };
+    let user = open("user");
+    if user < 0 {
+        return fail(&format!("/proc/{pid}/ns/user"));
+    }
+    let others: Vec<(libc::c_int, libc::c_int, &str)> = [
+        ("ipc", libc::CLONE_NEWIPC),
+        ("uts", libc::CLONE_NEWUTS),
+        ("pid", libc::CLONE_NEWPID),
+        ("mnt", libc::CLONE_NEWNS),
+    ]
+    .into_iter()
+    .map(|(n, f)| (open(n), f, n))
+    .collect();
+    if let Some((_, _, n)) = others.iter().find(|(fd, _, _)| *fd < 0) {
+        return fail(&format!("/proc/{pid}/ns/{n}"));
+    }
+    // The parent of its user namespace first (NS_GET_PARENT): the other namespaces are
+    // that one's; then they; then its own.
+    const NS_GET_PARENT: libc::c_ulong = 0xb702;
+    // SAFETY: an ioctl on a namespace descriptor of ours.
+    let parent = unsafe { libc::ioctl(user, NS_GET_PARENT) };
+    if parent >= 0 {
+        // SAFETY: setns with a namespace descriptor of ours. Failing (it is ours already),
+        // the entries below say what is missing.
+        unsafe { libc::setns(parent, libc::CLONE_NEWUSER) };
+    }
+    for (fd, flag, n) in &others {
+        // SAFETY: as above.
+        if unsafe { libc::setns(*fd, *flag) } < 0 {
+            return fail(&format!("entering the {n} namespace of process {pid}"));
+        }
+    }
+    // SAFETY: as above; EINVAL: in it already.
+    if unsafe { libc::setns(user, libc::CLONE_NEWUSER) } < 0
+        && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL)
+    {
+        return fail(&format!("entering the user namespace of process {pid}"));
+    }
+    let dir = cstring(&args[1]);
+    // SAFETY: a valid path.
+    if unsafe { libc::chdir(dir.as_ptr()) } < 0 {
+        return fail(&format!("{:?}", args[1]));
+    }
+    // The pid namespace is the children's: the command runs in a child.
+    let argv: Vec<CString> = args[2..].iter().map(cstring).collect();
+    let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    // SAFETY: the child only execs or exits.
+    let child = unsafe { libc::fork() };
+    if child < 0 {
+        return fail("fork");
+    }
+    if child == 0 {
+        // SAFETY: a NULL-terminated argv of valid strings.
+        unsafe {
+            libc::execvp(ptrs[0], ptrs.as_ptr());
+            libc::_exit(127);
+        }
+    }
+    let mut status = 0;
+    loop {
+        // SAFETY: waiting for our own child.
+        let r = unsafe { libc::waitpid(child, &mut status, 0) };
+        if r == child {
+            break;
+        }
+        if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return fail("waitpid");
+        }
+    }
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        128 + libc::WTERMSIG(status)
     }
 }

@@ -303,12 +303,6 @@ fn relay_with(
     stdin_too: bool,
     tty: bool,
 ) -> Result<()> {
-    if !stdin_too {
-        if let Some(s) = to_job.lock().expect("lock").as_mut() {
-            // ^D on the job's terminal: its reader sees the end of its input.
-            let _ = s.send(&[4]);
-        }
-    }
     let stdin = std::io::stdin();
     let raw = if tty && stdin_too && stdin.is_terminal() {
         Some(berth_sys::pty::RawMode::enable(&stdin).context("putting the terminal in raw mode")?)

@@ -1061,13 +1061,15 @@ pub fn exec(x: Exec) -> Result<i32> {
     let body = serde_json::to_vec(&serde_json::json!({
         "command": x.command,
         "terminal": listening.interactive,
+        "stdin": x.interactive,
+        "tty": x.tty,
     }))?;
     let v: serde_json::Value =
         client.call("POST", &format!("/v1/jobs/{}/exec", x.job), Some(&body))?;
     let req = v["req"]
         .as_u64()
         .ok_or_else(|| anyhow::anyhow!("the server's answer has no exec number: {v}"))?;
-    listening.exec(&client, req, x.interactive || x.tty, x.tty)
+    listening.exec(&client, req, x.interactive, x.tty)
 }
 
 /// `berth hold`, `berth release` and `berth rerun`.

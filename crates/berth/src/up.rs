@@ -256,6 +256,18 @@ const EXAMPLES: &[(&str, &str)] = &[
         "hooks/bwrap-enter.sh",
         include_str!("../../../examples/containers/hooks/bwrap-enter.sh"),
     ),
+    (
+        "hooks/docker-exec.sh",
+        include_str!("../../../examples/containers/hooks/docker-exec.sh"),
+    ),
+    (
+        "hooks/podman-exec.sh",
+        include_str!("../../../examples/containers/hooks/podman-exec.sh"),
+    ),
+    (
+        "hooks/bwrap-exec.sh",
+        include_str!("../../../examples/containers/hooks/bwrap-exec.sh"),
+    ),
 ];
 
 /// Installs the examples with the very scripts of examples/containers, carried in the

@@ -938,3 +938,127 @@ fn a_snakemake_workflow_runs_through_berth_with_the_example_profile() {
         text(&out)
     );
 }
+
+#[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
+fn berth_exec_enters_a_running_job_of_each_example_as_its_owner_and_no_one_else() {
+    need_root!();
+    let fx = Fixture::new();
+    fx.install_examples(&["docker", "podman-split", "bwrap"]);
+    // A configuration without an exec hook.
+    let enter = fx.hook("enter.sh", "#!/bin/sh\nexec \"$@\"\n");
+    fx.cfg(
+        "plainc",
+        &format!(
+            "containerHook enter user {} SIG({})\n",
+            enter.display(),
+            enter.display()
+        ),
+    );
+    let _up = Up::start(
+        &fx,
+        &["--slots", "5", "-r", "CORES/5", "--project", "t-exec"],
+    );
+    let other = test_user();
+    let host_init = std::fs::read_to_string("/proc/1/comm").unwrap();
+    for cfg in ["docker", "podman-split", "bwrap"] {
+        let out = as_nobody(
+            &fx,
+            &[
+                "run",
+                "-r",
+                &format!("Container:{cfg}"),
+                "sh",
+                "-c",
+                &format!("touch started.{cfg}; exec sleep 120"),
+            ],
+        );
+        let id = stdout(&out).trim().to_string();
+        wait_until(&format!("the {cfg} job to start"), T, || {
+            fx.work.join(format!("started.{cfg}")).exists()
+        });
+        // In the job's container (its own process 1, the job's sleep, its directory),
+        // as the job's owner; the command's status is berth exec's.
+        let out = as_nobody(
+            &fx,
+            &[
+                "exec",
+                &id,
+                "sh",
+                "-c",
+                &format!(
+                    "id -u; cat /proc/1/comm; grep -l sleep /proc/[0-9]*/comm | wc -l; \
+                     test -e started.{cfg} && echo here; exit 7"
+                ),
+            ],
+        );
+        assert_eq!(out.status.code(), Some(7), "{cfg}: {}", text(&out));
+        let said: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+        assert_eq!(said.len(), 4, "{cfg}: {}", text(&out));
+        assert_eq!(said[0], "65534", "{cfg}: {said:?}");
+        assert_ne!(
+            said[1],
+            host_init.trim(),
+            "{cfg}: the host's process 1: {said:?}"
+        );
+        assert!(
+            said[2].parse::<u32>().unwrap() >= 1,
+            "{cfg}: no sleep in sight: {said:?}"
+        );
+        assert_eq!(said[3], "here", "{cfg}: {said:?}");
+        // With a terminal (here the one `script` makes): the window's size goes along.
+        let cmd = format!("{} exec -t {id} sh -c 'stty size'", berth().display());
+        let mut c = Command::new("script");
+        c.args(["-qec", &cmd, "/dev/null"])
+            .current_dir(&fx.work)
+            .env("BERTH_SWD", &fx.swd)
+            .uid(NOBODY)
+            .gid(NOBODY);
+        let out = output_within(&mut c, T);
+        assert!(out.status.success(), "{cfg}: {}", text(&out));
+        assert!(stdout(&out).contains("24 80"), "{cfg}: {}", text(&out));
+        // Nobody else may, and the job is untouched.
+        let out = as_user(&fx, other, &["exec", &id, "true"]);
+        assert_eq!(out.status.code(), Some(1), "{cfg}: {}", text(&out));
+        assert!(
+            stderr(&out).contains("only an administrator may enter another user's job"),
+            "{cfg}: {}",
+            text(&out)
+        );
+        assert_eq!(info(&fx, &id)["state"], "Running", "{cfg}");
+        assert!(as_nobody(&fx, &["stop", &id]).status.success());
+    }
+    // Without an exec hook, or without a container, or not running: said.
+    let out = as_nobody(&fx, &["run", "-r", "Container:plainc", "sleep", "60"]);
+    let c1 = stdout(&out).trim().to_string();
+    let out = as_nobody(&fx, &["run", "sleep", "60"]);
+    let plain = stdout(&out).trim().to_string();
+    let running = |id: &str| info(&fx, id)["state"] == "Running";
+    wait_until("both to run", T, || running(&c1) && running(&plain));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let out = as_nobody(&fx, &["exec", &c1, "true"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(stderr(&out).contains("has no exec hook"), "{}", text(&out));
+    let out = as_nobody(&fx, &["exec", &plain, "true"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("berth exec enters container jobs only"),
+        "{}",
+        text(&out)
+    );
+    let out = as_nobody(&fx, &["exec", "1", "true"]);
+    assert!(
+        stderr(&out).contains("berth exec enters running jobs only"),
+        "{}",
+        text(&out)
+    );
+    let _ = as_nobody(&fx, &["stop", &c1, &plain]);
+    assert!(
+        podman_containers("t-exec").is_empty() || {
+            wait_until("the containers to go", T, || {
+                podman_containers("t-exec").is_empty()
+            });
+            true
+        }
+    );
+}

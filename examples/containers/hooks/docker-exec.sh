@@ -16,12 +16,12 @@ fi
 
 name="$VOV_PROJECT_NAME-$HOST-$VOV_CONTAINER_NAME-$VOV_JOBSLOT"
 jobdir=${VOV_CONTAINER_JOB_RUNDIR:-$PWD}
+# berth exec -i: the user's input goes to the command; -t: it gets a terminal.
 tty=
-if [ -t 0 ]; then
-    tty="--interactive --tty"
-fi
+[ "${BERTH_EXEC_STDIN:-0}" = 1 ] && tty="--interactive"
+[ "${BERTH_EXEC_TTY:-0}" = 1 ] && tty="$tty --tty"
 # The job's own wrapper reports to BERTH_VW_STATUS (in the container's environment):
 # this one must not.
-# shellcheck disable=SC2086 # $tty is zero or two words
+# shellcheck disable=SC2086 # $tty is zero, one or two words
 exec "$ENGINE" exec $tty --user "$BERTH_JOB_UID:$BERTH_JOB_GID" --env BERTH_VW_STATUS= \
     --workdir "$jobdir" "$name" "$@"

@@ -15,10 +15,10 @@ fi
 
 name="$VOV_PROJECT_NAME-$HOST-$VOV_CONTAINER_NAME-$VOV_JOBSLOT"
 jobdir=${VOV_CONTAINER_JOB_RUNDIR:-$PWD}
+# berth exec -i: the user's input goes to the command; -t: it gets a terminal.
 tty=
-if [ -t 0 ]; then
-    tty="--interactive --tty"
-fi
-# shellcheck disable=SC2086 # $tty is zero or two words
+[ "${BERTH_EXEC_STDIN:-0}" = 1 ] && tty="--interactive"
+[ "${BERTH_EXEC_TTY:-0}" = 1 ] && tty="$tty --tty"
+# shellcheck disable=SC2086 # $tty is zero, one or two words
 exec podman exec $tty --user "$BERTH_JOB_UID:$BERTH_JOB_GID" --env BERTH_VW_STATUS= \
     --env-file "$VOV_CONTAINER_ENV_FILE" --workdir "$jobdir" "$name" "$@"
