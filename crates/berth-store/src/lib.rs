@@ -495,7 +495,7 @@ impl Store {
                     ..f.clone()
                 })?);
             }
-            all.sort_unstable_by(|a, b| b.id.cmp(&a.id));
+            all.sort_unstable_by_key(|v| std::cmp::Reverse(v.id));
             if let Some(l) = f.limit {
                 all.truncate(l as usize);
             }
