@@ -353,7 +353,7 @@ fn no_command_panics_on_a_closed_pipe() {
         vec!["info", "-o", "state", "1", "2", "3"],
         vec!["wait", "1", "2"],
         vec!["wait", "--json", "1"],
-        vec!["getlog", "1"],
+        vec!["getlog", "2"],
         vec!["taskers"],
         vec!["taskers", "--json"],
         vec!["containers"],
