@@ -72,6 +72,10 @@ pub struct Submit {
     /// `--after`/`--after-any`: the jobs it waits for.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub after: Vec<u64>,
+    /// The jobs of the same submission it waits for, by their place in it (earlier ones
+    /// only): a graph from `-f`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after_in: Vec<usize>,
     /// Whether it starts once they have ended in any state (`--after-any`), rather than
     /// once they are all Done (`--after`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

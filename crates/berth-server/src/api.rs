@@ -451,7 +451,7 @@ fn json<T: serde::Serialize>(r: Result<T, String>) -> (u16, Vec<u8>) {
 }
 
 /// The most jobs one `POST /v1/stop` stops (an array's, at most the largest submission).
-pub const STOP_MAX: usize = 1_000_000;
+pub const STOP_MAX: usize = 100_000;
 
 /// The most jobs one `POST /v1/wait` waits for.
 pub const WAIT_MAX: usize = 5_000;
@@ -645,14 +645,19 @@ fn route(
                 }
                 Err(e) => return (400, error_body(&format!("not valid JSON: {e}"))),
             };
-            let out: Vec<serde_json::Value> = jobs
-                .into_iter()
-                .map(|id| match h.ask(|r| Event::Stop(caller.clone(), id, r)) {
-                    Ok(m) => serde_json::json!({ "job": id, "message": m }),
-                    Err(e) => serde_json::json!({ "job": id, "error": e }),
-                })
-                .collect();
-            json::<Vec<serde_json::Value>>(Ok(out))
+            let ids = jobs.clone();
+            json(
+                h.ask(|r| Event::StopMany(caller.clone(), ids, r))
+                    .map(|answers| {
+                        jobs.iter()
+                            .zip(answers)
+                            .map(|(id, a)| match a {
+                                Ok(m) => serde_json::json!({ "job": id, "message": m }),
+                                Err(e) => serde_json::json!({ "job": id, "error": e }),
+                            })
+                            .collect::<Vec<_>>()
+                    }),
+            )
         }
         ("POST", ["v1", "wait"]) => {
             #[derive(serde::Deserialize)]

@@ -197,7 +197,8 @@ impl Away {
 pub struct Core {
     classes: Vec<Class>,
     by_text: HashMap<Option<String>, usize>,
-    queued: HashMap<u64, usize>,
+    /// Each queued job's class and priority (its key in the class's queue).
+    queued: HashMap<u64, (usize, i32)>,
     running: HashMap<u64, Running>,
     taskers: BTreeMap<String, Tasker>,
     /// Every job recorded as Running, with where and to which process of its tasker its
@@ -268,7 +269,7 @@ impl Core {
     ) -> Result<(), berth_resources::ParseError> {
         let c = self.class_of(request)?;
         self.classes[c].queue.insert((Reverse(priority), id));
-        self.queued.insert(id, c);
+        self.queued.insert(id, (c, priority));
         Ok(())
     }
 
@@ -498,8 +499,8 @@ impl Core {
 
     /// Stops a job as far as the core is concerned.
     pub fn stop(&mut self, id: u64) -> StopWhat {
-        if let Some(c) = self.queued.remove(&id) {
-            self.classes[c].queue.retain(|(_, j)| *j != id);
+        if let Some((c, priority)) = self.queued.remove(&id) {
+            self.classes[c].queue.remove(&(Reverse(priority), id));
             return StopWhat::Dequeued;
         }
         match self.running.get(&id) {

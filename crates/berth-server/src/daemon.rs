@@ -67,6 +67,8 @@ pub enum Event {
     Exec(Caller, berth_proto::ExecRequest, Reply<u64>),
     /// How an exec ended, once it has: (exit status, why it did not run).
     ExecResult(Caller, u64, Reply<Option<ExecEnd>>),
+    /// Stop these jobs, in one turn: each one's answer.
+    StopMany(Caller, Vec<u64>, Reply<Vec<Result<String, String>>>),
     /// Which of these ids name arrays, with their jobs.
     Arrays(Vec<u64>, Reply<HashMap<u64, Vec<u64>>>),
     /// Hold a queued job (true), or release it (false).
@@ -446,6 +448,11 @@ impl Server {
         let mut lost: Vec<u64> = Vec::new();
         let mut stopped: Vec<u64> = Vec::new();
         let mut stop_answers: Vec<(Reply<String>, Result<String, String>)> = Vec::new();
+        type ManyAnswers = (
+            Reply<Vec<Result<String, String>>>,
+            Vec<Result<String, String>>,
+        );
+        let mut many_stop_answers: Vec<ManyAnswers> = Vec::new();
         let mut submitting: HashMap<u32, u64> = HashMap::new();
 
         // 1. What changes, decided in memory.
@@ -574,6 +581,13 @@ impl Server {
                     let answer = self.stop(&c, id, &mut stopped);
                     stop_answers.push((reply, answer));
                 }
+                Event::StopMany(c, ids, reply) => {
+                    let answers = ids
+                        .into_iter()
+                        .map(|id| self.stop(&c, id, &mut stopped))
+                        .collect();
+                    many_stop_answers.push((reply, answers));
+                }
                 Event::Shutdown => {}
                 Event::Drain => self.draining = true,
                 q => queries.push(q),
@@ -611,6 +625,7 @@ impl Server {
             && stopped.is_empty()
             && queries.is_empty()
             && stop_answers.is_empty()
+            && many_stop_answers.is_empty()
             && self.doomed.is_empty();
         if idle {
             self.enforce_limits(t);
@@ -670,6 +685,7 @@ impl Server {
             for (c, req, reply) in &submits {
                 let mut ids = Vec::new();
                 let mut queued = Vec::new();
+                let mut failed_now: std::collections::HashSet<u64> = Default::default();
                 // An array's id is one no job has: naming it names the array.
                 let array_id = match req.array {
                     Some(_) => Some(b.reserve_id()?),
@@ -722,6 +738,19 @@ impl Server {
                     // --after) fails it now.
                     let mut waits_for = Vec::new();
                     let mut failed_dep = None;
+                    // Earlier jobs of this submission: queued now, or failed at once.
+                    for i in &j.after_in {
+                        let Some(d) = ids.get(*i).copied() else {
+                            continue;
+                        };
+                        if failed_now.contains(&d) {
+                            if !j.after_any {
+                                failed_dep = Some(d);
+                            }
+                        } else {
+                            waits_for.push(d);
+                        }
+                    }
                     for d in &j.after {
                         let done = match over_now.get(d) {
                             Some(done) => Some(*done),
@@ -738,6 +767,7 @@ impl Server {
                     if let Some(d) = failed_dep {
                         let why = format!("dependency {d} failed");
                         b.set_ended(id, State::Failed, None, Some(&why), &[], t)?;
+                        failed_now.insert(id);
                         continue;
                     }
                     let meta = Meta {
@@ -956,6 +986,9 @@ impl Server {
         }
         for (reply, answer) in stop_answers {
             let _ = reply.send(answer);
+        }
+        for (reply, answers) in many_stop_answers {
+            let _ = reply.send(Ok(answers));
         }
         if !finals.is_empty() {
             self.notify(&finals);
@@ -1275,9 +1308,21 @@ impl Server {
                 v.user, self.max_unfinished_per_user
             ));
         }
+        // A log given with @JOBID@ (and the like) is the new job's own.
+        let template = self.store.log_template(id).map_err(|e| e.to_string())?;
+        let index = v.array.map_or(0, |(_, i)| i);
         let new = self
             .store
-            .batch(|b| b.copy_job(id, now_ms()))
+            .batch(|b| {
+                let new = b.copy_job(id, now_ms())?;
+                if let Some(t) = &template {
+                    b.set_log(
+                        new,
+                        &substitute(std::slice::from_ref(t), index, new, new)[0],
+                    )?;
+                }
+                Ok(new)
+            })
             .map_err(|e| {
                 format!(
                     "the server could not record the jobs: {e}; its state directory is full or \
@@ -1852,6 +1897,7 @@ mod tests {
             umask: 0o022,
             time_limit_ms: None,
             after: Vec::new(),
+            after_in: Vec::new(),
             after_any: false,
             hold: false,
             retries: 0,
@@ -1931,6 +1977,7 @@ mod tests {
                     umask: 0o022,
                     time_limit_ms: None,
                     after,
+                    after_in: Vec::new(),
                     after_any: false,
                     hold: false,
                     retries: 0,

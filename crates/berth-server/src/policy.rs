@@ -122,7 +122,16 @@ impl Policy {
         }
         // A request's verdict is the same for every job that makes it: checked once.
         let mut seen: HashMap<Option<&str>, ()> = HashMap::new();
-        for j in &req.jobs {
+        for (k, j) in req.jobs.iter().enumerate() {
+            if j.after_in.iter().any(|i| *i >= k) {
+                return Err(format!(
+                    "job {} of the submission waits for one that is not before it",
+                    k + 1
+                ));
+            }
+            if !j.after_in.is_empty() && req.array.is_some() {
+                return Err("an array's jobs cannot wait for one another".into());
+            }
             if j.command.is_empty() {
                 return Err("a job has an empty command line".into());
             }
@@ -172,7 +181,7 @@ impl Policy {
                 return Err("--after names a job twice".into());
             }
             // What a submission's dependencies cost the server: bounded.
-            if (j.after.len() as u64).saturating_mul(n) > 100_000 {
+            if ((j.after.len() + j.after_in.len()) as u64).saturating_mul(n) > 100_000 {
                 return Err(format!(
                     "the submission makes {n} jobs that wait for {} jobs each: at most 100,000 \
                      waits in one submission (wait for fewer jobs, or chain them)",
@@ -248,6 +257,7 @@ mod tests {
             umask: 0o022,
             time_limit_ms: None,
             after: Vec::new(),
+            after_in: Vec::new(),
             after_any: false,
             hold: false,
             retries: 0,

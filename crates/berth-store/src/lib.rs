@@ -100,6 +100,7 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE jobs ADD COLUMN held INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE jobs ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE jobs ADD COLUMN attempts TEXT;
+     ALTER TABLE jobs ADD COLUMN log_template TEXT;
      CREATE INDEX jobs_array ON jobs(array_id) WHERE array_id IS NOT NULL;
      CREATE INDEX jobs_ended ON jobs(ended_ms) WHERE ended_ms IS NOT NULL;",
 ];
@@ -345,7 +346,9 @@ impl Store {
                 params![before_ms as i64, max as i64],
             )
             .map_err(err)?;
-        if n > 0 {
+        // The environments no job uses: one pass over the jobs, once a purge has removed
+        // all it had to (not after each part of it).
+        if n > 0 && n < max {
             tx.execute(
                 "DELETE FROM envs WHERE hash NOT IN (SELECT DISTINCT env FROM jobs)",
                 [],
@@ -354,6 +357,19 @@ impl Store {
         }
         tx.commit().map_err(err)?;
         Ok(n)
+    }
+
+    /// A job's `-l` as given, when it held `@...@` to substitute.
+    pub fn log_template(&self, id: u64) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT log_template FROM jobs WHERE id = ?1",
+                [id as i64],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(Option::flatten)
+            .map_err(self.err())
     }
 
     /// Of these ids, those that name arrays, each with its jobs in order.
@@ -610,9 +626,9 @@ impl Batch<'_> {
             .prepare_cached(
                 "INSERT INTO jobs(state, uid, gid, user, name, command, dir, env, resources, log,
                                   priority, array_id, array_index, submitted_ms, umask,
-                                  time_limit_ms, after, after_any, held, retries)
+                                  time_limit_ms, after, after_any, held, retries, log_template)
                  VALUES ('Queued', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
-                         ?15, ?16, ?17, ?18, ?19)",
+                         ?15, ?16, ?17, ?18, ?19, ?20)",
             )?
             .execute(params![
                 j.uid,
@@ -633,7 +649,8 @@ impl Batch<'_> {
                 (!j.after.is_empty()).then(|| serde_json::to_string(j.after).expect("numbers")),
                 j.after_any,
                 j.held,
-                j.retries
+                j.retries,
+                j.log.filter(|l| l.contains('@'))
             ])?;
         Ok(self.tx.last_insert_rowid() as u64)
     }
@@ -735,9 +752,11 @@ impl Batch<'_> {
         self.tx
             .prepare_cached(
                 "INSERT INTO jobs(state, uid, gid, user, name, command, dir, env, resources, log,
-                                  priority, submitted_ms, umask, time_limit_ms, retries)
-                 SELECT 'Queued', uid, gid, user, name, command, dir, env, resources, log,
-                        priority, ?2, umask, time_limit_ms, retries
+                                  priority, submitted_ms, umask, time_limit_ms, retries,
+                                  log_template)
+                 SELECT 'Queued', uid, gid, user, name, command, dir, env, resources,
+                        CASE WHEN log_template IS NULL THEN log END,
+                        priority, ?2, umask, time_limit_ms, retries, log_template
                  FROM jobs WHERE id = ?1",
             )?
             .execute(params![id as i64, submitted_ms as i64])?;

@@ -197,6 +197,7 @@ pub fn run(r: Run) -> Result<i32> {
         interactive: listening.as_ref().map(|l| l.interactive.clone()),
         umask,
         time_limit_ms: r.time,
+        after_in: Vec::new(),
         after: if r.after_any.is_empty() {
             r.after.clone()
         } else {
@@ -211,12 +212,38 @@ pub fn run(r: Run) -> Result<i32> {
         (Some(f), true) => {
             let text =
                 std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
-            let jobs: Vec<Submit> = text
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(|l| job(vec!["/bin/sh".into(), "-c".into(), l.to_string()]))
-                .collect();
+            let mut jobs: Vec<Submit> = Vec::new();
+            let mut labels: std::collections::HashMap<String, usize> = Default::default();
+            for (n, raw) in text.lines().enumerate() {
+                let l = raw.trim();
+                if l.is_empty() || l.starts_with('#') {
+                    continue;
+                }
+                let g = graph_line(l);
+                let mut j = job(vec!["/bin/sh".into(), "-c".into(), g.command.to_string()]);
+                for dep in &g.after {
+                    match labels.get(*dep) {
+                        Some(i) => j.after_in.push(*i),
+                        None => bail!(
+                            "{}:{}: after {dep}: no job labelled {dep:?} on a line before \
+                             (a line `LABEL: COMMAND` labels its job)",
+                            f.display(),
+                            n + 1
+                        ),
+                    }
+                }
+                j.after_any |= g.any;
+                if let Some(label) = g.label {
+                    if labels.insert(label.to_string(), jobs.len()).is_some() {
+                        bail!(
+                            "{}:{}: the label {label:?} is given twice",
+                            f.display(),
+                            n + 1
+                        );
+                    }
+                }
+                jobs.push(j);
+            }
             if jobs.is_empty() {
                 bail!("{}: no job in it (one command per line)", f.display());
             }
@@ -379,13 +406,70 @@ fn check_log_dir(log: &str) -> Result<()> {
     }
 }
 
+/// A line of an `-f` file: `COMMAND`, or `LABEL: COMMAND` (the job is known by LABEL to
+/// the lines after it), or `LABEL after A,B: COMMAND` / `LABEL after-any A,B: COMMAND`
+/// (it waits for the jobs labelled A and B: until they are Done, or have ended). A
+/// label is letters, digits, `_`, `.` and `-`.
+struct GraphLine<'a> {
+    label: Option<&'a str>,
+    after: Vec<&'a str>,
+    any: bool,
+    command: &'a str,
+}
+
+fn graph_line(l: &str) -> GraphLine<'_> {
+    let plain = GraphLine {
+        label: None,
+        after: Vec::new(),
+        any: false,
+        command: l,
+    };
+    let Some((head, command)) = l.split_once(": ") else {
+        return plain;
+    };
+    let word = |w: &str| {
+        !w.is_empty()
+            && w.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    };
+    let mut w = head.split_whitespace();
+    let (Some(label), kind, deps, None) = (w.next(), w.next(), w.next(), w.next()) else {
+        return plain;
+    };
+    if !word(label) {
+        return plain;
+    }
+    let (after, any) = match (kind, deps) {
+        (None, None) => (Vec::new(), false),
+        (Some(k @ ("after" | "after-any")), Some(d)) if d.split(',').all(word) => {
+            (d.split(',').collect(), k == "after-any")
+        }
+        _ => return plain,
+    };
+    GraphLine {
+        label: Some(label),
+        after,
+        any,
+        command: command.trim_start(),
+    }
+}
+
 /// Sends a submission; one of many jobs (`-f`) larger than the server takes in one
-/// request goes in several, each well below the limit.
+/// request goes in several, each well below the limit (not a graph: its jobs name one
+/// another by their place in it).
 fn submit(client: &crate::client::Client, req: SubmitRequest) -> Result<Submitted> {
     let body = serde_json::to_vec(&req)?;
     let limit = berth_server::http::MAX_BODY / 2;
     if body.len() <= limit || req.array.is_some() || req.jobs.len() < 2 {
         return client.call("POST", "/v1/jobs", Some(&body));
+    }
+    if req.jobs.iter().any(|j| !j.after_in.is_empty()) {
+        bail!(
+            "a file whose jobs wait for one another goes in one submission, of at most {} \
+             bytes; this one comes to {}: split it into files that do not",
+            limit,
+            body.len()
+        );
     }
     let parts = body.len().div_ceil(limit);
     let per = req.jobs.len().div_ceil(parts);
@@ -471,6 +555,38 @@ mod tests {
     }
 
     #[test]
+    fn lines_of_a_file_may_label_their_jobs_and_wait_for_others() {
+        let g = super::graph_line("make -C lib");
+        assert_eq!((g.label, g.command), (None, "make -C lib"));
+        let g = super::graph_line("lib: make -C lib");
+        assert_eq!(
+            (g.label, g.command, g.after.len()),
+            (Some("lib"), "make -C lib", 0)
+        );
+        let g = super::graph_line("test after lib,tools: make test");
+        assert_eq!(
+            (g.label, g.after, g.any),
+            (Some("test"), vec!["lib", "tools"], false)
+        );
+        let g = super::graph_line("report after-any test: ./report");
+        assert_eq!(
+            (g.label, g.after, g.any),
+            (Some("report"), vec!["test"], true)
+        );
+        // Commands that only look like it stay commands.
+        for l in [
+            "echo a: b c",
+            "x y z: w",
+            "sh -c 'echo: hi'",
+            "a after: b",
+            "a b c: d",
+        ] {
+            let g = super::graph_line(l);
+            assert!(g.label.is_none() && g.command == l, "{l}");
+        }
+    }
+
+    #[test]
     fn ranges_are_short() {
         assert_eq!(super::ranges(&[3]), "3");
         assert_eq!(super::ranges(&[3, 4, 5, 9, 11, 12]), "3-5,9,11-12");
@@ -512,8 +628,8 @@ fn wait_all(
 ) -> Result<Vec<JobView>> {
     let start = Instant::now();
     let tty = std::io::stderr().is_terminal();
-    let mut pending: Vec<u64> = ids.to_vec();
-    pending.dedup();
+    let mut seen = std::collections::HashSet::new();
+    let mut pending: Vec<u64> = ids.iter().copied().filter(|id| seen.insert(*id)).collect();
     let mut over: std::collections::HashMap<u64, JobView> = Default::default();
     let mut shown_progress = false;
     while !pending.is_empty() {

@@ -1062,3 +1062,43 @@ fn berth_exec_enters_a_running_job_of_each_example_as_its_owner_and_no_one_else(
         }
     );
 }
+
+#[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
+fn a_file_of_jobs_may_be_a_graph() {
+    need_root!();
+    let fx = Fixture::new();
+    let _up = Up::start(&fx, &["--slots", "4", "-r", "CORES/4"]);
+    let graph = "# a build, its tests, a report whatever happens\n\
+                 lib: sleep 1; date +%s%N > lib\n\
+                 tools: date +%s%N > tools\n\
+                 test after lib,tools: date +%s%N > test\n\
+                 bad: exit 3\n\
+                 never after bad: touch never\n\
+                 report after-any bad,test: touch report\n";
+    std::fs::write(fx.work.join("graph.txt"), graph).unwrap();
+    std::os::unix::fs::chown(fx.work.join("graph.txt"), Some(NOBODY), Some(NOBODY)).unwrap();
+    let out = as_nobody(&fx, &["run", "-w", "-f", "graph.txt"]);
+    // The first job that is not Done, in the file's order: `bad`.
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let t = |f: &str| fx.read_work(f).trim().parse::<u128>().unwrap();
+    assert!(t("test") > t("lib") && t("test") > t("tools"));
+    assert!(fx.work.join("report").exists());
+    assert!(!fx.work.join("never").exists());
+    // Jobs 1-6 in the file's order: `never` is 5, `bad` 4.
+    let v = info(&fx, "5");
+    assert_eq!(v["reason"], "dependency 4 failed", "{v}");
+    assert_eq!(v["after"], serde_json::json!([]), "{v}");
+    // A label that no line before gives is refused, naming the line; nothing submitted.
+    std::fs::write(fx.work.join("bad.txt"), "a: true\nb after c: true\n").unwrap();
+    std::os::unix::fs::chown(fx.work.join("bad.txt"), Some(NOBODY), Some(NOBODY)).unwrap();
+    let out = as_nobody(&fx, &["run", "-f", "bad.txt"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("bad.txt:2: after c: no job labelled \"c\" on a line before"),
+        "{}",
+        text(&out)
+    );
+    let out = as_nobody(&fx, &["list", "-o", "id"]);
+    assert_eq!(stdout(&out).lines().count(), 6, "{}", text(&out));
+}

@@ -190,17 +190,20 @@ fn a_hook_swapped_between_check_and_exec_never_runs() {
         ],
     );
     assert!(out.status.success(), "{}", text(&out));
-    let ids = stdout(&out).trim().to_string();
-    let out = fx.run(
-        &["wait", "--timeout", "120", &ids],
-        Duration::from_secs(150),
+    // Jobs 2-201, array 1.
+    assert_eq!(
+        stdout(&out).trim(),
+        "2-201 (200 jobs, array 1)",
+        "{}",
+        text(&out)
     );
+    let out = fx.run(&["wait", "--timeout", "120", "1"], Duration::from_secs(150));
     let mut flipper = flipper;
     let flipping = flipper.try_wait().unwrap().is_none();
     signal(&flipper, libc::SIGKILL);
     let _ = wait_status(flipper, T);
     let (mut done, mut mismatch) = (0, 0);
-    for id in 1..=200 {
+    for id in 2..=201 {
         let v = info(&fx, &id.to_string());
         match v["state"].as_str() {
             Some("Done") => done += 1,
