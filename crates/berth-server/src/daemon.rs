@@ -171,6 +171,9 @@ impl Meta {
     }
 }
 
+/// The most `berth exec` one user may have running at once.
+pub const MAX_EXECS_PER_USER: usize = 16;
+
 /// How long ended jobs stay in the store unless `--keep` says.
 pub const DEFAULT_KEEP: Duration = Duration::from_secs(30 * 86_400);
 
@@ -240,7 +243,7 @@ pub struct Server {
     /// When each running job with a time limit passes it: (ms since the epoch, job).
     deadlines: std::collections::BTreeSet<(u64, u64)>,
     /// `berth exec` requests: who asked, and how each ended once it has.
-    execs: HashMap<u64, (u32, Option<ExecEnd>)>,
+    execs: HashMap<u64, (u32, String, Option<ExecEnd>)>,
     next_exec: u64,
     /// How long ended jobs stay in the store (`--keep`); None: for ever.
     pub keep: Option<Duration>,
@@ -536,7 +539,7 @@ impl Server {
                     },
                 ) => {
                     if let Some(e) = self.execs.get_mut(&req) {
-                        e.1 = Some((exit_code, error));
+                        e.2 = Some((exit_code, error));
                     }
                 }
                 Event::Tasker(name, FromTasker::Leaving) => {
@@ -575,6 +578,12 @@ impl Server {
                     // Its jobs may still run: they are lost only if it stays away, for the
                     // grace, counted from when it was last heard.
                     self.taskers.remove(&name);
+                    // Its execs end with it (their terminals were its connections).
+                    for e in self.execs.values_mut() {
+                        if e.1 == name && e.2.is_none() {
+                            e.2 = Some((None, Some(format!("its tasker {name} went away"))));
+                        }
+                    }
                     self.core.tasker_away(&name, heard, self.tasker_grace);
                 }
                 Event::Stop(c, id, reply) => {
@@ -1265,6 +1274,18 @@ impl Server {
         let Some(t) = self.taskers.get(&tasker) else {
             return Err(format!("job {id}: its tasker {tasker} cannot be reached"));
         };
+        // Each is a thread and a terminal on the tasker: a user has a few at once.
+        let open = self
+            .execs
+            .values()
+            .filter(|(uid, _, done)| *uid == c.uid && done.is_none())
+            .count();
+        if open >= MAX_EXECS_PER_USER {
+            return Err(format!(
+                "{} has {open} berth exec running; at most {MAX_EXECS_PER_USER} at once",
+                c.user
+            ));
+        }
         // Bounded: the oldest answers nobody came for are dropped.
         if self.execs.len() >= 1000 {
             if let Some(oldest) = self.execs.keys().min().copied() {
@@ -1277,7 +1298,7 @@ impl Server {
         if !t.link.send(ToTasker::Exec(x)) {
             return Err(format!("job {id}: its tasker {tasker} cannot be reached"));
         }
-        self.execs.insert(req, (c.uid, None));
+        self.execs.insert(req, (c.uid, tasker, None));
         Ok(req)
     }
 
@@ -1566,10 +1587,10 @@ impl Server {
             Event::ExecResult(c, req, reply) => {
                 let r = match self.execs.get(&req) {
                     None => Err(format!("no berth exec {req}")),
-                    Some((uid, _)) if *uid != c.uid && !c.admin => {
+                    Some((uid, _, _)) if *uid != c.uid && !c.admin => {
                         Err(format!("berth exec {req} is another user's"))
                     }
-                    Some((_, done)) => Ok(done.clone()),
+                    Some((_, _, done)) => Ok(done.clone()),
                 };
                 if matches!(r, Ok(Some(_))) {
                     self.execs.remove(&req);
@@ -2015,6 +2036,57 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// `berth exec` is for the job's owner (or an administrator), on a running job, a few
+    /// at once per user; a tasker that goes ends its execs.
+    #[test]
+    fn execs_are_the_owners_and_bounded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (h, _actor) = start(&tmp.path().join("db"));
+        let link = Fake::default();
+        hello(&h, &link, "i1", vec![], vec![]);
+        let id = submit(&h);
+        until("the job to run", || link.runs() == vec![id]);
+        let term = berth_proto::Interactive {
+            host: "h".into(),
+            port: 5000,
+            token: "ab".repeat(32),
+            rows: 24,
+            cols: 80,
+        };
+        let exec = |c: Caller| {
+            let x = berth_proto::ExecRequest {
+                req: 0,
+                job: id,
+                command: vec!["true".into()],
+                terminal: term.clone(),
+                stdin: false,
+                tty: false,
+            };
+            h.ask(|r| Event::Exec(c, x, r))
+        };
+        let mut other = caller();
+        other.uid = 1001;
+        let e = exec(other).unwrap_err();
+        assert!(e.contains("only an administrator may enter"), "{e}");
+        for _ in 0..MAX_EXECS_PER_USER {
+            exec(caller()).unwrap();
+        }
+        let e = exec(caller()).unwrap_err();
+        assert!(e.contains("at most 16 at once"), "{e}");
+        // The tasker goes: its execs are over, and the user may exec again once it is back.
+        h.send(Event::Gone("t1".into(), 0, Instant::now()));
+        let e = exec(caller()).unwrap_err();
+        assert!(
+            e.contains("cannot be reached") || e.contains("enters running jobs"),
+            "{e}"
+        );
+        let r = h.ask(|r| Event::ExecResult(caller(), 1, r)).unwrap();
+        assert!(
+            matches!(r, Some((None, Some(ref why))) if why.contains("went away")),
+            "{r:?}"
+        );
     }
 
     #[test]
