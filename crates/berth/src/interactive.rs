@@ -213,75 +213,34 @@ impl Listening {
         id: u64,
         tty: bool,
     ) -> Result<std::result::Result<berth_channel::Channel, JobView>> {
-        self.listener.set_nonblocking(true)?;
-        let want = Arc::new(self.interactive.token.clone());
         let mut said = false;
-        let mut next_check = Instant::now() + Duration::from_millis(500);
-        // Each connection shows its first line on a thread of its own, so that silent
-        // ones (anyone on the host may connect) cannot keep the tasker's out; the first
-        // that shows the token comes back here.
-        let (found_tx, found) = std::sync::mpsc::channel::<berth_channel::Channel>();
-        let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        loop {
-            if let Ok(c) = found.try_recv() {
-                c.rx.set_timeout(None)?;
-                if said {
-                    errpart!("\r\x1b[K");
-                }
-                return Ok(Ok(c));
+        let mut ended = None;
+        let channel = self.accept_until(|| {
+            let v: JobView = client.call("GET", &format!("/v1/jobs/{id}"), None)?;
+            if v.state.is_final() {
+                ended = Some(v);
+                return Ok(true);
             }
-            match self.listener.accept() {
-                Ok((s, _)) => {
-                    use std::sync::atomic::Ordering;
-                    // Bounded: past 64 handshakes at once, newcomers are dropped.
-                    if pending.load(Ordering::Relaxed) < 64 {
-                        pending.fetch_add(1, Ordering::Relaxed);
-                        let (want, tx, pending) = (want.clone(), found_tx.clone(), pending.clone());
-                        std::thread::spawn(move || {
-                            // The handshake proves the token (within 10 s), or fails.
-                            let opened =
-                                s.set_nonblocking(false).is_ok() && s.set_nodelay(true).is_ok();
-                            if opened {
-                                if let Ok(c) = berth_channel::open(
-                                    s,
-                                    want.as_bytes(),
-                                    berth_tasker::terminal::PURPOSE,
-                                    false,
-                                    berth_tasker::terminal::SECRET_NAME,
-                                ) {
-                                    let _ = tx.send(c);
-                                }
-                            }
-                            pending.fetch_sub(1, Ordering::Relaxed);
-                        });
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(e) => return Err(e).context("waiting for the tasker to connect"),
+            if tty && !said {
+                errpart!(
+                    "berth run: job {id} is {}{}; its terminal connects here when it starts",
+                    v.state.as_str(),
+                    v.why_waiting
+                        .as_deref()
+                        .map(|w| format!(" ({w})"))
+                        .unwrap_or_default()
+                );
+                said = true;
             }
-            if Instant::now() >= next_check {
-                next_check = Instant::now() + Duration::from_secs(1);
-                let v: JobView = client.call("GET", &format!("/v1/jobs/{id}"), None)?;
-                if v.state.is_final() {
-                    if said {
-                        errln!();
-                    }
-                    return Ok(Err(v));
-                }
-                if tty && !said {
-                    errpart!(
-                        "berth run: job {id} is {}{}; its terminal connects here when it starts",
-                        v.state.as_str(),
-                        v.why_waiting
-                            .as_deref()
-                            .map(|w| format!(" ({w})"))
-                            .unwrap_or_default()
-                    );
-                    said = true;
-                }
-            }
+            Ok(false)
+        })?;
+        if said {
+            errpart!("\r\x1b[K");
+        }
+        match (channel, ended) {
+            (Some(c), _) => Ok(Ok(c)),
+            (None, Some(v)) => Ok(Err(v)),
+            (None, None) => anyhow::bail!("job {id}: its terminal never connected"),
         }
     }
 }
