@@ -531,14 +531,14 @@ impl Server {
                     }
                 }
                 Event::Tasker(
-                    _,
+                    name,
                     FromTasker::ExecEnded {
                         req,
                         exit_code,
                         error,
                     },
                 ) => {
-                    if let Some(e) = self.execs.get_mut(&req) {
+                    if let Some(e) = self.execs.get_mut(&req).filter(|e| e.1 == name) {
                         e.2 = Some((exit_code, error));
                     }
                 }
@@ -578,7 +578,8 @@ impl Server {
                     // Its jobs may still run: they are lost only if it stays away, for the
                     // grace, counted from when it was last heard.
                     self.taskers.remove(&name);
-                    // Its execs end with it (their terminals were its connections).
+                    // Its execs are over as far as the server knows: their ends would come
+                    // by this link (the tasker bounds how many run there).
                     for e in self.execs.values_mut() {
                         if e.1 == name && e.2.is_none() {
                             e.2 = Some((None, Some(format!("its tasker {name} went away"))));
@@ -1286,10 +1287,19 @@ impl Server {
                 c.user
             ));
         }
-        // Bounded: the oldest answers nobody came for are dropped.
+        // Bounded: the oldest answers nobody came for are dropped; running ones never.
         if self.execs.len() >= 1000 {
-            if let Some(oldest) = self.execs.keys().min().copied() {
-                self.execs.remove(&oldest);
+            let oldest = self
+                .execs
+                .iter()
+                .filter(|(_, (_, _, done))| done.is_some())
+                .map(|(req, _)| *req)
+                .min();
+            match oldest {
+                Some(r) => {
+                    self.execs.remove(&r);
+                }
+                None => return Err("1,000 berth exec run already; try again later".into()),
             }
         }
         let req = self.next_exec;

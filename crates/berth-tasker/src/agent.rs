@@ -15,6 +15,9 @@ use std::time::Duration;
 /// must.
 type RunningJob = (u32, Stop, Option<&'static str>);
 
+/// The most `berth exec` a tasker runs at once.
+const MAX_EXECS: usize = 64;
+
 /// How an agent reports to its server.
 pub type Report = Box<dyn Fn(FromTasker) + Send + Sync>;
 
@@ -35,6 +38,8 @@ pub struct Agent {
     /// Running jobs: slot, stop handle, and why the job ends with this process if it
     /// must (interactive, or no keeper).
     running: Mutex<HashMap<u64, RunningJob>>,
+    /// `berth exec` running here.
+    execs: std::sync::atomic::AtomicUsize,
     /// The keeper, parent of the jobs without a container (see [`crate::keeper`]).
     keeper: std::sync::OnceLock<crate::keeper::Keeper>,
     /// Stopping: jobs sent now are declined, to be queued again.
@@ -106,6 +111,7 @@ impl Agent {
             slots,
             extra,
             running: Mutex::new(HashMap::new()),
+            execs: std::sync::atomic::AtomicUsize::new(0),
             keeper: std::sync::OnceLock::new(),
             closing: std::sync::atomic::AtomicBool::new(false),
             bye: std::sync::atomic::AtomicBool::new(false),
@@ -414,36 +420,62 @@ impl Agent {
                 }
             }
             ToTasker::Exec(x) => {
-                // Off the link's thread: it lasts as long as the user's command.
+                // Off the link's thread: it lasts as long as the user's command. A few at
+                // once on a tasker: each is a thread, a terminal and a hook.
+                let req = x.req;
+                let busy = self.execs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if busy >= MAX_EXECS {
+                    self.execs.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    (self.report)(FromTasker::ExecEnded {
+                        req,
+                        exit_code: None,
+                        error: Some(format!(
+                            "this tasker runs {MAX_EXECS} berth exec already; try again later"
+                        )),
+                    });
+                    return;
+                }
                 let me = self.clone();
                 let spawned =
                     std::thread::Builder::new()
                         .name("berth-exec".into())
                         .spawn(move || {
-                            let runs = me.running.lock().expect("lock").contains_key(&x.job);
-                            let r = if runs {
-                                lifecycle::exec(
-                                    &me.host,
-                                    &me.containers_dir,
-                                    &x.job.to_string(),
-                                    &x,
-                                )
-                            } else {
-                                Err(format!("job {} does not run on this tasker", x.job))
+                            let slot = me.running.lock().expect("lock").get(&x.job).map(|r| r.0);
+                            let r = match slot {
+                                Some(slot) => {
+                                    let cg =
+                                        me.cgroups.as_ref().ok().and_then(|c| c.slot(slot).ok());
+                                    let job = x.job;
+                                    let still = || {
+                                        me.running.lock().expect("lock").get(&job).map(|r| r.0)
+                                            == Some(slot)
+                                    };
+                                    lifecycle::exec(
+                                        &me.host,
+                                        &me.containers_dir,
+                                        &x.job.to_string(),
+                                        &x,
+                                        cg.as_deref(),
+                                        &still,
+                                    )
+                                }
+                                None => Err(format!("job {} does not run on this tasker", x.job)),
                             };
+                            me.execs.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                             let (exit_code, error) = match r {
                                 Ok(c) => (Some(c), None),
                                 Err(e) => (None, Some(e)),
                             };
                             (me.report)(FromTasker::ExecEnded {
-                                req: x.req,
+                                req,
                                 exit_code,
                                 error,
                             });
                         });
                 if let Err(e) = spawned {
+                    self.execs.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                     (self.report)(FromTasker::ExecEnded {
-                        req: 0,
+                        req,
                         exit_code: None,
                         error: Some(format!("no thread for berth exec: {e}")),
                     });

@@ -545,10 +545,19 @@ pub fn exec(
     containers_dir: &Path,
     job_id: &str,
     x: &berth_proto::ExecRequest,
+    cgroup: Option<&crate::cgroup::JobCgroup>,
+    still_runs: &dyn Fn() -> bool,
 ) -> Result<i32, String> {
     let (command, terminal) = (&x.command, &x.terminal);
     if !valid_job_id(job_id) || command.is_empty() {
         return Err("a job id and a command are needed".into());
+    }
+    // The user's terminal first: however long its far end takes, the job is looked at
+    // after, just before the hook runs.
+    let (terminal, slave) = crate::terminal::Terminal::connect(terminal, &host.host)
+        .map_err(|e| format!("reaching the terminal of berth exec: {e}"))?;
+    if !still_runs() {
+        return Err(format!("job {job_id} has ended"));
     }
     let path = record::dir(&host.state_dir).join(format!("{job_id}.json"));
     let text = std::fs::read(&path).map_err(|e| {
@@ -561,6 +570,10 @@ pub fn exec(
             "job {job_id} has not entered its container yet; try again"
         ));
     };
+    // The very enter hook the record names, not a process that took its pid since.
+    if sys::start_time(enter.pid) != Some(enter.start_time) {
+        return Err(format!("job {job_id}: its enter hook has ended"));
+    }
     let cfg = check::load(containers_dir, &rec.container).map_err(|e| e.to_string())?;
     let Some(hook) = cfg.hooks.iter().find(|h| h.kind == HookType::Exec) else {
         return Err(format!(
@@ -605,13 +618,23 @@ pub fn exec(
     let env = hook_env(hook.privilege, &job_env, &vars);
     let mut args: Vec<OsString> = vec![host.wrapper.clone().into()];
     args.extend(command.iter().map(OsString::from));
-    // The hooks' directory, opened as the job's owner: a root hook enters only one the
-    // owner could enter.
-    let dir = sys::as_user(&rec.owner, || std::fs::File::open(&rec.hook_dir))
-        .map_err(|e| format!("{}: {e}", rec.hook_dir.display()))?;
+    // The job's directory, entered as its owner (who need not read it): a root hook
+    // enters only one the owner could enter.
+    let dir = if rec.hook_dir == rec.job_dir {
+        let dot = rec.job_dir.join(".");
+        Some(
+            sys::as_user(&rec.owner, || {
+                std::fs::File::options()
+                    .read(true)
+                    .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+                    .open(&dot)
+            })
+            .map_err(|e| format!("{}: {e}", rec.job_dir.display()))?,
+        )
+    } else {
+        None
+    };
     let sink = Arc::new(Sink::Terminal);
-    let (terminal, slave) = crate::terminal::Terminal::connect(terminal, &host.host)
-        .map_err(|e| format!("reaching the terminal of berth exec: {e}"))?;
     let mut terminal = Some(terminal);
     let mut relay = None;
     let end = run_hook(
@@ -626,9 +649,10 @@ pub fn exec(
             stop: None,
             sink: &sink,
             tty: Some(&slave),
-            cgroup: None,
-            umask: 0o022,
-            dir_fd: Some(dir.as_raw_fd()),
+            // The job's: what the exec leaves behind ends with the job.
+            cgroup,
+            umask: rec.umask.unwrap_or(0o077),
+            dir_fd: dir.as_ref().map(|d| d.as_raw_fd()),
         },
         |_| relay = terminal.take().map(|t| t.relay(None)),
     );
@@ -836,6 +860,7 @@ fn run_with_sink(host: &Host, job: &Job, cfg: &Config, stop: &Stop, sink: &Arc<S
             .collect(),
         kill_grace: cfg.kill_grace.as_secs(),
         enter: None,
+        umask: Some(job.umask),
     };
     // The record reaches the disk before setup starts: from here on, cleanup and teardown
     // are owed.

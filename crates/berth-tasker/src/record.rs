@@ -53,6 +53,9 @@ pub struct Record {
     pub kill_grace: u64,
     /// The enter hook's process, once it is running.
     pub enter: Option<EnterProcess>,
+    /// The submitter's umask (for `berth exec`; absent in records of older taskers).
+    #[serde(default)]
+    pub umask: Option<u32>,
 }
 
 /// The records directory under a tasker's local state directory.

@@ -1017,6 +1017,35 @@ fn berth_exec_enters_a_running_job_of_each_example_as_its_owner_and_no_one_else(
         let out = output_within(&mut c, T);
         assert!(out.status.success(), "{cfg}: {}", text(&out));
         assert!(stdout(&out).contains("24 80"), "{cfg}: {}", text(&out));
+        // The engines' hooks exec into the container by its id, once its label says it is
+        // this job's: a container of the slot's next job (same name) is refused.
+        if cfg != "bwrap" {
+            let hook = fx.hooks.join(if cfg == "docker" {
+                "docker-exec.sh"
+            } else {
+                "podman-exec.sh"
+            });
+            let slot = info(&fx, &id)["slot"].to_string();
+            let out = Command::new(&hook)
+                .args(["/bin/true"])
+                .current_dir(&fx.work)
+                .env("VOV_PROJECT_NAME", "t-exec")
+                .env("HOST", berth_sys::short_hostname())
+                .env("VOV_CONTAINER_NAME", cfg)
+                .env("VOV_JOBSLOT", &slot)
+                .env("VOV_JOBID", "999999")
+                .env("VOV_CONTAINER_ENV_FILE", "/dev/null")
+                .env("BERTH_JOB_UID", "65534")
+                .env("BERTH_JOB_GID", "65534")
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(1), "{cfg}: {}", text(&out));
+            assert!(
+                stderr(&out).contains("is not job 999999's"),
+                "{cfg}: {}",
+                text(&out)
+            );
+        }
         // Nobody else may, and the job is untouched.
         let out = as_user(&fx, other, &["exec", &id, "true"]);
         assert_eq!(out.status.code(), Some(1), "{cfg}: {}", text(&out));

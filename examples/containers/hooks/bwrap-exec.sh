@@ -12,6 +12,10 @@ if [ -z "$sandbox" ]; then
     echo "bwrap-exec: the job's sandbox (a child of process $BERTH_ENTER_PID) is gone" >&2
     exit 1
 fi
+# The job's limit (as the enter hook sets it).
+if [ -n "${VOV_CONTAINER_RAM:-}" ]; then
+    ulimit -v $((VOV_CONTAINER_RAM * 1024))
+fi
 # Without berth exec -i or -t, the command reads an end of file, not the terminal.
 if [ "${BERTH_EXEC_STDIN:-0}" != 1 ] && [ "${BERTH_EXEC_TTY:-0}" != 1 ]; then
     exec </dev/null

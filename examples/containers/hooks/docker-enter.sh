@@ -28,7 +28,7 @@ gid=${BERTH_JOB_GID:-$(id -g "$uid")}
 # Append the engine's options after "$@", then rotate the job's words to the end, so
 # that no word of the job's command line is ever split or globbed.
 n=$#
-set -- "$@" run --rm --name "$name" --user "$uid:$gid" \
+set -- "$@" run --rm --name "$name" --label "berth.job=$VOV_JOBID" --user "$uid:$gid" \
     --env-file "$VOV_CONTAINER_ENV_FILE" \
     --volume "$jobdir:$jobdir" --workdir "$jobdir" \
     --volume "$vwdir:$vwdir:ro" \

@@ -15,6 +15,17 @@ if [ -n "$CONTAINERS_CONF_FILE" ]; then
 fi
 
 name="$VOV_PROJECT_NAME-$HOST-$VOV_CONTAINER_NAME-$VOV_JOBSLOT"
+# The container of this job, by its id: a name passes to the slot's next job, and the
+# container with it (its label says whose it is).
+info=$("$ENGINE" inspect --format '{{.Id}} {{index .Config.Labels "berth.job"}}' "$name" 2>/dev/null) || {
+    echo "docker-exec: job $VOV_JOBID's container $name is gone" >&2
+    exit 1
+}
+cid=${info%% *}
+if [ "${info#* }" != "$VOV_JOBID" ]; then
+    echo "docker-exec: container $name is not job $VOV_JOBID's" >&2
+    exit 1
+fi
 jobdir=${VOV_CONTAINER_JOB_RUNDIR:-$PWD}
 # berth exec -i: the user's input goes to the command; -t: it gets a terminal.
 tty=
@@ -24,4 +35,4 @@ tty=
 # this one must not.
 # shellcheck disable=SC2086 # $tty is zero, one or two words
 exec "$ENGINE" exec $tty --user "$BERTH_JOB_UID:$BERTH_JOB_GID" --env BERTH_VW_STATUS= \
-    --workdir "$jobdir" "$name" "$@"
+    --workdir "$jobdir" "$cid" "$@"

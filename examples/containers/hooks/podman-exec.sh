@@ -14,6 +14,17 @@ if [ -n "$CONTAINERS_CONF_FILE" ]; then
 fi
 
 name="$VOV_PROJECT_NAME-$HOST-$VOV_CONTAINER_NAME-$VOV_JOBSLOT"
+# The container of this job, by its id: a name passes to the slot's next job, and the
+# container with it (its label says whose it is).
+info=$(podman inspect --format '{{.Id}} {{index .Config.Labels "berth.job"}}' "$name" 2>/dev/null) || {
+    echo "podman-exec: job $VOV_JOBID's container $name is gone" >&2
+    exit 1
+}
+cid=${info%% *}
+if [ "${info#* }" != "$VOV_JOBID" ]; then
+    echo "podman-exec: container $name is not job $VOV_JOBID's" >&2
+    exit 1
+fi
 jobdir=${VOV_CONTAINER_JOB_RUNDIR:-$PWD}
 # berth exec -i: the user's input goes to the command; -t: it gets a terminal.
 tty=
@@ -21,4 +32,4 @@ tty=
 [ "${BERTH_EXEC_TTY:-0}" = 1 ] && tty="$tty --tty"
 # shellcheck disable=SC2086 # $tty is zero, one or two words
 exec podman exec $tty --user "$BERTH_JOB_UID:$BERTH_JOB_GID" --env BERTH_VW_STATUS= \
-    --env-file "$VOV_CONTAINER_ENV_FILE" --workdir "$jobdir" "$name" "$@"
+    --env-file "$VOV_CONTAINER_ENV_FILE" --workdir "$jobdir" "$cid" "$@"

@@ -20,7 +20,7 @@ vwdir=${BERTH_VW%/*}
 # A container left by a tasker that died before its teardown must not block this job.
 podman rm --force --time 0 "$name" >/dev/null 2>&1 || true
 
-set -- run --detach --name "$name" \
+set -- run --detach --name "$name" --label "berth.job=$VOV_JOBID" \
     --volume "$jobdir:$jobdir" --volume "$vwdir:$vwdir:ro" \
     --cpus "$VOV_CONTAINER_CORES"
 if [ -n "${VOV_CONTAINER_RAM:-}" ]; then
