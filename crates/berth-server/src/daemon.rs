@@ -796,6 +796,9 @@ impl Server {
                     };
                     queued.push((id, j.resources.clone(), meta));
                 }
+                if let (Some(aid), Some(first), Some(last)) = (array_id, ids.first(), ids.last()) {
+                    b.add_array(aid, *first, *last)?;
+                }
                 accepted.push((
                     reply.clone(),
                     Submitted {

@@ -101,8 +101,7 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE jobs ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE jobs ADD COLUMN attempts TEXT;
      ALTER TABLE jobs ADD COLUMN log_template TEXT;
-     CREATE INDEX jobs_array ON jobs(array_id) WHERE array_id IS NOT NULL;
-     CREATE INDEX jobs_ended ON jobs(ended_ms) WHERE ended_ms IS NOT NULL;",
+     CREATE TABLE arrays (id INTEGER PRIMARY KEY, first INTEGER NOT NULL, last INTEGER NOT NULL);",
 ];
 
 /// Makes `path` (if it does not exist) and its WAL and shared-memory files readable by
@@ -340,9 +339,11 @@ impl Store {
         let tx = self.conn.transaction().map_err(err)?;
         let n = tx
             .execute(
+                // Oldest first, by the primary key: no index of its own to keep up at
+                // every end (the old jobs are at the front).
                 "DELETE FROM jobs WHERE id IN (
                      SELECT id FROM jobs WHERE ended_ms IS NOT NULL AND ended_ms < ?1
-                     AND state IN ('Done', 'Failed') LIMIT ?2)",
+                     AND state IN ('Done', 'Failed') ORDER BY id LIMIT ?2)",
                 params![before_ms as i64, max as i64],
             )
             .map_err(err)?;
@@ -372,25 +373,41 @@ impl Store {
             .map_err(self.err())
     }
 
-    /// Of these ids, those that name arrays, each with its jobs in order.
+    /// The span of ids array `id`'s jobs were given, if it is an array.
+    fn array_span(&self, id: u64) -> Result<Option<(u64, u64)>, StoreError> {
+        self.conn
+            .prepare_cached("SELECT first, last FROM arrays WHERE id = ?1")
+            .and_then(|mut st| {
+                st.query_row([id as i64], |r| {
+                    Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+                })
+                .optional()
+            })
+            .map_err(self.err())
+    }
+
+    /// Of these ids, those that name arrays, each with its jobs (still in the store) in
+    /// order. An array's jobs have the ids of its span: read by the primary key.
     pub fn arrays(&self, ids: &[u64]) -> Result<HashMap<u64, Vec<u64>>, StoreError> {
         let mut out: HashMap<u64, Vec<u64>> = HashMap::new();
-        for chunk in ids.chunks(10_000) {
-            let sql = format!(
-                "SELECT array_id, id FROM jobs WHERE array_id IN ({}) ORDER BY id",
-                vec!["?"; chunk.len()].join(",")
-            );
-            let mut st = self.conn.prepare(&sql).map_err(self.err())?;
-            let rows = st
-                .query_map(
-                    rusqlite::params_from_iter(chunk.iter().map(|i| *i as i64)),
-                    |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+        for a in ids {
+            let Some((first, last)) = self.array_span(*a)? else {
+                continue;
+            };
+            let mut st = self
+                .conn
+                .prepare_cached(
+                    "SELECT id FROM jobs WHERE id BETWEEN ?1 AND ?2 AND array_id = ?3 ORDER BY id",
                 )
                 .map_err(self.err())?;
-            for row in rows {
-                let (a, id) = row.map_err(self.err())?;
-                out.entry(a).or_default().push(id);
-            }
+            let jobs = st
+                .query_map(params![first as i64, last as i64, *a as i64], |r| {
+                    r.get::<_, i64>(0).map(|v| v as u64)
+                })
+                .map_err(self.err())?
+                .collect::<Result<Vec<u64>, _>>()
+                .map_err(self.err())?;
+            out.insert(*a, jobs);
         }
         Ok(out)
     }
@@ -541,7 +558,11 @@ impl Store {
             args.extend(f.ids.iter().map(|i| (*i as i64).into()));
         }
         if let Some(a) = f.array {
-            sql += " AND array_id = ?";
+            // Within the array's span: read by the primary key.
+            let (first, last) = self.array_span(a)?.unwrap_or((1, 0));
+            sql += " AND id BETWEEN ? AND ? AND array_id = ?";
+            args.push((first as i64).into());
+            args.push((last as i64).into());
             args.push((a as i64).into());
         }
         if let Some(b) = f.below {
@@ -743,6 +764,14 @@ impl Batch<'_> {
             [],
             |r| r.get::<_, i64>(0).map(|v| v as u64),
         )
+    }
+
+    /// Records array `id` and the span of ids its jobs were given.
+    pub fn add_array(&mut self, id: u64, first: u64, last: u64) -> Result<(), rusqlite::Error> {
+        self.tx
+            .prepare_cached("INSERT INTO arrays(id, first, last) VALUES (?1, ?2, ?3)")?
+            .execute(params![id as i64, first as i64, last as i64])?;
+        Ok(())
     }
 
     /// A new job, queued, identical to job `id` (its command, directory, environment,
