@@ -683,17 +683,8 @@ fn route(
             static TOKENS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
             let token = TOKENS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let (tx, rx) = mpsc::channel();
-            let ids = w.jobs.clone();
-            let over = match h.ask(|r| Event::WaitMany(ids, token, tx, r)) {
-                Ok(o) => o,
-                Err(e) => return json::<Vec<JobView>>(Err(e)),
-            };
-            if !over.is_empty() {
-                return json(
-                    over.into_iter()
-                        .map(|v| mine(Ok(v), caller))
-                        .collect::<Result<Vec<_>, _>>(),
-                );
+            if !h.send(Event::WaitMany(w.jobs.clone(), token, tx)) {
+                return (503, error_body("the server is shutting down"));
             }
             let mut got = Vec::new();
             if let Ok(first) = rx.recv_timeout(Duration::from_secs(timeout)) {
@@ -703,7 +694,14 @@ fn route(
                 }
             }
             // Withdraw the waiter from the jobs not over, or each poll would leave one.
-            h.send(Event::UnwaitMany(w.jobs, token));
+            let over: std::collections::HashSet<u64> = got
+                .iter()
+                .filter_map(|v| v.as_ref().ok().map(|v| v.id))
+                .collect();
+            let left: Vec<u64> = w.jobs.into_iter().filter(|id| !over.contains(id)).collect();
+            if !left.is_empty() {
+                h.send(Event::UnwaitMany(left, token));
+            }
             json(
                 got.into_iter()
                     .map(|v| v.and_then(|v| mine(Ok(v), caller)))

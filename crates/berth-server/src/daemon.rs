@@ -59,7 +59,7 @@ pub enum Event {
     Unwait(u64, u64),
     /// Answer with those of these jobs that are over; when none is, answer `Ok(vec![])`
     /// and send each job to the waiter (with that token) when it is over.
-    WaitMany(Vec<u64>, u64, Reply<JobView>, Reply<Vec<JobView>>),
+    WaitMany(Vec<u64>, u64, Reply<JobView>),
     /// The waiter with that token gave up on these jobs.
     UnwaitMany(Vec<u64>, u64),
     /// `berth exec`: run a command in a running container job's container, the user's
@@ -1629,14 +1629,16 @@ impl Server {
                     }
                 }
             }
-            Event::WaitMany(ids, token, waiter, reply) => {
+            Event::WaitMany(ids, token, waiter) => {
+                // Answered through `waiter` alone: the jobs over now, each; else each as it
+                // ends; or why not.
                 let views = match self.store.list(&Filter {
                     ids: ids.clone(),
                     ..Default::default()
                 }) {
                     Ok(v) => v,
                     Err(e) => {
-                        let _ = reply.send(Err(e.to_string()));
+                        let _ = waiter.send(Err(e.to_string()));
                         return;
                     }
                 };
@@ -1644,16 +1646,16 @@ impl Server {
                     let known: std::collections::HashSet<u64> =
                         views.iter().map(|v| v.id).collect();
                     if let Some(id) = ids.iter().find(|i| !known.contains(i)) {
-                        let _ = reply.send(Err(format!("no job {id}")));
+                        let _ = waiter.send(Err(format!("no job {id}")));
                         return;
                     }
                 }
-                let over: Vec<JobView> = views
-                    .iter()
-                    .filter(|v| v.state.is_final())
-                    .cloned()
-                    .collect();
-                if over.is_empty() {
+                let mut any = false;
+                for v in views.into_iter().filter(|v| v.state.is_final()) {
+                    any = true;
+                    let _ = waiter.send(Ok(v));
+                }
+                if !any {
                     for id in ids {
                         self.waiters
                             .entry(id)
@@ -1661,7 +1663,6 @@ impl Server {
                             .push((token, waiter.clone()));
                     }
                 }
-                let _ = reply.send(Ok(over));
             }
             Event::Wait(id, token, reply) => match self.view(id) {
                 None => {
