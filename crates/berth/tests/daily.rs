@@ -1131,3 +1131,122 @@ fn a_file_of_jobs_may_be_a_graph() {
     let out = as_nobody(&fx, &["list", "-o", "id"]);
     assert_eq!(stdout(&out).lines().count(), 6, "{}", text(&out));
 }
+
+/// `curl` as nobody against the server's socket: the HTTP status and the body.
+fn api(fx: &Fixture, method: &str, path: &str, body: &str) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket"])
+        .arg(fx.swd.join("berth.sock"))
+        .args([
+            "-X",
+            method,
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            "@-",
+        ])
+        .arg(format!("http://berth{path}"))
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(body.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    let text = stdout(&out);
+    let (b, code) = text.rsplit_once('\n').unwrap_or(("", ""));
+    (code.to_string(), b.to_string())
+}
+
+/// What one user's requests may cost the server is bounded, and past a bound the request
+/// is refused with the reason; the server goes on serving.
+#[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
+fn the_job_controls_bound_what_a_request_costs_the_server() {
+    need_root!();
+    let fx = Fixture::new();
+    let _up = Up::start(&fx, &["--slots", "2"]);
+    let out = as_nobody(&fx, &["run", "--hold", "true"]);
+    let id = stdout(&out).trim().to_string();
+    let job = |extra: serde_json::Value| {
+        let mut j = serde_json::json!({"command": ["true"], "dir": fx.work.to_str().unwrap(),
+                                       "env": [], "resources": null, "name": null, "log": null});
+        for (k, v) in extra.as_object().unwrap() {
+            j[k] = v.clone();
+        }
+        j
+    };
+    let submit = |jobs: serde_json::Value, array: serde_json::Value| {
+        api(
+            &fx,
+            "POST",
+            "/v1/jobs",
+            &serde_json::json!({"jobs": jobs, "array": array}).to_string(),
+        )
+    };
+    let n: u64 = id.parse().unwrap();
+    // More than 1,000 jobs waited for, a job named twice, too many waits in one submission.
+    let many: Vec<u64> = (0..1001).map(|_| n).collect();
+    let (code, body) = submit(
+        serde_json::json!([job(serde_json::json!({"after": many}))]),
+        serde_json::Value::Null,
+    );
+    assert_eq!(code, "400", "{body}");
+    assert!(body.contains("names a job twice"), "{body}");
+    let (code, body) = submit(
+        serde_json::json!([job(serde_json::json!({"after": [n]}))]),
+        serde_json::json!([1, 100_001]),
+    );
+    assert_eq!(code, "400", "{body}");
+    assert!(body.contains("100,000") || body.contains("limit"), "{body}");
+    // A time limit past a year, or of nothing.
+    for t in [366u64 * 86_400_000, 0] {
+        let (code, body) = submit(
+            serde_json::json!([job(serde_json::json!({"time_limit_ms": t}))]),
+            serde_json::Value::Null,
+        );
+        assert_eq!(code, "400", "{t}: {body}");
+    }
+    // A job that waits for one not before it in its submission.
+    let (code, body) = submit(
+        serde_json::json!([job(serde_json::json!({"after_in": [0]}))]),
+        serde_json::Value::Null,
+    );
+    assert_eq!(code, "400", "{body}");
+    assert!(body.contains("not before it"), "{body}");
+    // Waits, resolves and stops of too many ids at once.
+    let ids: Vec<u64> = (1..=5001).collect();
+    for (path, key) in [("/v1/wait", "jobs"), ("/v1/resolve", "ids")] {
+        let (code, body) = api(
+            &fx,
+            "POST",
+            path,
+            &serde_json::json!({ key: ids }).to_string(),
+        );
+        assert_eq!(code, "400", "{path}: {body}");
+    }
+    let ids: Vec<u64> = (1..=100_001).collect();
+    let (code, body) = api(
+        &fx,
+        "POST",
+        "/v1/stop",
+        &serde_json::json!({ "jobs": ids }).to_string(),
+    );
+    assert_eq!(code, "400", "{body}");
+    // Bad bodies are refused, not a panic; the server still answers.
+    for (path, body) in [
+        ("/v1/wait", "{"),
+        ("/v1/stop", "[]"),
+        ("/v1/resolve", "null"),
+    ] {
+        let (code, _) = api(&fx, "POST", path, body);
+        assert_eq!(code, "400", "{path} {body}");
+    }
+    let out = as_nobody(&fx, &["info", "-o", "state", &id]);
+    assert_eq!(stdout(&out).trim(), "Queued", "{}", text(&out));
+}
