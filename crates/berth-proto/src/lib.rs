@@ -105,6 +105,30 @@ pub struct Attempt {
     pub reason: String,
 }
 
+impl Submit {
+    /// A job of `command` in `dir`, with nothing else said: no environment, request, name,
+    /// log, limit or dependency; priority 0, umask 022.
+    pub fn new(command: Vec<String>, dir: String) -> Submit {
+        Submit {
+            command,
+            dir,
+            env: Vec::new(),
+            resources: None,
+            name: None,
+            log: None,
+            priority: 0,
+            interactive: None,
+            umask: default_umask(),
+            time_limit_ms: None,
+            after: Vec::new(),
+            after_in: Vec::new(),
+            after_any: false,
+            hold: false,
+            retries: 0,
+        }
+    }
+}
+
 /// The umask of a submission that does not say (from an older client).
 pub fn default_umask() -> u32 {
     0o022

@@ -1920,23 +1920,7 @@ mod tests {
     }
 
     fn submit(h: &Handle) -> u64 {
-        let job = Submit {
-            command: vec!["true".into()],
-            dir: "/tmp".into(),
-            env: vec![],
-            resources: None,
-            name: None,
-            log: None,
-            priority: 0,
-            interactive: None,
-            umask: 0o022,
-            time_limit_ms: None,
-            after: Vec::new(),
-            after_in: Vec::new(),
-            after_any: false,
-            hold: false,
-            retries: 0,
-        };
+        let job = Submit::new(vec!["true".into()], "/tmp".into());
         h.ask(|r| {
             Event::Submit(
                 caller(),
@@ -2001,21 +1985,8 @@ mod tests {
             let sub = |after: Vec<u64>| {
                 let (tx, rx) = mpsc::channel();
                 let job = Submit {
-                    command: vec!["true".into()],
-                    dir: "/tmp".into(),
-                    env: vec![],
-                    resources: None,
-                    name: None,
-                    log: None,
-                    priority: 0,
-                    interactive: None,
-                    umask: 0o022,
-                    time_limit_ms: None,
                     after,
-                    after_in: Vec::new(),
-                    after_any: false,
-                    hold: false,
-                    retries: 0,
+                    ..Submit::new(vec!["true".into()], "/tmp".into())
                 };
                 let e = Event::Submit(
                     caller(),

@@ -246,21 +246,9 @@ mod tests {
 
     fn job(resources: Option<&str>, priority: i32) -> Submit {
         Submit {
-            command: vec!["true".into()],
-            dir: "/tmp".into(),
-            env: Vec::new(),
             resources: resources.map(str::to_string),
-            name: None,
-            log: None,
             priority,
-            interactive: None,
-            umask: 0o022,
-            time_limit_ms: None,
-            after: Vec::new(),
-            after_in: Vec::new(),
-            after_any: false,
-            hold: false,
-            retries: 0,
+            ..Submit::new(vec!["true".into()], "/tmp".into())
         }
     }
 
