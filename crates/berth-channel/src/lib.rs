@@ -590,6 +590,139 @@ impl Receiver {
     pub fn stream(&self) -> &TcpStream {
         self.stream.get_ref()
     }
+
+    /// This receiver, to be read by an event loop without waiting (see [`Incoming`]),
+    /// with what it had already read and not returned.
+    pub fn incoming(self) -> Incoming {
+        // Room for two Noise messages, whatever was buffered besides.
+        let mut raw = self.stream.buffer().to_vec();
+        let end = raw.len();
+        raw.resize(end + 2 * (2 + 65535), 0);
+        Incoming {
+            stream: self.stream.into_inner(),
+            state: self.state,
+            nonce: self.nonce,
+            raw,
+            at: 0,
+            end,
+            msg: None,
+            plain: vec![0u8; 65535],
+        }
+    }
+}
+
+/// The receiving half of a channel, read by an event loop: [`Incoming::read`] takes what
+/// the socket has and returns the messages it completes, never waiting. The socket's own
+/// mode is left as it is (the sending half may still wait on its copy of it).
+pub struct Incoming {
+    stream: TcpStream,
+    state: Arc<snow::StatelessTransportState>,
+    nonce: u64,
+    /// Bytes read and not yet opened: `raw[at..end]`.
+    raw: Vec<u8>,
+    at: usize,
+    end: usize,
+    /// The message being put together: its length and what has come of it.
+    msg: Option<(usize, Vec<u8>)>,
+    plain: Vec<u8>,
+}
+
+impl Incoming {
+    /// The most read from the socket by one call of [`Incoming::read`], so that one busy
+    /// peer does not hold an event loop from the others.
+    pub const BUDGET: usize = 256 * 1024;
+
+    /// Reads what the socket has (at most [`Incoming::BUDGET`] bytes), adding the
+    /// messages it completes to `out` (keepalives are taken and not added). Ok(true): it
+    /// read something (the peer is alive); Ok(false): there was nothing. An error (the
+    /// peer closed, or sent what does not decrypt) comes after the messages before it
+    /// were added.
+    pub fn read(&mut self, out: &mut Vec<Vec<u8>>) -> Result<bool, ChannelError> {
+        let mut heard = self.at < self.end;
+        let mut taken = 0;
+        self.open_all(out)?;
+        while taken < Self::BUDGET {
+            // What is left is part of one Noise message (at most 65,537 bytes): moved to
+            // the front, it leaves room for a whole one after it.
+            if self.at == self.end {
+                (self.at, self.end) = (0, 0);
+            } else if self.end > self.raw.len() / 2 {
+                self.raw.copy_within(self.at..self.end, 0);
+                (self.at, self.end) = (0, self.end - self.at);
+            }
+            match berth_sys::recv_nowait(&self.stream, &mut self.raw[self.end..]) {
+                Ok(0) => return Err(ChannelError::Closed),
+                Ok(n) => {
+                    heard = true;
+                    taken += n;
+                    self.end += n;
+                    self.open_all(out)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                    return Err(ChannelError::Closed)
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(heard)
+    }
+
+    /// Opens every whole Noise message read, putting messages together.
+    fn open_all(&mut self, out: &mut Vec<Vec<u8>>) -> Result<(), ChannelError> {
+        loop {
+            let rest = &self.raw[self.at..self.end];
+            if rest.len() < 2 {
+                return Ok(());
+            }
+            let len = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+            if rest.len() < 2 + len {
+                return Ok(());
+            }
+            let n = self
+                .state
+                .read_message(self.nonce, &rest[2..2 + len], &mut self.plain)
+                .map_err(|_| ChannelError::Corrupt)?;
+            self.nonce += 1;
+            self.at += 2 + len;
+            let plain = &self.plain[..n];
+            match &mut self.msg {
+                None => {
+                    let Ok(head) = <[u8; 4]>::try_from(plain) else {
+                        return Err(ChannelError::Corrupt);
+                    };
+                    let want = u32::from_be_bytes(head) as usize;
+                    if want > MAX_MESSAGE {
+                        return Err(ChannelError::TooLarge(want as u64));
+                    }
+                    if want > 0 {
+                        self.msg = Some((want, Vec::with_capacity(want.min(1 << 20))));
+                    }
+                }
+                Some((want, msg)) => {
+                    if msg.len() + plain.len() > *want {
+                        return Err(ChannelError::Corrupt);
+                    }
+                    msg.extend_from_slice(plain);
+                    if msg.len() == *want {
+                        if let Some((_, m)) = self.msg.take() {
+                            out.push(m);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The stream underneath, for the event loop's watch.
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// Closes both directions of the connection.
+    pub fn shutdown(&self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
 }
 
 #[cfg(test)]
@@ -631,6 +764,99 @@ mod tests {
         }
         drop(c);
         assert!(matches!(s.rx.recv(), Err(ChannelError::Closed)));
+    }
+
+    /// Reads `inc` until `want` messages came or it fails, waiting on its socket.
+    fn read_all(inc: &mut Incoming, want: usize) -> (Vec<Vec<u8>>, Option<ChannelError>) {
+        use std::os::fd::AsRawFd;
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while got.len() < want {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {want} messages",
+                got.len()
+            );
+            if let Err(e) = inc.read(&mut got) {
+                return (got, Some(e));
+            }
+            let fd = inc.stream().as_raw_fd();
+            berth_sys::poll_readable_for(&[fd], Some(Duration::from_millis(200))).unwrap();
+        }
+        (got, None)
+    }
+
+    #[test]
+    fn an_event_loop_reads_whole_messages_however_the_bytes_come() {
+        let (c, s) = pair(b"secret", b"secret");
+        let (mut c, s) = (c.unwrap(), s.unwrap());
+        // Sent before the receiver changes hands: what it had read is not lost.
+        c.tx.send(b"first").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let mut inc = s.rx.incoming();
+        let mut none = Vec::new();
+        let big: Vec<u8> = (0..3 * CHUNK + 7).map(|i| (i * 7) as u8).collect();
+        let msgs: Vec<Vec<u8>> = vec![
+            b"hello".to_vec(),
+            big.clone(),
+            vec![9u8; CHUNK],
+            b"x".to_vec(),
+        ];
+        let refs: Vec<&[u8]> = msgs.iter().map(Vec::as_slice).collect();
+        let mut sealed = c.tx.seal_all(&refs).unwrap();
+        // A keepalive between them, and all of it a few bytes at a time.
+        let mut ka = Vec::new();
+        c.tx.seal(&0u32.to_be_bytes(), &mut ka).unwrap();
+        let ka_at = sealed.len();
+        sealed.extend_from_slice(&ka);
+        let more = c.tx.seal_all(&[b"last"]).unwrap();
+        sealed.extend_from_slice(&more);
+        assert!(ka_at > 0);
+        let writer = std::thread::spawn(move || {
+            for part in sealed.chunks(1000) {
+                c.tx.stream.write_all(part).unwrap();
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            c
+        });
+        let (got, err) = read_all(&mut inc, 6);
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(got[0], b"first");
+        assert_eq!(&got[1..5], &msgs[..]);
+        assert_eq!(got[5], b"last");
+        // Nothing more: nothing read, and no error.
+        assert!(!inc.read(&mut none).unwrap());
+        assert!(none.is_empty());
+        // The peer closes: said after what it sent.
+        let mut c = writer.join().unwrap();
+        c.tx.send(b"bye").unwrap();
+        drop(c);
+        let (got, err) = read_all(&mut inc, 2);
+        assert_eq!(got, vec![b"bye".to_vec()]);
+        assert!(matches!(err, Some(ChannelError::Closed)), "{err:?}");
+    }
+
+    #[test]
+    fn an_event_loop_refuses_a_replayed_or_huge_message() {
+        let (c, s) = pair(b"k", b"k");
+        let (mut c, s) = (c.unwrap(), s.unwrap());
+        let mut inc = s.rx.incoming();
+        let sealed = c.tx.seal_all(&[b"once"]).unwrap();
+        c.tx.stream.write_all(&sealed).unwrap();
+        c.tx.stream.write_all(&sealed).unwrap();
+        let (got, err) = read_all(&mut inc, 2);
+        assert_eq!(got, vec![b"once".to_vec()]);
+        assert!(matches!(err, Some(ChannelError::Corrupt)), "{err:?}");
+
+        let (c, s) = pair(b"k", b"k");
+        let (mut c, s) = (c.unwrap(), s.unwrap());
+        let mut inc = s.rx.incoming();
+        let mut out = Vec::new();
+        c.tx.seal(&(MAX_MESSAGE as u32 + 1).to_be_bytes(), &mut out)
+            .unwrap();
+        c.tx.stream.write_all(&out).unwrap();
+        let (_, err) = read_all(&mut inc, 1);
+        assert!(matches!(err, Some(ChannelError::TooLarge(_))), "{err:?}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use berth_resources::Offer;
 use berth_store::{Batch, Filter, NewJob, SqlError, Store, StoreError};
 use std::collections::HashMap;
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Who is asking, as the kernel says (peer credentials).
@@ -39,6 +40,158 @@ pub trait TaskerLink: Send {
     }
     /// The turn is over: what was sent during it may go now, together.
     fn flush(&self) {}
+    /// What the tasker says, for the actor to read itself (taken once, when the link
+    /// connects); None when the tasker sends its messages as events.
+    fn inbox(&mut self) -> Option<Box<dyn TaskerInbox>> {
+        None
+    }
+}
+
+/// What a tasker's connection says, read by the actor itself when its socket is ready: no
+/// thread between the tasker and the server's decisions, and no wake of one per message.
+pub trait TaskerInbox: Send {
+    /// The descriptor to watch for something to read.
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_>;
+    /// Takes what has arrived, never waiting, adding its messages to `out`: Ok(true) when
+    /// something came (a keepalive counts), Err(why) when the connection is over.
+    fn read(&mut self, out: &mut Vec<FromTasker>) -> Result<bool, String>;
+    /// Ends the connection (its writer then ends too).
+    fn close(&self);
+}
+
+/// Why a server could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The actor's wait on its connections (epoll, eventfd).
+    #[error("the server's wait on its connections (epoll, eventfd): {0}; raise the limit of open files (ulimit -n)")]
+    Wait(#[from] std::io::Error),
+}
+
+/// The taskers' connections the actor reads itself, and what wakes it from its wait.
+struct Watch {
+    poller: berth_sys::Poller,
+    waker: Arc<berth_sys::Waker>,
+    /// By key: the tasker's name, its link's serial, the inbox, when it was last heard.
+    inboxes: HashMap<u64, (String, u64, Box<dyn TaskerInbox>, Instant)>,
+    next_key: u64,
+    /// When silent connections were last looked for.
+    checked: Instant,
+    keys: Vec<u64>,
+    /// Events for the next turn (connections that could not be watched).
+    later: Vec<Event>,
+}
+
+/// The key of the waker in the watch.
+const WAKER_KEY: u64 = 0;
+
+/// How long a tasker's connection may say nothing (not even a keepalive, which it sends
+/// every second) before it is taken as gone.
+pub const TASKER_SILENCE: Duration = Duration::from_secs(5);
+
+impl Watch {
+    fn new(waker: Arc<berth_sys::Waker>) -> std::io::Result<Watch> {
+        let poller = berth_sys::Poller::new()?;
+        poller.add(waker.fd(), WAKER_KEY)?;
+        Ok(Watch {
+            poller,
+            waker,
+            inboxes: HashMap::new(),
+            next_key: WAKER_KEY + 1,
+            checked: Instant::now(),
+            keys: Vec::new(),
+            later: Vec::new(),
+        })
+    }
+
+    /// Watches a tasker's connection; a connection that cannot be watched is closed (its
+    /// tasker comes back on a new one), and is gone in the next turn.
+    fn add(&mut self, name: String, serial: u64, inbox: Box<dyn TaskerInbox>) {
+        let key = self.next_key;
+        self.next_key += 1;
+        if let Err(e) = self.poller.add(inbox.fd(), key) {
+            berth_sys::say!("berth server: tasker {name}: cannot watch its connection: {e}");
+            inbox.close();
+            self.later.push(Event::Gone(name, serial, Instant::now()));
+            return;
+        }
+        self.inboxes
+            .insert(key, (name, serial, inbox, Instant::now()));
+    }
+
+    /// Reads what connection `key` has, adding its messages to `batch`, or its end.
+    fn read(&mut self, key: u64, batch: &mut Vec<Event>) {
+        let Some((name, _, inbox, heard)) = self.inboxes.get_mut(&key) else {
+            return;
+        };
+        let mut got = Vec::new();
+        let r = inbox.read(&mut got);
+        let now = Instant::now();
+        if got.is_empty() {
+            if let Ok(true) = r {
+                *heard = now;
+            }
+        } else {
+            *heard = now;
+            batch.extend(got.into_iter().map(|m| Event::Tasker(name.clone(), m)));
+        }
+        if let Err(why) = r {
+            berth_sys::say!("berth server: tasker {name}: {why}");
+            self.drop_inbox(key, batch);
+        }
+    }
+
+    fn drop_inbox(&mut self, key: u64, batch: &mut Vec<Event>) {
+        if let Some((name, serial, inbox, heard)) = self.inboxes.remove(&key) {
+            let _ = self.poller.remove(inbox.fd());
+            inbox.close();
+            batch.push(Event::Gone(name, serial, heard));
+        }
+    }
+
+    /// Waits at most `timeout` for a connection to have something (or the waker to be
+    /// woken), and reads what every ready connection has.
+    fn wait(&mut self, timeout: Duration, batch: &mut Vec<Event>) {
+        let mut keys = std::mem::take(&mut self.keys);
+        keys.clear();
+        if let Err(e) = self.poller.wait(timeout, &mut keys) {
+            berth_sys::say!("berth server: waiting on connections: {e}");
+            std::thread::sleep(timeout.min(Duration::from_millis(100)));
+        }
+        for &key in &keys {
+            if key == WAKER_KEY {
+                self.waker.clear();
+            } else {
+                self.read(key, batch);
+            }
+        }
+        self.keys = keys;
+    }
+
+    /// Ends the connections silent for longer than [`TASKER_SILENCE`] (looked for at most
+    /// once a second).
+    fn end_silent(&mut self, now: Instant, batch: &mut Vec<Event>) {
+        if now.duration_since(self.checked) < Duration::from_secs(1) {
+            return;
+        }
+        self.checked = now;
+        let silent: Vec<u64> = self
+            .inboxes
+            .iter()
+            .filter(|(_, (_, _, _, heard))| now.duration_since(*heard) > TASKER_SILENCE)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in silent {
+            if let Some((name, ..)) = self.inboxes.get(&key) {
+                berth_sys::say!(
+                    "berth server: tasker {name}: silent for longer than {TASKER_SILENCE:?}"
+                );
+            }
+            self.drop_inbox(key, batch);
+        }
+    }
 }
 
 type Reply<T> = Sender<Result<T, String>>;
@@ -97,12 +250,14 @@ pub type ExecEnd = (Option<i32>, Option<String>);
 
 /// A handle for sending events to the actor.
 #[derive(Clone)]
-pub struct Handle(Sender<Event>);
+pub struct Handle(Sender<Event>, Arc<berth_sys::Waker>);
 
 impl Handle {
     /// Sends an event; false when the server has stopped.
     pub fn send(&self, e: Event) -> bool {
-        self.0.send(e).is_ok()
+        let sent = self.0.send(e).is_ok();
+        self.1.wake();
+        sent
     }
 
     /// Sends a request and waits for its answer.
@@ -215,6 +370,7 @@ pub struct Server {
     store: Store,
     core: Core,
     rx: Receiver<Event>,
+    watch: Watch,
     taskers: HashMap<String, TaskerEntry>,
     pending_links: HashMap<String, Box<dyn TaskerLink>>,
     waiters: HashMap<u64, Vec<(u64, Reply<JobView>)>>,
@@ -282,8 +438,10 @@ fn take_end(core: &mut Core, end_slots: &mut HashMap<u64, u32>, job: u64) {
 impl Server {
     /// Opens the store, puts the unfinished jobs back in the core, and returns the server
     /// with a handle to it. Run it with [`Server::run`] on a thread of its own.
-    pub fn open(store: Store) -> Result<(Server, Handle), StoreError> {
+    pub fn open(store: Store) -> Result<(Server, Handle), OpenError> {
         let (tx, rx) = mpsc::channel();
+        let waker = Arc::new(berth_sys::Waker::new()?);
+        let watch = Watch::new(waker.clone())?;
         let mut core = Core::new();
         let mut unfinished = HashMap::new();
         let mut per_uid: HashMap<u32, u64> = HashMap::new();
@@ -377,6 +535,7 @@ impl Server {
                 store,
                 core,
                 rx,
+                watch,
                 taskers: HashMap::new(),
                 pending_links: HashMap::new(),
                 waiters: HashMap::new(),
@@ -397,7 +556,7 @@ impl Server {
                 execs: HashMap::new(),
                 next_exec: 1,
             },
-            Handle(tx),
+            Handle(tx, waker),
         ))
     }
 
@@ -413,24 +572,37 @@ impl Server {
         // Taskers that ran jobs when the server stopped have the grace to come back, from
         // now; one that never does loses its jobs, as one that goes away does.
         self.core.await_taskers(Instant::now(), self.tasker_grace);
+        // Wake at least once a second, to lose the jobs of taskers away too long.
+        const TICK: Duration = Duration::from_secs(1);
+        let mut ticked = Instant::now();
         loop {
-            // Wake at least once a second, to lose the jobs of taskers away too long.
-            let first = match self.rx.recv_timeout(Duration::from_secs(1)) {
-                Ok(e) => e,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    self.turn(Vec::new());
-                    self.flush_links();
+            // What waits: events, and what the taskers' connections have (not waiting).
+            let mut batch = std::mem::take(&mut self.watch.later);
+            let mut open = self.take_events(&mut batch);
+            self.watch.wait(Duration::ZERO, &mut batch);
+            if batch.is_empty() && open {
+                // Nothing: sleep until an event or a connection wakes the actor, or the
+                // tick. Said before looking once more, so that no event is slept through.
+                self.watch.waker.sleeping(true);
+                open = self.take_events(&mut batch);
+                if batch.is_empty() && open {
+                    let left = TICK.saturating_sub(ticked.elapsed());
+                    self.watch.wait(left, &mut batch);
+                }
+                self.watch.waker.sleeping(false);
+                open = self.take_events(&mut batch) && open;
+            }
+            let now = Instant::now();
+            self.watch.end_silent(now, &mut batch);
+            if batch.is_empty() {
+                if !open {
+                    break;
+                }
+                if now.duration_since(ticked) < TICK {
                     continue;
                 }
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            };
-            let mut batch = vec![first];
-            while batch.len() < 20_000 {
-                match self.rx.try_recv() {
-                    Ok(e) => batch.push(e),
-                    Err(_) => break,
-                }
             }
+            ticked = now;
             let stop = batch.iter().any(|e| matches!(e, Event::Shutdown));
             self.turn(batch);
             self.flush_links();
@@ -438,6 +610,18 @@ impl Server {
                 break;
             }
         }
+    }
+
+    /// Takes the events waiting (at most 20,000 at once); false once no handle is left.
+    fn take_events(&mut self, batch: &mut Vec<Event>) -> bool {
+        while batch.len() < 20_000 {
+            match self.rx.try_recv() {
+                Ok(e) => batch.push(e),
+                Err(mpsc::TryRecvError::Empty) => return true,
+                Err(mpsc::TryRecvError::Disconnected) => return false,
+            }
+        }
+        true
     }
 
     fn turn(&mut self, batch: Vec<Event>) {
@@ -480,7 +664,10 @@ impl Server {
                         submits.push((c, r, reply));
                     }
                 }
-                Event::Connect(name, link) => {
+                Event::Connect(name, mut link) => {
+                    if let Some(inbox) = link.inbox() {
+                        self.watch.add(name.clone(), link.serial(), inbox);
+                    }
                     self.pending_links.insert(name, link);
                 }
                 Event::Tasker(

@@ -8,10 +8,13 @@
 //! What a turn sends a tasker the actor writes itself when the writer is idle and the
 //! socket takes it all at once (`MSG_DONTWAIT`); the rest, and all after it, is the
 //! writer's.
+//! The actor reads what taskers send itself, when their sockets are ready (see
+//! [`crate::daemon::TaskerInbox`]): no thread of the server stands between a tasker's
+//! message and the decision it brings.
 //! Both sides send a keepalive every [`HEARTBEAT`] when they have nothing else to say, and
 //! take a peer silent for [`SILENCE`] as gone.
 
-use crate::daemon::{Event, Handle, TaskerLink};
+use crate::daemon::{Event, Handle, TaskerInbox, TaskerLink};
 use berth_channel::{Channel, ChannelError};
 use berth_proto::{FromTasker, ToTasker};
 use std::collections::HashMap;
@@ -19,12 +22,12 @@ use std::io::{self, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How often each side says something, a keepalive when nothing else.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How long a silent peer is waited for before its connection is taken as gone.
-pub const SILENCE: Duration = Duration::from_secs(5);
+pub const SILENCE: Duration = crate::daemon::TASKER_SILENCE;
 /// How long one message may take to be taken by a tasker.
 pub const WRITE_TIME: Duration = Duration::from_secs(30);
 /// How the cluster secret is named in errors.
@@ -112,6 +115,8 @@ pub fn server_key(swd: &Path) -> io::Result<Vec<u8>> {
 /// socket does not take at once is the writer's, and so is everything after it until it
 /// has written it, so that the order holds.
 struct TcpLink {
+    /// The receiving half, until the actor takes it to read itself.
+    inbox: Option<Box<dyn TaskerInbox>>,
     to_writer: mpsc::Sender<Vec<ToTasker>>,
     serial: u64,
     pending: std::sync::Mutex<Vec<ToTasker>>,
@@ -132,9 +137,48 @@ struct Out {
 
 static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
+/// The receiving half of a tasker's connection, read by the actor (see
+/// [`crate::daemon::TaskerInbox`]).
+struct TcpInbox {
+    rx: berth_channel::Incoming,
+    bodies: Vec<Vec<u8>>,
+    /// The link's: false once the connection is over (its writer then ends quietly).
+    alive: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl TaskerInbox for TcpInbox {
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(self.rx.stream())
+    }
+
+    fn read(&mut self, out: &mut Vec<FromTasker>) -> Result<bool, String> {
+        let r = self.rx.read(&mut self.bodies);
+        for body in self.bodies.drain(..) {
+            match serde_json::from_slice::<FromTasker>(&body) {
+                Ok(m) => out.push(m),
+                Err(e) => return Err(format!("bad message: {e}")),
+            }
+        }
+        match r {
+            Ok(heard) => Ok(heard),
+            Err(ChannelError::Closed) => Err("closed the connection".to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn close(&self) {
+        self.alive.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.rx.shutdown();
+    }
+}
+
 impl TaskerLink for TcpLink {
     fn serial(&self) -> u64 {
         self.serial
+    }
+
+    fn inbox(&mut self) -> Option<Box<dyn TaskerInbox>> {
+        self.inbox.take()
     }
 
     fn send(&self, m: ToTasker) -> bool {
@@ -311,7 +355,10 @@ fn writer(
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
         if let Err(e) = sent {
-            berth_sys::say!("berth server: tasker {name}: {e}; closing its connection");
+            // Unless the actor ended the connection itself (and said why).
+            if alive.load(Ordering::SeqCst) {
+                berth_sys::say!("berth server: tasker {name}: {e}; closing its connection");
+            }
             break;
         }
     }
@@ -343,7 +390,6 @@ fn tasker_conn(
         return Err(io::Error::other(format!("tasker name {:?} is not valid", hello.name)).into());
     }
     let name = hello.name;
-    rx.set_timeout(Some(SILENCE))?;
     let serial = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (to_writer, from_actor) = mpsc::channel();
     let alive = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -358,11 +404,20 @@ fn tasker_conn(
         let alive = alive.clone();
         let out = out.clone();
         let queued = queued.clone();
-        std::thread::spawn(move || writer(out, from_actor, name, alive, queued));
+        std::thread::Builder::new()
+            .name("berth-tasker-out".into())
+            .spawn(move || writer(out, from_actor, name, alive, queued))?;
     }
+    // From here the actor reads the connection itself, and says when it ends.
+    rx.set_timeout(None)?;
     handle.send(Event::Connect(
-        name.clone(),
+        name,
         Box::new(TcpLink {
+            inbox: Some(Box::new(TcpInbox {
+                rx: rx.incoming(),
+                bodies: Vec::new(),
+                alive: alive.clone(),
+            })),
             to_writer,
             serial,
             pending: std::sync::Mutex::new(Vec::new()),
@@ -371,24 +426,6 @@ fn tasker_conn(
             queued,
         }),
     ));
-    let mut heard = Instant::now();
-    let why = loop {
-        match rx.recv() {
-            Ok(body) => {
-                heard = Instant::now();
-                match serde_json::from_slice::<FromTasker>(&body) {
-                    Ok(m) => {
-                        handle.send(Event::Tasker(name.clone(), m));
-                    }
-                    Err(e) => break format!("bad message: {e}"),
-                }
-            }
-            Err(ChannelError::Closed) => break "closed the connection".to_string(),
-            Err(e) => break e.to_string(),
-        }
-    };
-    berth_sys::say!("berth server: tasker {name}: {why}");
-    handle.send(Event::Gone(name, serial, heard));
     Ok(())
 }
 

@@ -409,6 +409,114 @@ impl EventFd {
     }
 }
 
+/// Many descriptors waited on at once (epoll, level-triggered), each known by a number of
+/// the caller's: an event loop's wait, however many connections it watches.
+#[derive(Debug)]
+pub struct Poller {
+    epoll: OwnedFd,
+}
+
+impl Poller {
+    /// A poller watching nothing yet.
+    pub fn new() -> io::Result<Poller> {
+        use rustix::event::epoll;
+        Ok(Poller {
+            epoll: epoll::create(epoll::CreateFlags::CLOEXEC)?,
+        })
+    }
+
+    /// Watches `fd` for something to read (or its peer hanging up), as `key`.
+    pub fn add(&self, fd: impl std::os::fd::AsFd, key: u64) -> io::Result<()> {
+        use rustix::event::epoll::{self, EventData, EventFlags};
+        epoll::add(
+            &self.epoll,
+            fd,
+            EventData::new_u64(key),
+            EventFlags::IN | EventFlags::RDHUP,
+        )?;
+        Ok(())
+    }
+
+    /// Stops watching `fd` (before it is closed: a descriptor duplicated elsewhere would
+    /// otherwise stay watched).
+    pub fn remove(&self, fd: impl std::os::fd::AsFd) -> io::Result<()> {
+        rustix::event::epoll::delete(&self.epoll, fd)?;
+        Ok(())
+    }
+
+    /// Waits at most `timeout` (not at all when zero) for watched descriptors to be ready,
+    /// and puts their keys in `keys`; an interrupted wait finds none.
+    pub fn wait(&mut self, timeout: Duration, keys: &mut Vec<u64>) -> io::Result<()> {
+        use rustix::event::{epoll, Timespec};
+        let t = Timespec {
+            tv_sec: timeout.as_secs().min(i32::MAX as u64 / 1000) as _,
+            tv_nsec: timeout.subsec_nanos() as _,
+        };
+        let mut ready = Vec::with_capacity(64);
+        match epoll::wait(
+            &self.epoll,
+            rustix::buffer::spare_capacity(&mut ready),
+            Some(&t),
+        ) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        keys.extend(ready.iter().map(|e| e.data.u64()));
+        Ok(())
+    }
+}
+
+/// Wakes a thread that waits in a [`Poller`] (which watches [`Waker::fd`]) when another
+/// thread has handed it something, and only when it sleeps: the sleeper says it is about
+/// to ([`Waker::sleeping`]), looks once more for work, then waits; the giver hands over
+/// first, then wakes it ([`Waker::wake`]). Either the sleeper sees the work, or the giver
+/// sees it sleeping.
+#[derive(Debug)]
+pub struct Waker {
+    fd: EventFd,
+    asleep: std::sync::atomic::AtomicBool,
+}
+
+impl Waker {
+    /// A new waker.
+    pub fn new() -> io::Result<Waker> {
+        Ok(Waker {
+            fd: EventFd::new()?,
+            asleep: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Wakes the sleeper, if it sleeps (or is about to); call after handing over.
+    pub fn wake(&self) {
+        use std::sync::atomic::{fence, Ordering};
+        fence(Ordering::SeqCst);
+        if self.asleep.load(Ordering::Relaxed) && self.asleep.swap(false, Ordering::SeqCst) {
+            self.fd.signal();
+        }
+    }
+
+    /// The sleeper is about to sleep (true: look for work once more after this), or is
+    /// awake again (false).
+    pub fn sleeping(&self, asleep: bool) {
+        use std::sync::atomic::{fence, Ordering};
+        self.asleep.store(asleep, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+    }
+
+    /// Takes the wake that made [`Waker::fd`] readable.
+    pub fn clear(&self) {
+        let mut n = [0u8; 8];
+        // SAFETY: reads 8 bytes into a buffer of 8 from our own (non-blocking) eventfd.
+        unsafe { libc::read(self.fd.raw(), n.as_mut_ptr().cast(), 8) };
+    }
+
+    /// The descriptor to watch.
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.fd.0)
+    }
+}
+
 /// Fills `buf` with random bytes from the kernel (getrandom).
 pub fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
     let mut done = 0;
@@ -673,6 +781,19 @@ pub fn send_with_fds(
 pub fn send_nowait(sock: &impl std::os::fd::AsFd, data: &[u8]) -> io::Result<usize> {
     use rustix::net::SendFlags;
     rustix::net::send(sock, data, SendFlags::DONTWAIT | SendFlags::NOSIGNAL).map_err(Into::into)
+}
+
+/// Reads what a socket has now, without waiting (`MSG_DONTWAIT`, whatever the socket's
+/// own mode): `WouldBlock` when it has nothing, 0 when the peer closed.
+pub fn recv_nowait(sock: &impl std::os::fd::AsFd, buf: &mut [u8]) -> io::Result<usize> {
+    use rustix::net::RecvFlags;
+    loop {
+        match rustix::net::recv(sock, &mut *buf, RecvFlags::DONTWAIT) {
+            Ok((n, _)) => return Ok(n),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// The most descriptors [`send_with_fds`] attaches to one message.

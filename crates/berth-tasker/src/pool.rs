@@ -48,7 +48,10 @@ impl Pool {
 }
 
 fn spawn(inner: Arc<Inner>, first: Task) {
-    std::thread::spawn(move || worker(inner, first));
+    std::thread::Builder::new()
+        .name("berth-job".into())
+        .spawn(move || worker(inner, first))
+        .expect("a thread for a job");
 }
 
 fn worker(inner: Arc<Inner>, first: Task) {

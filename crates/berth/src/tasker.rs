@@ -230,22 +230,24 @@ fn session(
     let writer = {
         let outbox = outbox.clone();
         let alive = alive.clone();
-        std::thread::spawn(move || {
-            while alive.load(std::sync::atomic::Ordering::SeqCst) {
-                {
-                    let q = outbox.q.lock().expect("lock");
-                    if q.is_empty() && alive.load(std::sync::atomic::Ordering::SeqCst) {
-                        drop(outbox.cv.wait_timeout(q, HEARTBEAT).expect("lock"));
+        std::thread::Builder::new()
+            .name("berth-writer".into())
+            .spawn(move || {
+                while alive.load(std::sync::atomic::Ordering::SeqCst) {
+                    {
+                        let q = outbox.q.lock().expect("lock");
+                        if q.is_empty() && alive.load(std::sync::atomic::Ordering::SeqCst) {
+                            drop(outbox.cv.wait_timeout(q, HEARTBEAT).expect("lock"));
+                        }
+                    }
+                    let mut t = tx.lock().expect("lock");
+                    if !outbox.send_waiting(&mut t) {
+                        break;
                     }
                 }
-                let mut t = tx.lock().expect("lock");
-                if !outbox.send_waiting(&mut t) {
-                    break;
-                }
-            }
-            *outbox.wire.lock().expect("lock") = None;
-            tx.lock().expect("lock").shutdown();
-        })
+                *outbox.wire.lock().expect("lock") = None;
+                tx.lock().expect("lock").shutdown();
+            })?
     };
     // The environments the server sent on this connection, by number (see EnvRef).
     let mut envs: (u32, HashMap<u32, Vec<(String, String)>>) = (0, HashMap::new());

@@ -470,7 +470,10 @@ fn start_server(
     server.max_unfinished_per_user = policy.max_unfinished_per_user;
     server.time_default_ms = policy.time_default_ms;
     server.keep = keep.0;
-    let actor = std::thread::spawn(move || server.run());
+    let actor = std::thread::Builder::new()
+        .name("berth-actor".into())
+        .spawn(move || server.run())
+        .context("no thread for the server")?;
     let listener =
         UnixListener::bind(&sock).with_context(|| format!("listening on {}", sock.display()))?;
     // Anyone on the host may connect; the kernel tells the server who they are.
