@@ -650,6 +650,7 @@ impl Incoming {
                 self.raw.copy_within(self.at..self.end, 0);
                 (self.at, self.end) = (0, self.end - self.at);
             }
+            let room = self.raw.len() - self.end;
             match berth_sys::recv_nowait(&self.stream, &mut self.raw[self.end..]) {
                 Ok(0) => return Err(ChannelError::Closed),
                 Ok(n) => {
@@ -657,6 +658,11 @@ impl Incoming {
                     taken += n;
                     self.end += n;
                     self.open_all(out)?;
+                    // Less than there was room for: the socket had no more (what comes
+                    // later makes it ready again), and a read to be told so is spared.
+                    if n < room {
+                        break;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {

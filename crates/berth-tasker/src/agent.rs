@@ -226,8 +226,17 @@ impl Agent {
         self.swd_file(crate::definitions::FILE)
     }
 
+    /// Tells the keeper every end the server has recorded, before this process stops: a
+    /// keeper left with nothing to keep ends.
+    pub fn forget_all(&self) {
+        if let Some(k) = self.keeper.get() {
+            k.forget_all();
+        }
+    }
+
     /// Watches SWD/taskerClass.table, SWD/taskers.tcl and the containers directory, and
-    /// says hello again when one changes, so that the server learns the new resources.
+    /// says hello again when one changes, so that the server learns the new resources;
+    /// tells the keeper the Forgets that found no request to go with.
     pub fn watch(self: &Arc<Self>) {
         let me = self.clone();
         std::thread::spawn(move || {
@@ -241,7 +250,10 @@ impl Agent {
             };
             let mut last = stamps();
             loop {
-                std::thread::sleep(Duration::from_secs(2));
+                std::thread::sleep(crate::keeper::FORGET_WITHIN);
+                if let Some(k) = me.keeper.get() {
+                    k.forget_waiting();
+                }
                 let now = stamps();
                 if now != last {
                     last = now;

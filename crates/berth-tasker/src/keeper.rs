@@ -118,10 +118,15 @@ pub struct Kept {
 }
 
 fn write_frame(s: &UnixStream, body: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    berth_sys::send_with_fds(s, &frame(body), fds)
+}
+
+/// A frame's bytes: its length, then its body.
+fn frame(body: &[u8]) -> Vec<u8> {
     let mut data = Vec::with_capacity(body.len() + 4);
     data.extend_from_slice(&(body.len() as u32).to_le_bytes());
     data.extend_from_slice(body);
-    berth_sys::send_with_fds(s, &data, fds)
+    data
 }
 
 /// Reads frames and the descriptors that come with them.
@@ -456,6 +461,19 @@ pub struct Keeper {
     idle: Mutex<Vec<(UnixStream, Reader)>>,
     /// Starts a keeper again when this one is gone (killed, say).
     restart: Option<Box<dyn Fn() -> io::Result<()> + Send + Sync>>,
+    /// Jobs whose ends the server has recorded, and since when the first waits: told to
+    /// the keeper with the next request (or at the latest after [`FORGET_WITHIN`]), which
+    /// spares it a wake for each acknowledgement.
+    forgets: Mutex<(Vec<u64>, Option<Instant>)>,
+}
+
+/// How long a Forget may wait for a request to go with.
+pub const FORGET_WITHIN: Duration = Duration::from_secs(1);
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        self.forget_all();
+    }
 }
 
 impl std::fmt::Debug for Keeper {
@@ -490,6 +508,7 @@ impl Keeper {
                             path,
                             idle: Mutex::new(vec![(s, r)]),
                             restart: None,
+                            forgets: Mutex::new((Vec::new(), None)),
                         },
                         kept,
                     ))
@@ -557,9 +576,19 @@ impl Keeper {
 
     fn ask(&self, m: &ToKeeper, fds: &[BorrowedFd<'_>]) -> io::Result<FromKeeper> {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let body_out = serde_json::to_vec(m).map_err(io::Error::other)?;
+        // The Forgets waiting go first, in the same write (the keeper answers them not).
+        let forgets = {
+            let mut f = self.forgets.lock().unwrap_or_else(|e| e.into_inner());
+            f.1 = None;
+            std::mem::take(&mut f.0)
+        };
+        let mut out = Vec::new();
+        if !forgets.is_empty() {
+            out = frame(&serde_json::to_vec(&ToKeeper::Forget(forgets)).map_err(io::Error::other)?);
+        }
+        out.extend_from_slice(&frame(&serde_json::to_vec(m).map_err(io::Error::other)?));
         let (s, mut r) = match idle {
-            Some((s, r)) => match write_frame(&s, &body_out, fds) {
+            Some((s, r)) => match berth_sys::send_with_fds(&s, &out, fds) {
                 Ok(()) => (s, r),
                 Err(_) => {
                     // A keeper that is gone: the message was not read (a write to a closed
@@ -567,13 +596,13 @@ impl Keeper {
                     // other idle connections are to the same dead one.
                     self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
                     let (s, r) = self.connect_again()?;
-                    write_frame(&s, &body_out, fds)?;
+                    berth_sys::send_with_fds(&s, &out, fds)?;
                     (s, r)
                 }
             },
             None => {
                 let (s, r) = self.connect_again()?;
-                write_frame(&s, &body_out, fds)?;
+                berth_sys::send_with_fds(&s, &out, fds)?;
                 (s, r)
             }
         };
@@ -629,8 +658,44 @@ impl Keeper {
         }
     }
 
-    /// The server has recorded these jobs' ends.
+    /// The server has recorded these jobs' ends: the keeper is told with the next
+    /// request, or by [`Keeper::forget_waiting`].
     pub fn forget(&self, jobs: Vec<u64>) {
+        let mut f = self.forgets.lock().unwrap_or_else(|e| e.into_inner());
+        f.0.extend(jobs);
+        f.1.get_or_insert_with(Instant::now);
+        if f.0.len() >= 4096 {
+            let jobs = std::mem::take(&mut f.0);
+            f.1 = None;
+            drop(f);
+            self.forget_now(jobs);
+        }
+    }
+
+    /// Tells the keeper the Forgets that have waited for [`FORGET_WITHIN`] or longer.
+    pub fn forget_waiting(&self) {
+        let mut f = self.forgets.lock().unwrap_or_else(|e| e.into_inner());
+        if f.1.is_some_and(|t| t.elapsed() >= FORGET_WITHIN) {
+            let jobs = std::mem::take(&mut f.0);
+            f.1 = None;
+            drop(f);
+            self.forget_now(jobs);
+        }
+    }
+
+    /// Tells the keeper every Forget waiting (this tasker process stops).
+    pub fn forget_all(&self) {
+        let jobs = {
+            let mut f = self.forgets.lock().unwrap_or_else(|e| e.into_inner());
+            f.1 = None;
+            std::mem::take(&mut f.0)
+        };
+        if !jobs.is_empty() {
+            self.forget_now(jobs);
+        }
+    }
+
+    fn forget_now(&self, jobs: Vec<u64>) {
         let body = serde_json::to_vec(&ToKeeper::Forget(jobs)).unwrap_or_default();
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         if let Some((s, r)) = idle {
@@ -862,7 +927,24 @@ mod tests {
         let fd = berth_sys::pidfd_open(long).unwrap();
         berth_sys::wait_pidfd(&fd, None, None).unwrap();
         assert_eq!(k.reap(99, false).unwrap().code(), Some(9));
+        // A Forget that finds no request to go with is told within FORGET_WITHIN.
         k.forget(vec![99]);
+        k.forget_waiting();
+        let (k2, kept) = Keeper::open(&state, &no_start).unwrap();
+        assert_eq!(kept.len(), 1, "told before its time: {kept:?}");
+        // (It has no Forget of its own to tell as it goes.)
+        drop(k2);
+        std::thread::sleep(FORGET_WITHIN);
+        k.forget_waiting();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, kept) = Keeper::open(&state, &no_start).unwrap();
+            if kept.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "never told: {kept:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         drop(k);
         // Nothing kept, nobody connected: the keeper ends.
         server.join().unwrap().unwrap();

@@ -137,6 +137,7 @@ pub fn tasker(a: TaskerArgs) -> Result<i32> {
                 std::thread::sleep(Duration::from_millis(10));
             }
             std::thread::sleep(Duration::from_millis(100));
+            agent.forget_all();
             std::process::exit(0);
         });
     }

@@ -835,5 +835,6 @@ pub fn up(o: Up) -> Result<i32> {
     // Give the last reports a moment to be recorded.
     std::thread::sleep(Duration::from_millis(100));
     running.stop();
+    agent.forget_all();
     Ok(0)
 }
