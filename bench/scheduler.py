@@ -17,7 +17,8 @@ file written):
   - submit -> start and submit -> Done of one job, median of N, back to back and with a
     0.5 s pause before each.
 Then the same array on `berth server` with --remote taskers (default 4, of 4 slots each)
-joined over the secure channel on loopback. Then HyperQueue's real `hq` binary (../shared/peers/hq, or --hq) in the same run, side by
+joined over the secure channel on loopback, in --remote-rounds pairs (default 3) of an
+embedded array and a remote one back to back: the median of the pairs' ratios. Then HyperQueue's real `hq` binary (../shared/peers/hq, or --hq) in the same run, side by
 side: one server and one worker of 16 cpus, the same array with --stdout/--stderr none, and
 one-job latency by the client's clock (`hq submit --wait`).
 It prints figures and asserts nothing. Every file it makes is under a temporary directory.
@@ -203,6 +204,8 @@ def main():
     ap.add_argument("--no-hq", action="store_true")
     ap.add_argument("--remote", type=int, default=4,
                     help="taskers of SLOTS/4 slots each for the remote run (0: none)")
+    ap.add_argument("--remote-rounds", type=int, default=3,
+                    help="pairs of arrays (embedded, then remote) for the remote figure")
     a = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("scheduler.py: run as root (jobs run as nobody)")
@@ -265,15 +268,28 @@ def main():
                 b.stop()
 
         if a.remote:
+            # One array against one array minutes apart measures the machine's drift as much
+            # as the difference (a single pair spreads by +-4 % here): pairs, back to back,
+            # each the embedded then the remote, and the median of their ratios.
             per = max(1, a.slots // a.remote)
-            rb = Remote(berth, os.path.join(root, "remote"), a.remote, per)
-            try:
-                rr = rb.array(a.array)
-                print(f"array of {a.array}, {a.remote} remote taskers of {per} slots (berth server + "
-                      f"berth tasker on loopback, secure channel): {rr:8.0f} jobs/s "
-                      f"({100 * rr / r:.0f} % of the embedded)")
-            finally:
-                rb.stop()
+            ratios = []
+            for i in range(a.remote_rounds):
+                b = Berth(berth, os.path.join(root, f"pair{i}-embedded"), a.slots)
+                try:
+                    re_ = b.array(a.array)
+                finally:
+                    b.stop()
+                rb = Remote(berth, os.path.join(root, f"pair{i}-remote"), a.remote, per)
+                try:
+                    rr = rb.array(a.array)
+                finally:
+                    rb.stop()
+                ratios.append(rr / re_)
+                print(f"array of {a.array}, pair {i + 1}: embedded {re_:8.0f} jobs/s, {a.remote} remote "
+                      f"taskers of {per} slots (berth server + berth tasker on loopback, secure channel) "
+                      f"{rr:8.0f} jobs/s ({100 * rr / re_:.0f} %)")
+            print(f"remote taskers: median {100 * statistics.median(ratios):.0f} % of the embedded "
+                  f"(pairs: {', '.join(f'{100 * x:.0f} %' for x in ratios)})")
 
         if a.no_hq or not os.access(a.hq, os.X_OK):
             print(f"hyperqueue: not measured ({'--no-hq' if a.no_hq else a.hq + ' not found'})")

@@ -594,10 +594,9 @@ impl Receiver {
     /// This receiver, to be read by an event loop without waiting (see [`Incoming`]),
     /// with what it had already read and not returned.
     pub fn incoming(self) -> Incoming {
-        // Room for two Noise messages, whatever was buffered besides.
         let mut raw = self.stream.buffer().to_vec();
         let end = raw.len();
-        raw.resize(end + 2 * (2 + 65535), 0);
+        raw.resize(end.max(Incoming::START), 0);
         Incoming {
             stream: self.stream.into_inner(),
             state: self.state,
@@ -606,7 +605,7 @@ impl Receiver {
             at: 0,
             end,
             msg: None,
-            plain: vec![0u8; 65535],
+            plain: Vec::new(),
         }
     }
 }
@@ -642,14 +641,7 @@ impl Incoming {
         let mut taken = 0;
         self.open_all(out)?;
         while taken < Self::BUDGET {
-            // What is left is part of one Noise message (at most 65,537 bytes): moved to
-            // the front, it leaves room for a whole one after it.
-            if self.at == self.end {
-                (self.at, self.end) = (0, 0);
-            } else if self.end > self.raw.len() / 2 {
-                self.raw.copy_within(self.at..self.end, 0);
-                (self.at, self.end) = (0, self.end - self.at);
-            }
+            self.make_room();
             let room = self.raw.len() - self.end;
             match berth_sys::recv_nowait(&self.stream, &mut self.raw[self.end..]) {
                 Ok(0) => return Err(ChannelError::Closed),
@@ -674,6 +666,34 @@ impl Incoming {
         Ok(heard)
     }
 
+    /// Room to read into: what is left (part of one Noise message, at most 65,537 bytes)
+    /// goes to the front, and the buffer grows to hold that message whole. An idle
+    /// connection keeps [`Incoming::START`] bytes: a server reads a thousand of them.
+    fn make_room(&mut self) {
+        if self.at == self.end {
+            (self.at, self.end) = (0, 0);
+            if self.raw.len() > Self::START {
+                self.raw = vec![0u8; Self::START];
+            }
+            return;
+        }
+        if self.at > 0 {
+            self.raw.copy_within(self.at..self.end, 0);
+            (self.at, self.end) = (0, self.end - self.at);
+        }
+        let need = match self.raw[..self.end] {
+            [a, b, ..] => 2 + u16::from_be_bytes([a, b]) as usize,
+            _ => 2,
+        };
+        let want = need.max(self.end + 4096);
+        if self.raw.len() < want {
+            self.raw.resize(want, 0);
+        }
+    }
+
+    /// What an idle connection's buffer holds.
+    const START: usize = 16 * 1024;
+
     /// Opens every whole Noise message read, putting messages together.
     fn open_all(&mut self, out: &mut Vec<Vec<u8>>) -> Result<(), ChannelError> {
         loop {
@@ -684,6 +704,9 @@ impl Incoming {
             let len = u16::from_be_bytes([rest[0], rest[1]]) as usize;
             if rest.len() < 2 + len {
                 return Ok(());
+            }
+            if self.plain.len() < len {
+                self.plain.resize(len, 0);
             }
             let n = self
                 .state

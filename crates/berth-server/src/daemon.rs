@@ -139,15 +139,17 @@ impl Watch {
         }
         if let Err(why) = r {
             berth_sys::say!("berth server: tasker {name}: {why}");
-            self.drop_inbox(key, batch);
+            // A connection that ended was there until it ended: its tasker's grace counts
+            // from now, as a silent one's counts from when it was last heard.
+            self.drop_inbox(key, Some(now), batch);
         }
     }
 
-    fn drop_inbox(&mut self, key: u64, batch: &mut Vec<Event>) {
+    fn drop_inbox(&mut self, key: u64, ended: Option<Instant>, batch: &mut Vec<Event>) {
         if let Some((name, serial, inbox, heard)) = self.inboxes.remove(&key) {
             let _ = self.poller.remove(inbox.fd());
             inbox.close();
-            batch.push(Event::Gone(name, serial, heard));
+            batch.push(Event::Gone(name, serial, ended.unwrap_or(heard)));
         }
     }
 
@@ -189,7 +191,7 @@ impl Watch {
                     "berth server: tasker {name}: silent for longer than {TASKER_SILENCE:?}"
                 );
             }
-            self.drop_inbox(key, batch);
+            self.drop_inbox(key, None, batch);
         }
     }
 }
@@ -236,7 +238,8 @@ pub enum Event {
     Connect(String, Box<dyn TaskerLink>),
     /// A tasker says something.
     Tasker(String, FromTasker),
-    /// A tasker's link broke: its name, the link's serial, and when it was last heard.
+    /// A tasker's link broke: its name, the link's serial, and when it was last heard (a
+    /// connection that closed: when it closed).
     Gone(String, u64, Instant),
     /// Start no more jobs (the first step of a clean stop); what runs goes on, and its
     /// ends are recorded.
@@ -575,11 +578,16 @@ impl Server {
         // Wake at least once a second, to lose the jobs of taskers away too long.
         const TICK: Duration = Duration::from_secs(1);
         let mut ticked = Instant::now();
+        // Nothing turned since the last wait on the connections: what is ready there
+        // now makes the next wait return at once.
+        let mut waited = false;
         loop {
             // What waits: events, and what the taskers' connections have (not waiting).
             let mut batch = std::mem::take(&mut self.watch.later);
             let mut open = self.take_events(&mut batch);
-            self.watch.wait(Duration::ZERO, &mut batch);
+            if !waited {
+                self.watch.wait(Duration::ZERO, &mut batch);
+            }
             if batch.is_empty() && open {
                 // Nothing: sleep until an event or a connection wakes the actor, or the
                 // tick. Said before looking once more, so that no event is slept through.
@@ -599,9 +607,11 @@ impl Server {
                     break;
                 }
                 if now.duration_since(ticked) < TICK {
+                    waited = true;
                     continue;
                 }
             }
+            waited = false;
             ticked = now;
             let stop = batch.iter().any(|e| matches!(e, Event::Shutdown));
             self.turn(batch);

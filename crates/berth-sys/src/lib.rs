@@ -446,23 +446,18 @@ impl Poller {
 
     /// Waits at most `timeout` (not at all when zero) for watched descriptors to be ready,
     /// and puts their keys in `keys`; an interrupted wait finds none.
-    pub fn wait(&mut self, timeout: Duration, keys: &mut Vec<u64>) -> io::Result<()> {
+    pub fn wait(&self, timeout: Duration, keys: &mut Vec<u64>) -> io::Result<()> {
         use rustix::event::{epoll, Timespec};
         let t = Timespec {
             tv_sec: timeout.as_secs().min(i32::MAX as u64 / 1000) as _,
             tv_nsec: timeout.subsec_nanos() as _,
         };
-        let mut ready = Vec::with_capacity(64);
-        match epoll::wait(
-            &self.epoll,
-            rustix::buffer::spare_capacity(&mut ready),
-            Some(&t),
-        ) {
-            Ok(_) => {}
-            Err(rustix::io::Errno::INTR) => return Ok(()),
+        let mut ready = [std::mem::MaybeUninit::<epoll::Event>::uninit(); 64];
+        match epoll::wait(&self.epoll, &mut ready, Some(&t)) {
+            Ok((ready, _)) => keys.extend(ready.iter().map(|e| e.data.u64())),
+            Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(e.into()),
         }
-        keys.extend(ready.iter().map(|e| e.data.u64()));
         Ok(())
     }
 }

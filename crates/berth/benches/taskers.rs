@@ -6,7 +6,7 @@
 //!   completes the channel's handshake, says hello and sends keepalives as a tasker does,
 //!   idle for 20 s: the server's resident memory and its CPU (user + system) meanwhile.
 //! - A real tasker running a job, frozen with SIGSTOP: the time until the job is reported
-//!   lost, against the server's `--tasker-grace` (5 s here) and heartbeat (1 s).
+//!   lost, against the server's `--tasker-grace` (5 s here) and heartbeat (2 s).
 
 use berth_proto::FromTasker;
 use std::net::TcpStream;
@@ -74,8 +74,23 @@ fn idle_taskers(n: usize) {
             std::thread::Builder::new()
                 .stack_size(64 * 1024)
                 .spawn(move || {
-                    let s = TcpStream::connect(&addr).unwrap();
-                    let mut ch = berth_channel::open(s, &secret, "tasker", true, "secret").unwrap();
+                    // The server proves at most 8 connections of one address at once and
+                    // closes the rest: as a tasker does, try again.
+                    let mut ch = loop {
+                        let opened = TcpStream::connect(&addr)
+                            .map_err(|e| e.to_string())
+                            .and_then(|s| {
+                                berth_channel::open(s, &secret, "tasker", true, "secret")
+                                    .map_err(|e| e.to_string())
+                            });
+                        match opened {
+                            Ok(ch) => break ch,
+                            Err(_) if !stop.load(Ordering::Relaxed) => {
+                                std::thread::sleep(Duration::from_millis(20))
+                            }
+                            Err(e) => panic!("{e}"),
+                        }
+                    };
                     let name = format!("sim{i}");
                     ch.tx
                         .send(&serde_json::to_vec(&serde_json::json!({ "name": name })).unwrap())
@@ -94,7 +109,7 @@ fn idle_taskers(n: usize) {
                     let mut rx = ch.rx;
                     std::thread::spawn(move || while rx.recv().is_ok() {});
                     while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(Duration::from_secs(1));
+                        std::thread::sleep(berth_server::tcp::HEARTBEAT);
                         if ch.tx.keepalive().is_err() {
                             return;
                         }
@@ -179,8 +194,10 @@ fn time_to_lost() {
         std::thread::sleep(Duration::from_millis(50));
     }
     println!(
-        "a tasker frozen with a job: lost after {:.1} s (grace {grace} s, heartbeat 1 s, silence 5 s)",
-        t0.elapsed().as_secs_f64()
+        "a tasker frozen with a job: lost after {:.1} s (grace {grace} s, heartbeat {:?}, silence {:?})",
+        t0.elapsed().as_secs_f64(),
+        berth_server::tcp::HEARTBEAT,
+        berth_server::tcp::SILENCE
     );
     berth_sys::kill_pid(tasker.id(), libc::SIGKILL);
     let _ = tasker.wait();
