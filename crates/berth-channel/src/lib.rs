@@ -674,6 +674,7 @@ impl Incoming {
             (self.at, self.end) = (0, 0);
             if self.raw.len() > Self::START {
                 self.raw = vec![0u8; Self::START];
+                self.plain = Vec::new();
             }
             return;
         }

@@ -88,7 +88,7 @@ struct Watch {
 const WAKER_KEY: u64 = 0;
 
 /// How long a tasker's connection may say nothing (not even a keepalive, which it sends
-/// every second) before it is taken as gone.
+/// every `tcp::HEARTBEAT`, 2 s) before it is taken as gone.
 pub const TASKER_SILENCE: Duration = Duration::from_secs(5);
 
 impl Watch {
@@ -119,6 +119,11 @@ impl Watch {
         }
         self.inboxes
             .insert(key, (name, serial, inbox, Instant::now()));
+        // What came with the handshake was read with it, and no new byte may come to make
+        // the socket ready: read now, for the next turn.
+        let mut later = std::mem::take(&mut self.later);
+        self.read(key, &mut later);
+        self.later = later;
     }
 
     /// Reads what connection `key` has, adding its messages to `batch`, or its end.
@@ -159,8 +164,10 @@ impl Watch {
         let mut keys = std::mem::take(&mut self.keys);
         keys.clear();
         if let Err(e) = self.poller.wait(timeout, &mut keys) {
+            // Not expected (epoll fails on bad arguments only); said at most ten times a
+            // second, while the events still go on.
             berth_sys::say!("berth server: waiting on connections: {e}");
-            std::thread::sleep(timeout.min(Duration::from_millis(100)));
+            std::thread::sleep(Duration::from_millis(100));
         }
         for &key in &keys {
             if key == WAKER_KEY {
@@ -186,11 +193,17 @@ impl Watch {
             .map(|(k, _)| *k)
             .collect();
         for key in silent {
-            if let Some((name, ..)) = self.inboxes.get(&key) {
-                berth_sys::say!(
-                    "berth server: tasker {name}: silent for longer than {TASKER_SILENCE:?}"
-                );
+            // A turn that took long leaves connections unread: what waits there counts.
+            self.read(key, batch);
+            let Some((name, _, _, heard)) = self.inboxes.get(&key) else {
+                continue;
+            };
+            if now.duration_since(*heard) <= TASKER_SILENCE {
+                continue;
             }
+            berth_sys::say!(
+                "berth server: tasker {name}: silent for longer than {TASKER_SILENCE:?}"
+            );
             self.drop_inbox(key, None, batch);
         }
     }

@@ -434,6 +434,49 @@ fn tasker_conn(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
+
+    /// A tasker's hello that came with its first message (read with it, in the handshake's
+    /// buffer) is taken at once: no further byte comes to wake the actor for it.
+    #[test]
+    fn a_hello_read_with_the_handshake_is_not_left_waiting() {
+        let d = tempfile::tempdir().unwrap();
+        let store = berth_store::Store::open(&d.path().join("b.db")).unwrap();
+        let (server, handle) = crate::daemon::Server::open(store).unwrap();
+        std::thread::spawn(move || server.run());
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let h = handle.clone();
+        std::thread::spawn(move || serve_taskers(listener, h, b"k".to_vec()));
+        let conn = TcpStream::connect(addr).unwrap();
+        let Channel { mut tx, rx, .. } =
+            berth_channel::open(conn, b"k", PURPOSE, true, SECRET_NAME).unwrap();
+        let first = serde_json::to_vec(&Hello { name: "t1".into() }).unwrap();
+        let hello = serde_json::to_vec(&FromTasker::Hello {
+            name: "t1".into(),
+            host: "h".into(),
+            resources: "CORES/2 SLOTS/2".into(),
+            slots: 2,
+            containers_refused: vec![],
+            running: vec![],
+            ended: vec![],
+            incarnation: "a".repeat(24),
+        })
+        .unwrap();
+        // Both in one write: the server reads them together; then nothing more.
+        tx.send_all(&[&first, &hello]).unwrap();
+        // Before the silence check (5 s) would read the connection for another reason.
+        let deadline = Instant::now() + Duration::from_secs(4);
+        loop {
+            let taskers = handle.ask(crate::daemon::Event::Taskers).unwrap();
+            if taskers.iter().any(|t| t.name == "t1") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the hello was left unread");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop((tx, rx));
+    }
 
     #[test]
     fn the_cluster_secret_is_made_once_and_kept_private() {

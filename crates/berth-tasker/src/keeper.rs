@@ -467,7 +467,8 @@ pub struct Keeper {
     forgets: Mutex<(Vec<u64>, Option<Instant>)>,
 }
 
-/// How long a Forget may wait for a request to go with.
+/// How long a Forget may wait for a request to go with (the agent looks as often: so at
+/// most twice as long in all).
 pub const FORGET_WITHIN: Duration = Duration::from_secs(1);
 
 impl Drop for Keeper {
@@ -584,26 +585,36 @@ impl Keeper {
         };
         let mut out = Vec::new();
         if !forgets.is_empty() {
-            out = frame(&serde_json::to_vec(&ToKeeper::Forget(forgets)).map_err(io::Error::other)?);
+            let f = serde_json::to_vec(&ToKeeper::Forget(forgets.clone()));
+            out = frame(&f.map_err(io::Error::other)?);
         }
         out.extend_from_slice(&frame(&serde_json::to_vec(m).map_err(io::Error::other)?));
-        let (s, mut r) = match idle {
+        let sent = match idle {
             Some((s, r)) => match berth_sys::send_with_fds(&s, &out, fds) {
-                Ok(()) => (s, r),
+                Ok(()) => Ok((s, r)),
                 Err(_) => {
                     // A keeper that is gone: the message was not read (a write to a closed
                     // peer fails), so it is sent once more, to a keeper started again. The
                     // other idle connections are to the same dead one.
                     self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
-                    let (s, r) = self.connect_again()?;
-                    berth_sys::send_with_fds(&s, &out, fds)?;
-                    (s, r)
+                    self.connect_again()
+                        .and_then(|(s, r)| berth_sys::send_with_fds(&s, &out, fds).map(|()| (s, r)))
                 }
             },
-            None => {
-                let (s, r) = self.connect_again()?;
-                berth_sys::send_with_fds(&s, &out, fds)?;
-                (s, r)
+            None => self
+                .connect_again()
+                .and_then(|(s, r)| berth_sys::send_with_fds(&s, &out, fds).map(|()| (s, r))),
+        };
+        let (s, mut r) = match sent {
+            Ok(sr) => sr,
+            Err(e) => {
+                // Not told (no keeper took them): they wait for the next request.
+                if !forgets.is_empty() {
+                    let mut f = self.forgets.lock().unwrap_or_else(|e| e.into_inner());
+                    f.0.extend(forgets);
+                    f.1.get_or_insert_with(Instant::now);
+                }
+                return Err(e);
             }
         };
         let body = r
