@@ -128,7 +128,7 @@ impl Watch {
 
     /// Reads what connection `key` has, adding its messages to `batch`, or its end.
     fn read(&mut self, key: u64, batch: &mut Vec<Event>) {
-        let Some((name, _, inbox, heard)) = self.inboxes.get_mut(&key) else {
+        let Some((name, serial, inbox, heard)) = self.inboxes.get_mut(&key) else {
             return;
         };
         let mut got = Vec::new();
@@ -140,7 +140,10 @@ impl Watch {
             }
         } else {
             *heard = now;
-            batch.extend(got.into_iter().map(|m| Event::Tasker(name.clone(), m)));
+            batch.extend(
+                got.into_iter()
+                    .map(|m| Event::FromLink(name.clone(), *serial, m)),
+            );
         }
         if let Err(why) = r {
             berth_sys::say!("berth server: tasker {name}: {why}");
@@ -251,6 +254,9 @@ pub enum Event {
     Connect(String, Box<dyn TaskerLink>),
     /// A tasker says something.
     Tasker(String, FromTasker),
+    /// A tasker says something on its link of that serial: taken only while that link is
+    /// the tasker's (or about to be, with its hello), never from a link replaced or refused.
+    FromLink(String, u64, FromTasker),
     /// A tasker's link broke: its name, the link's serial, and when it was last heard (a
     /// connection that closed: when it closed).
     Gone(String, u64, Instant),
@@ -667,6 +673,24 @@ impl Server {
 
         // 1. What changes, decided in memory.
         for e in batch {
+            let e = match e {
+                Event::FromLink(name, serial, m) => {
+                    let ours = |l: &dyn TaskerLink| l.serial() == serial;
+                    let current = self
+                        .pending_links
+                        .get(&name)
+                        .is_some_and(|l| ours(l.as_ref()))
+                        || self
+                            .taskers
+                            .get(&name)
+                            .is_some_and(|t| ours(t.link.as_ref()));
+                    if !current {
+                        continue;
+                    }
+                    Event::Tasker(name, m)
+                }
+                e => e,
+            };
             match e {
                 Event::Submit(c, r, reply) => {
                     // The rest of the policy was checked on the connection's thread.
@@ -2299,6 +2323,27 @@ mod tests {
         // The same end again (as in a later hello) changes nothing, and is acknowledged.
         h.send(Event::Tasker("t1".into(), FromTasker::Ended(end)));
         until("the second ack", || link.acks() == [id, id]);
+        assert_eq!(state(&h, id).state, State::Done);
+        h.send(Event::Shutdown);
+        actor.join().unwrap();
+    }
+
+    /// What comes on a link that is not the tasker's (replaced, or a second process of
+    /// the name refused) is not taken for the tasker's.
+    #[test]
+    fn only_the_taskers_own_link_speaks_for_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (h, actor) = start(&tmp.path().join("b.db"));
+        let link = Fake::default();
+        hello(&h, &link, "a", vec![], vec![]);
+        let id = submit(&h);
+        until("the run", || link.runs() == [id]);
+        // The fake link's serial is 0: a link of serial 7 is another.
+        h.send(Event::FromLink("t1".into(), 7, FromTasker::Ended(done(id))));
+        h.send(Event::FromLink("t1".into(), 7, FromTasker::Leaving));
+        assert_eq!(state(&h, id).state, State::Running);
+        h.send(Event::FromLink("t1".into(), 0, FromTasker::Ended(done(id))));
+        until("the ack", || link.acks() == [id]);
         assert_eq!(state(&h, id).state, State::Done);
         h.send(Event::Shutdown);
         actor.join().unwrap();
