@@ -414,6 +414,8 @@ pub struct Server {
     pub max_unfinished_per_user: u64,
     /// The time limit of a job submitted without `--time` (ms).
     pub time_default_ms: Option<u64>,
+    /// The longest time limit a job may have (ms): a rerun is held to it as a submission.
+    pub time_max_ms: Option<u64>,
     /// For each job, the queued jobs that wait for it (`--after`).
     dependents: HashMap<u64, Vec<u64>>,
     /// Queued jobs to fail in the next turn: a job they wait for failed.
@@ -570,6 +572,7 @@ impl Server {
                 next_log_read: 1,
                 max_unfinished_per_user: crate::policy::DEFAULT_MAX_UNFINISHED_PER_USER,
                 time_default_ms: None,
+                time_max_ms: None,
                 dependents,
                 doomed,
                 deadlines,
@@ -1568,6 +1571,17 @@ impl Server {
                 "job {id} was interactive (-I): its terminal is gone; submit it again with berth run -I"
             ));
         }
+        if let (Some(t), Some(max)) = (v.time_limit_ms, self.time_max_ms) {
+            if t > max {
+                return Err(format!(
+                    "job {id} has a time limit of {}, above the longest of {} (set by the \
+                     administrator: --time-max); submit it again with --time {} or less",
+                    limit_text(t),
+                    limit_text(max),
+                    limit_text(max)
+                ));
+            }
+        }
         let has = self.per_uid.get(&v.uid).copied().unwrap_or(0);
         if has + 1 > self.max_unfinished_per_user {
             return Err(format!(
@@ -2324,6 +2338,44 @@ mod tests {
         h.send(Event::Tasker("t1".into(), FromTasker::Ended(end)));
         until("the second ack", || link.acks() == [id, id]);
         assert_eq!(state(&h, id).state, State::Done);
+        h.send(Event::Shutdown);
+        actor.join().unwrap();
+    }
+
+    /// A job run again is held to `--time-max` as a submission is: the administrator may
+    /// have lowered it since the job was accepted.
+    #[test]
+    fn a_rerun_is_held_to_the_longest_time_limit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut s, h) = Server::open(Store::open(&tmp.path().join("b.db")).unwrap()).unwrap();
+        s.time_max_ms = Some(3_600_000);
+        let actor = std::thread::spawn(move || s.run());
+        let submit_for = |ms: u64| {
+            let mut job = Submit::new(vec!["true".into()], "/tmp".into());
+            job.time_limit_ms = Some(ms);
+            h.ask(|r| {
+                Event::Submit(
+                    caller(),
+                    SubmitRequest {
+                        jobs: vec![job],
+                        array: None,
+                    },
+                    r,
+                )
+            })
+            .unwrap()
+            .ids[0]
+        };
+        // Accepted before the limit was lowered (the policy checks submissions).
+        let long = submit_for(7_200_000);
+        let short = submit_for(1_800_000);
+        let e = h.ask(|r| Event::Rerun(caller(), long, r)).unwrap_err();
+        assert!(
+            e.contains("time limit of 2h, above the longest of 1h") && e.contains("--time 1h"),
+            "{e}"
+        );
+        let again = h.ask(|r| Event::Rerun(caller(), short, r)).unwrap();
+        assert_eq!(state(&h, again).time_limit_ms, Some(1_800_000));
         h.send(Event::Shutdown);
         actor.join().unwrap();
     }

@@ -469,6 +469,7 @@ fn start_server(
     server.tasker_grace = grace;
     server.max_unfinished_per_user = policy.max_unfinished_per_user;
     server.time_default_ms = policy.time_default_ms;
+    server.time_max_ms = policy.time_max_ms;
     server.keep = keep.0;
     let actor = std::thread::Builder::new()
         .name("berth-actor".into())
