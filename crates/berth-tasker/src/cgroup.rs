@@ -110,8 +110,18 @@ impl JobCgroup {
     }
 
     /// Kills every process left in it and waits until none is; returns how many there
-    /// were.
+    /// were. Processes on their way out are not left: a container runtime's monitor
+    /// (podman's `conmon`, which removes the container once its process has ended) may
+    /// still be finishing when the job's hooks are done, slower on a loaded host; what
+    /// ends within [`SETTLE`] by itself is not killed or counted.
     pub fn empty(&self) -> usize {
+        if !self.populated() {
+            return 0;
+        }
+        let settle = Instant::now() + SETTLE;
+        while self.populated() && Instant::now() < settle {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         if !self.populated() {
             return 0;
         }
@@ -138,6 +148,9 @@ impl JobCgroup {
         left
     }
 }
+
+/// How long what a job's processes leave in its cgroup may take to end by itself.
+pub const SETTLE: Duration = Duration::from_millis(500);
 
 /// A short stable hash, so that two taskers of one name (two SWDs on one host) have
 /// cgroups of their own.

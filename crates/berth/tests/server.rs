@@ -233,6 +233,43 @@ fn nothing_accepted_is_lost_when_the_server_is_killed() {
     assert!(ran.lines().count() <= known.len(), "a job ran twice");
 }
 
+/// What a job leaves running when its command ends is ended with it, and its log says so;
+/// what ends by itself a moment later (a container runtime's monitor) is neither killed nor
+/// counted (see the container test above, which ran into that under load).
+#[test]
+#[ignore = "needs root: .ci/run runs it with --include-ignored"]
+fn what_a_job_leaves_running_is_ended_and_said() {
+    need_root!();
+    let fx = Fixture::new();
+    let _up = Up::start(&fx, &["--slots", "2"]);
+    let left = format!("sleep 301.{}", std::process::id());
+    let brief = format!("sleep 0.2{}", std::process::id() % 10);
+    // Sessions of their own: out of the job's process group, which ends with it anyway.
+    let script = format!(
+        "setsid {left} >/dev/null 2>&1 & setsid {brief} >/dev/null 2>&1 & sleep 0.1; echo started"
+    );
+    let out = as_nobody(&fx, &["run", "sh", "-c", &script]);
+    assert!(out.status.success(), "{}", text(&out));
+    let job = stdout(&out).trim().to_string();
+    let out = fx.run(&["wait", "--timeout", "30", &job], T);
+    assert!(out.status.success(), "{}", text(&out));
+    let log = fx.read_work(&format!("berth-{job}.log"));
+    assert_eq!(
+        log,
+        format!("started\n[berth] job {job}: ended 1 process(es) it left running\n"),
+        "the brief one ended by itself and is not counted"
+    );
+    let ps = Command::new("pgrep")
+        .args(["-u", "nobody", "-f", &left])
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&ps).trim().is_empty(),
+        "left running: {}",
+        stdout(&ps)
+    );
+}
+
 #[test]
 #[ignore = "needs root: .ci/run runs it with --include-ignored"]
 fn a_container_job_runs_through_berth_up() {
