@@ -427,14 +427,122 @@ pub struct LogRead {
 }
 
 /// Part of a log.
+///
+/// In JSON its bytes are hex. From a tasker to the server they go as they are, after the
+/// JSON of the part without them and a newline ([`encode_from_tasker`],
+/// [`decode_from_tasker`]): the server's actor decrypts a MiB of log instead of parsing
+/// two MiB of hex.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogPart {
     /// The request's number.
     pub req: u64,
-    /// The bytes, in hex.
-    pub data: String,
+    /// The bytes (hex in JSON).
+    #[serde(with = "hex_bytes")]
+    pub data: Vec<u8>,
     /// The log's length now.
     pub size: u64,
     /// Why it could not be read.
     pub error: Option<String>,
+}
+
+/// Bytes as a hex string in JSON.
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(b))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text: std::borrow::Cow<'de, str> = Deserialize::deserialize(d)?;
+        hex::decode(text.as_bytes()).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A tasker's message as it goes to the server: JSON, except that a log part's bytes
+/// follow the JSON of the part without them, after a newline (JSON as serde_json writes
+/// it has no newline of its own).
+pub fn encode_from_tasker(m: &FromTasker) -> Vec<u8> {
+    match m {
+        FromTasker::Log(part) if !part.data.is_empty() => {
+            let head = FromTasker::Log(part.clone_without_data());
+            let mut out = serde_json::to_vec(&head).unwrap_or_default();
+            out.reserve(1 + part.data.len());
+            out.push(b'\n');
+            out.extend_from_slice(&part.data);
+            out
+        }
+        m => serde_json::to_vec(m).unwrap_or_default(),
+    }
+}
+
+/// A tasker's message as [`encode_from_tasker`] made it (or plain JSON).
+pub fn decode_from_tasker(mut body: Vec<u8>) -> Result<FromTasker, serde_json::Error> {
+    let Some(nl) = body.iter().position(|&b| b == b'\n') else {
+        return serde_json::from_slice(&body);
+    };
+    let data = body.split_off(nl + 1);
+    match serde_json::from_slice(&body[..nl])? {
+        FromTasker::Log(mut part) if part.data.is_empty() => {
+            part.data = data;
+            Ok(FromTasker::Log(part))
+        }
+        _ => Err(serde::de::Error::custom(
+            "bytes after a message that is not a log part",
+        )),
+    }
+}
+
+impl LogPart {
+    fn clone_without_data(&self) -> LogPart {
+        LogPart {
+            req: self.req,
+            data: Vec::new(),
+            size: self.size,
+            error: self.error.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_part_crosses_as_bytes_and_anything_else_as_json() {
+        let data: Vec<u8> = (0..=255u8)
+            .chain(b"\n{\"Log\":\n".iter().copied())
+            .collect();
+        let part = FromTasker::Log(LogPart {
+            req: 7,
+            data: data.clone(),
+            size: 1 << 40,
+            error: None,
+        });
+        let wire = encode_from_tasker(&part);
+        // The bytes as they are, not hex.
+        assert!(wire.len() < 100 + data.len(), "{}", wire.len());
+        assert_eq!(decode_from_tasker(wire).unwrap(), part);
+        // In JSON (the API's answer), hex.
+        let json = serde_json::to_string(&part).unwrap();
+        assert!(json.contains(&hex::encode(&data)), "{json}");
+        assert_eq!(decode_from_tasker(json.into_bytes()).unwrap(), part);
+        // Every other message is JSON; bytes after one are refused.
+        let m = FromTasker::Leaving;
+        assert_eq!(decode_from_tasker(encode_from_tasker(&m)).unwrap(), m);
+        let mut bad = serde_json::to_vec(&m).unwrap();
+        bad.extend_from_slice(b"\nextra");
+        assert!(decode_from_tasker(bad).is_err());
+        // An empty part is plain JSON too.
+        let empty = FromTasker::Log(LogPart {
+            req: 1,
+            data: vec![],
+            size: 0,
+            error: Some("job 1: gone".into()),
+        });
+        assert_eq!(
+            decode_from_tasker(encode_from_tasker(&empty)).unwrap(),
+            empty
+        );
+    }
 }

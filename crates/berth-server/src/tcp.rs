@@ -156,7 +156,7 @@ impl TaskerInbox for TcpInbox {
     fn read(&mut self, out: &mut Vec<FromTasker>) -> Result<bool, String> {
         let r = self.rx.read(&mut self.bodies);
         for body in self.bodies.drain(..) {
-            match serde_json::from_slice::<FromTasker>(&body) {
+            match berth_proto::decode_from_tasker(body) {
                 Ok(m) => out.push(m),
                 Err(e) => return Err(format!("bad message: {e}")),
             }

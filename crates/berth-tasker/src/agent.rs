@@ -802,7 +802,7 @@ fn read_log(r: &berth_proto::LogRead) -> berth_proto::LogPart {
     use std::io::{Read, Seek};
     let part = |data: Vec<u8>, size: u64, error: Option<String>| berth_proto::LogPart {
         req: r.req,
-        data: hex::encode(data),
+        data,
         size,
         error,
     };

@@ -1323,7 +1323,7 @@ fn follow_log(c: &Client, job: u64, follow: bool) -> Result<()> {
                 Some(e) if !follow => bail!("{e}"),
                 Some(_) => {}
                 None => {
-                    let data = hex::decode(&part.data).context("the log's bytes")?;
+                    let data = part.data;
                     pos += data.len() as u64;
                     written(out.write_all(&data).and_then(|()| out.flush()));
                     size = Some(part.size);

@@ -63,10 +63,7 @@ impl Outbox {
         let sent = if batch.is_empty() {
             tx.keepalive()
         } else {
-            let bodies: Vec<Vec<u8>> = batch
-                .iter()
-                .map(|m| serde_json::to_vec(m).unwrap_or_default())
-                .collect();
+            let bodies: Vec<Vec<u8>> = batch.iter().map(berth_proto::encode_from_tasker).collect();
             let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
             tx.send_all(&refs)
         };
