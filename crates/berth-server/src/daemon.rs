@@ -314,6 +314,8 @@ type Accepted = (
 struct HelloOutcome {
     lost: Vec<u64>,
     requeue: Vec<u64>,
+    /// The tasker was taken (not refused): what its hello says of ends counts.
+    accepted: bool,
 }
 
 /// What the server keeps in memory of each unfinished job: little, so that a million
@@ -745,6 +747,10 @@ impl Server {
                     );
                     lost.extend(h.lost);
                     requeued.extend(h.requeue);
+                    if !h.accepted {
+                        // A process refused (a second one of the name) speaks for no job.
+                        continue;
+                    }
                     let mut forget = Vec::new();
                     for end in ended {
                         let seen = ends.iter().any(|(_, e)| e.job == end.job);
@@ -1699,6 +1705,7 @@ impl Server {
                 refused,
             },
         );
+        out.accepted = true;
         out
     }
 
@@ -2376,6 +2383,27 @@ mod tests {
         );
         let again = h.ask(|r| Event::Rerun(caller(), short, r)).unwrap();
         assert_eq!(state(&h, again).time_limit_ms, Some(1_800_000));
+        h.send(Event::Shutdown);
+        actor.join().unwrap();
+    }
+
+    /// A second process of a connected tasker's name is refused, and what its hello says
+    /// of ends is not taken for the first's jobs.
+    #[test]
+    fn a_refused_second_process_ends_no_job() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (h, actor) = start(&tmp.path().join("b.db"));
+        let link = Fake::default();
+        hello(&h, &link, "a", vec![], vec![]);
+        let id = submit(&h);
+        until("the run", || link.runs() == [id]);
+        let other = Fake::default();
+        hello(&h, &other, "b", vec![], vec![done(id)]);
+        assert_eq!(state(&h, id).state, State::Running);
+        assert!(other.acks().is_empty() && link.acks().is_empty());
+        h.send(Event::Tasker("t1".into(), FromTasker::Ended(done(id))));
+        until("the ack", || link.acks() == [id]);
+        assert_eq!(state(&h, id).state, State::Done);
         h.send(Event::Shutdown);
         actor.join().unwrap();
     }
