@@ -2085,7 +2085,7 @@ impl Server {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use berth_proto::Submit;
     use std::sync::{Arc, Mutex};
@@ -2142,6 +2142,24 @@ mod tests {
         (h, std::thread::spawn(move || s.run()))
     }
 
+    /// Tasker t1's hello: 2 cores, 2 slots.
+    pub(crate) fn hello_message(
+        incarnation: &str,
+        running: Vec<(u64, u32)>,
+        ended: Vec<JobEnd>,
+    ) -> FromTasker {
+        FromTasker::Hello {
+            name: "t1".into(),
+            host: "h".into(),
+            resources: "CORES/2 SLOTS/2".into(),
+            slots: 2,
+            containers_refused: vec![],
+            running,
+            ended,
+            incarnation: incarnation.into(),
+        }
+    }
+
     fn hello(
         h: &Handle,
         link: &Fake,
@@ -2152,17 +2170,40 @@ mod tests {
         h.send(Event::Connect("t1".into(), Box::new(link.clone())));
         h.send(Event::Tasker(
             "t1".into(),
-            FromTasker::Hello {
-                name: "t1".into(),
-                host: "h".into(),
-                resources: "CORES/2 SLOTS/2".into(),
-                slots: 2,
-                containers_refused: vec![],
-                running,
-                ended,
-                incarnation: incarnation.into(),
-            },
+            hello_message(incarnation, running, ended),
         ));
+    }
+
+    /// A server whose tasker t1 (incarnation "a") runs one job.
+    struct OneRunning {
+        _tmp: tempfile::TempDir,
+        h: Handle,
+        actor: std::thread::JoinHandle<()>,
+        link: Fake,
+        id: u64,
+    }
+
+    fn one_running() -> OneRunning {
+        let tmp = tempfile::tempdir().unwrap();
+        let (h, actor) = start(&tmp.path().join("b.db"));
+        let link = Fake::default();
+        hello(&h, &link, "a", vec![], vec![]);
+        let id = submit(&h);
+        until("the run", || link.runs() == [id]);
+        OneRunning {
+            _tmp: tmp,
+            h,
+            actor,
+            link,
+            id,
+        }
+    }
+
+    impl OneRunning {
+        fn stop(self) {
+            self.h.send(Event::Shutdown);
+            self.actor.join().unwrap();
+        }
     }
 
     fn caller() -> Caller {
@@ -2223,19 +2264,7 @@ mod tests {
             let link = Fake::default();
             s.turn(vec![
                 Event::Connect("t1".into(), Box::new(link.clone())),
-                Event::Tasker(
-                    "t1".into(),
-                    FromTasker::Hello {
-                        name: "t1".into(),
-                        host: "h".into(),
-                        resources: "CORES/2 SLOTS/2".into(),
-                        slots: 2,
-                        containers_refused: vec![],
-                        running: vec![],
-                        ended: vec![],
-                        incarnation: "i1".into(),
-                    },
-                ),
+                Event::Tasker("t1".into(), hello_message("i1", vec![], vec![])),
             ]);
             let sub = |after: Vec<u64>| {
                 let (tx, rx) = mpsc::channel();
@@ -2331,22 +2360,17 @@ mod tests {
 
     #[test]
     fn ends_are_recorded_once_and_acknowledged() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (h, actor) = start(&tmp.path().join("b.db"));
-        let link = Fake::default();
-        hello(&h, &link, "a", vec![], vec![]);
-        let id = submit(&h);
-        until("the run", || link.runs() == [id]);
+        let s = one_running();
+        let (h, link, id) = (&s.h, &s.link, s.id);
         let end = done(id);
         h.send(Event::Tasker("t1".into(), FromTasker::Ended(end.clone())));
         until("the ack", || link.acks() == [id]);
-        assert_eq!(state(&h, id).state, State::Done);
+        assert_eq!(state(h, id).state, State::Done);
         // The same end again (as in a later hello) changes nothing, and is acknowledged.
         h.send(Event::Tasker("t1".into(), FromTasker::Ended(end)));
         until("the second ack", || link.acks() == [id, id]);
-        assert_eq!(state(&h, id).state, State::Done);
-        h.send(Event::Shutdown);
-        actor.join().unwrap();
+        assert_eq!(state(h, id).state, State::Done);
+        s.stop();
     }
 
     /// A job run again is held to `--time-max` as a submission is: the administrator may
@@ -2391,42 +2415,32 @@ mod tests {
     /// of ends is not taken for the first's jobs.
     #[test]
     fn a_refused_second_process_ends_no_job() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (h, actor) = start(&tmp.path().join("b.db"));
-        let link = Fake::default();
-        hello(&h, &link, "a", vec![], vec![]);
-        let id = submit(&h);
-        until("the run", || link.runs() == [id]);
+        let s = one_running();
+        let (h, link, id) = (&s.h, &s.link, s.id);
         let other = Fake::default();
-        hello(&h, &other, "b", vec![], vec![done(id)]);
-        assert_eq!(state(&h, id).state, State::Running);
+        hello(h, &other, "b", vec![], vec![done(id)]);
+        assert_eq!(state(h, id).state, State::Running);
         assert!(other.acks().is_empty() && link.acks().is_empty());
         h.send(Event::Tasker("t1".into(), FromTasker::Ended(done(id))));
         until("the ack", || link.acks() == [id]);
-        assert_eq!(state(&h, id).state, State::Done);
-        h.send(Event::Shutdown);
-        actor.join().unwrap();
+        assert_eq!(state(h, id).state, State::Done);
+        s.stop();
     }
 
     /// What comes on a link that is not the tasker's (replaced, or a second process of
     /// the name refused) is not taken for the tasker's.
     #[test]
     fn only_the_taskers_own_link_speaks_for_it() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (h, actor) = start(&tmp.path().join("b.db"));
-        let link = Fake::default();
-        hello(&h, &link, "a", vec![], vec![]);
-        let id = submit(&h);
-        until("the run", || link.runs() == [id]);
+        let s = one_running();
+        let (h, link, id) = (&s.h, &s.link, s.id);
         // The fake link's serial is 0: a link of serial 7 is another.
         h.send(Event::FromLink("t1".into(), 7, FromTasker::Ended(done(id))));
         h.send(Event::FromLink("t1".into(), 7, FromTasker::Leaving));
-        assert_eq!(state(&h, id).state, State::Running);
+        assert_eq!(state(h, id).state, State::Running);
         h.send(Event::FromLink("t1".into(), 0, FromTasker::Ended(done(id))));
         until("the ack", || link.acks() == [id]);
-        assert_eq!(state(&h, id).state, State::Done);
-        h.send(Event::Shutdown);
-        actor.join().unwrap();
+        assert_eq!(state(h, id).state, State::Done);
+        s.stop();
     }
 
     /// A tasker that leaves is sent nothing more (and told so); a job it declines queues

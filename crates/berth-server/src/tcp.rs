@@ -452,16 +452,11 @@ mod tests {
         let Channel { mut tx, rx, .. } =
             berth_channel::open(conn, b"k", PURPOSE, true, SECRET_NAME).unwrap();
         let first = serde_json::to_vec(&Hello { name: "t1".into() }).unwrap();
-        let hello = serde_json::to_vec(&FromTasker::Hello {
-            name: "t1".into(),
-            host: "h".into(),
-            resources: "CORES/2 SLOTS/2".into(),
-            slots: 2,
-            containers_refused: vec![],
-            running: vec![],
-            ended: vec![],
-            incarnation: "a".repeat(24),
-        })
+        let hello = serde_json::to_vec(&crate::daemon::tests::hello_message(
+            &"a".repeat(24),
+            vec![],
+            vec![],
+        ))
         .unwrap();
         // Both in one write: the server reads them together; then nothing more.
         tx.send_all(&[&first, &hello]).unwrap();

@@ -425,13 +425,5 @@ fn bwrap_stop_ends_the_job() {
         "{}",
         text(&out)
     );
-    let ps = std::process::Command::new("pgrep")
-        .args(["-u", "nobody", "-f", "touch started"])
-        .output()
-        .unwrap();
-    assert!(
-        stdout(&ps).trim().is_empty(),
-        "the job still runs: {}",
-        stdout(&ps)
-    );
+    assert_eq!(nobodys("touch started"), [0u32; 0], "the job still runs");
 }

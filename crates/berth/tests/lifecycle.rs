@@ -516,15 +516,7 @@ fn stop_sends_sigterm_then_sigkill_to_the_enter_group_and_cleans_up() {
     );
     assert!(fx.work.join("teardown.ran").exists());
     // nothing of the job is left: no process of nobody's runs `sleep 60`
-    let ps = std::process::Command::new("pgrep")
-        .args(["-u", "nobody", "-f", "sleep 60"])
-        .output()
-        .unwrap();
-    assert!(
-        stdout(&ps).trim().is_empty(),
-        "left running: {}",
-        stdout(&ps)
-    );
+    assert_eq!(nobodys("sleep 60"), [0u32; 0], "left running");
 }
 
 #[test]
@@ -756,12 +748,8 @@ fn a_killed_try_is_recovered_by_the_next() {
         l.contains("[cleanup] cleanup of 1") && l.contains("finishing the cleanup"),
         "{l}"
     );
-    let ps = std::process::Command::new("pgrep")
-        .args(["-u", "nobody", "-f", "sleep 300"])
-        .output()
-        .unwrap();
     assert!(
-        stdout(&ps).trim().is_empty(),
+        nobodys("sleep 300").is_empty(),
         "the killed job's command is still running"
     );
     // Nothing more to recover.

@@ -259,15 +259,7 @@ fn what_a_job_leaves_running_is_ended_and_said() {
         format!("started\n[berth] job {job}: ended 1 process(es) it left running\n"),
         "the brief one ended by itself and is not counted"
     );
-    let ps = Command::new("pgrep")
-        .args(["-u", "nobody", "-f", &left])
-        .output()
-        .unwrap();
-    assert!(
-        stdout(&ps).trim().is_empty(),
-        "left running: {}",
-        stdout(&ps)
-    );
+    assert_eq!(nobodys(&left), [0u32; 0], "left running");
 }
 
 #[test]
@@ -715,13 +707,7 @@ fn a_restarted_tasker_takes_over_a_killed_runs_plain_jobs_and_ends_its_keepers_o
     );
     let job = stdout(&out).trim().to_string();
     wait_until("the job to start", T, || fx.work.join("started").exists());
-    let alive = || {
-        let ps = Command::new("pgrep")
-            .args(["-u", "nobody", "-f", &sleep])
-            .output()
-            .unwrap();
-        !stdout(&ps).trim().is_empty()
-    };
+    let alive = || !nobodys(&sleep).is_empty();
     // The tasker killed: its keeper keeps the job, the next process takes it over.
     Split::kill9(&mut split.tasker);
     assert!(alive(), "the job should outlive its killed tasker");
@@ -1068,12 +1054,8 @@ fn a_stopped_job_that_ignores_sigterm_is_killed_after_the_grace() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     // SIGKILL, after SIGTERM was ignored for the grace.
     assert_eq!(v["exit_code"], 137, "{v}");
-    let left = Command::new("pgrep")
-        .args(["-u", "nobody", "-f", "ignored TERM"])
-        .output()
-        .unwrap();
     assert!(
-        stdout(&left).trim().is_empty(),
+        nobodys("ignored TERM").is_empty(),
         "the job's group was not ended"
     );
 }

@@ -58,6 +58,18 @@ pub struct Fixture {
     pub work: PathBuf,
 }
 
+/// The pids of nobody's processes whose command line matches `pattern` (`pgrep -f`).
+pub fn nobodys(pattern: &str) -> Vec<u32> {
+    let out = Command::new("pgrep")
+        .args(["-u", "nobody", "-f", pattern])
+        .output()
+        .unwrap();
+    stdout(&out)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
 /// The pids whose command line starts with `prefix`.
 pub fn pids_of(prefix: &str) -> Vec<u32> {
     let mut out = Vec::new();
