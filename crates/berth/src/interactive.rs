@@ -200,6 +200,20 @@ impl Listening {
             if Instant::now() >= next_check {
                 next_check = Instant::now() + Duration::from_millis(300);
                 if over()? {
+                    // A short job may have run and ended while its tasker's connection
+                    // was being proven here: what it wrote waits in that connection.
+                    // A moment for the handshakes under way (silent ones take longer).
+                    use std::sync::atomic::Ordering;
+                    let deadline = Instant::now() + Duration::from_secs(1);
+                    loop {
+                        if let Ok(c) = found.recv_timeout(Duration::from_millis(20)) {
+                            c.rx.set_timeout(None)?;
+                            return Ok(Some(c));
+                        }
+                        if pending.load(Ordering::Relaxed) == 0 || Instant::now() >= deadline {
+                            break;
+                        }
+                    }
                     return Ok(None);
                 }
             }
